@@ -1,0 +1,38 @@
+"""`echo`: a deterministic provider for the demo channel and tests. No network, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from pydantic import Field
+
+from proxy.contracts import AdapterConfig, Provider, ProviderState
+from proxy.types import ChatRequest, Delta, Usage
+
+
+class EchoConfig(AdapterConfig):
+    kind: Literal["echo"] = "echo"
+    prefix: str = "echo: "
+    #: Seconds between streamed words (for demos of streaming); 0 streams at once.
+    delay: float = Field(0.0, ge=0, le=10)
+    model: str = "echo"
+
+
+class EchoProvider(Provider):
+    config_model = EchoConfig
+
+    def _answer(self, request: ChatRequest) -> str:
+        last = next((m for m in reversed(request.messages) if m.role == "user"), None)
+        return self.config.prefix + (last.text() if last else "")
+
+    async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
+        text = self._answer(request)
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            if self.config.delay and i:
+                await asyncio.sleep(self.config.delay)
+            yield Delta(text=word if i == 0 else " " + word)
+        n_in = sum(len(m.text().split()) for m in request.messages)
+        yield Delta(finish_reason="stop", usage=Usage(n_in, len(words), n_in + len(words)))

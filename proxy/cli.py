@@ -1,0 +1,198 @@
+"""`switchboard` / `python -m proxy`: serve, check, chat."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import TextIO
+
+from proxy.config import Settings, load_config
+from proxy.errors import ConfigError
+
+DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.yaml")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: str) -> Settings:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ----------------------------------------------------------------------------------------- serve
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import create_app
+
+    settings = _load(args.config)
+    server = settings.raw.server
+    setup_logging(server.log_level)
+    for line in route_table(settings):
+        logging.getLogger("switchboard").info("route %s", line.strip())
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or server.host,
+        port=args.port if args.port is not None else server.port,
+        log_level="warning" if server.log_level == "info" else server.log_level,
+        access_log=False,
+        lifespan="on",
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=int(server.drain_seconds) + 5,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- check
+
+
+def _match_text(m: object) -> str:
+    parts = [f"{k}={v}" for k, v in vars(m).items() if v is not None] if hasattr(m, "__dict__") else []
+    return ", ".join(parts) or "anything"
+
+
+def route_table(settings: Settings) -> list[str]:
+    lines = []
+    for ch in settings.channels:
+        chain = " → ".join(ch.config.providers)
+        off = f"  (disabled: {', '.join(ch.skipped)})" if ch.skipped else ""
+        lines.append(f"  {ch.name:<16} match {_match_text(ch.config.match):<40} → {chain}{off}")
+    return lines
+
+
+def check(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    settings = _load(args.config)
+    print(f"config {args.config}: OK", file=out)
+    print(f"store: {settings.raw.store.scheme}://   keys: {len(settings.raw.keys)}", file=out)
+    for title, adapters in (("providers", settings.providers), ("platforms", settings.platforms)):
+        print(f"{title}:", file=out)
+        if not adapters:
+            print("  (none)", file=out)
+        for name, a in adapters.items():
+            state = f"disabled: {a.disabled}" if a.disabled else "enabled"
+            print(f"  {name:<16} {a.kind:<12} {state}", file=out)
+    print("channels (first match wins):", file=out)
+    for line in route_table(settings) or ["  (none)"]:
+        print(line, file=out)
+    if args.live:
+        return asyncio.run(_live(settings, out))
+    return 0
+
+
+async def _live(settings: Settings, out: TextIO) -> int:
+    from proxy.engine import Engine
+
+    engine = Engine(settings)
+    await engine.start()
+    try:
+        ok = await engine.store.ping()
+        print(f"store: {'reachable' if ok else 'UNREACHABLE'}", file=out)
+        for name, p in engine.providers.items():
+            status = getattr(p, "key_status", None)
+            for k in status() if status else []:
+                print(f"  {name}: key {k.get('key')} {k.get('state')}", file=out)
+        return 0 if ok else 1
+    finally:
+        await engine.close()
+
+
+# ------------------------------------------------------------------------------------------ chat
+
+
+def chat(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    setup_logging("warning")
+    if args.channel not in settings.by_name:
+        print(f"unknown channel {args.channel!r} (valid: {', '.join(settings.by_name) or 'none'})", file=sys.stderr)
+        return 2
+    return asyncio.run(_chat(settings, args.channel, args.session))
+
+
+async def _chat(settings: Settings, name: str, session: str) -> int:
+    from proxy.engine import Engine
+    from proxy.errors import ChainFailed, StreamInterrupted
+    from proxy.failover import Outcome
+    from proxy.types import Message
+
+    engine = Engine(settings)
+    await engine.start()
+    channel = settings.by_name[name]
+    conversation = f"{name}|cli|{session}"
+    print(f"chatting with channel {name!r} — /clear forgets, /exit or Ctrl-D leaves", file=sys.stderr)
+    try:
+        while True:
+            try:
+                line = await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                break
+            text = line.strip()
+            if text in ("/exit", "/quit"):
+                break
+            if text == "/clear":
+                await engine.store.clear(conversation)
+                print("(history cleared)")
+                continue
+            if not text:
+                continue
+            turn = [Message("user", text)]
+            req = await engine.request(channel, turn, conversation=conversation, user=f"cli:{session}")
+            outcome = Outcome()
+            answer: list[str] = []
+            try:
+                async for d in engine.stream(channel, req, outcome):
+                    if d.text:
+                        if not answer:
+                            print(f"{outcome.provider}> ", end="", flush=True)
+                        answer.append(d.text)
+                        print(d.text, end="", flush=True)
+                print()
+                await engine.record(conversation, turn, "".join(answer))
+            except (ChainFailed, StreamInterrupted) as e:
+                print(f"\n(error: {e})", file=sys.stderr)
+    finally:
+        await engine.close()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="switchboard", description="One endpoint for every chat bot.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="serve the config")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=serve)
+    p = sub.add_parser("check", help="validate a config and print the route table")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--live", action="store_true", help="also open the store and show key health")
+    p.set_defaults(func=check)
+    p = sub.add_parser("chat", help="talk to a channel from the terminal")
+    p.add_argument("channel")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--session", default=os.environ.get("USER", "local"))
+    p.set_defaults(func=chat)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

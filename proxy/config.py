@@ -1,0 +1,310 @@
+"""config.yaml: interpolation, validation, and the resolved route table.
+
+`load_config(path)` returns a `Settings` or raises `ConfigError` naming the path
+(`channels[1].providers[0]`), what is wrong and what would be valid. A provider or platform
+whose block uses an unset `${VAR}` (no default) is not an error: it is *disabled*, with the
+reason kept for one log line, and channels skip it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from proxy.contracts import AdapterConfig
+from proxy.errors import ConfigError
+from proxy.registry import Registry
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: Background generations for platform messages running at once.
+    max_concurrent_generations: int = Field(64, ge=1)
+    #: How long shutdown waits for in-flight replies.
+    drain_seconds: float = Field(30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: How long processed platform event ids are remembered (Feishu retries for ~7 h).
+    dedupe_ttl: float = Field(48 * 3600, gt=0)
+
+
+class StoreConfig(_Strict):
+    url: str = "sqlite:///data/switchboard.db"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if "://" not in v:
+            raise ValueError("must look like sqlite:///path, memory:// or redis://host:6379/0")
+        return v
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0]
+
+
+class KeyConfig(_Strict):
+    key: str = Field(min_length=1)
+    channels: list[str] = ["*"]
+    name: str | None = None
+
+    def allows(self, channel: str) -> bool:
+        return "*" in self.channels or channel in self.channels
+
+
+class FailoverConfig(_Strict):
+    #: Tries per provider for a retryable error (1 = no retry), before moving down the chain.
+    attempts: int = Field(2, ge=1, le=10)
+    backoff_base: float = Field(0.25, ge=0)
+    backoff_max: float = Field(4.0, ge=0)
+    #: Longest Retry-After we wait for before failing over instead.
+    retry_after_max: float = Field(10.0, ge=0)
+    #: Consecutive failed requests that open a provider's circuit, and how long it stays open.
+    circuit_failures: int = Field(3, ge=1)
+    circuit_cooldown: float = Field(30.0, ge=0)
+
+
+StrList = str | list[str]
+
+
+class MatchConfig(_Strict):
+    platform: StrList | None = None
+    chat: StrList | None = None
+    user: StrList | None = None
+    #: Text prefixes (case-insensitive, stripped from the text), e.g. ["ai:", "gpt:"].
+    prefix: StrList | None = None
+    direct: bool | None = None
+
+
+class ChannelConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:\-/]+$")
+    match: MatchConfig = MatchConfig()
+    providers: list[str] = Field(min_length=1)
+    prompt: str | None = None
+    prompt_file: str | None = None
+    model: str | None = None
+    #: Generation parameter overrides (temperature, max_tokens, ...), applied over the caller's.
+    params: dict[str, Any] = {}
+    #: Exchanges of stored history sent with each turn (0 = none).
+    history: int = Field(10, ge=0, le=1000)
+    session: Literal["user", "chat", "thread"] = "user"
+    description: str | None = None
+
+
+class RawConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    keys: list[KeyConfig] = []
+    failover: FailoverConfig = FailoverConfig()
+    providers: dict[str, dict[str, Any]] = {}
+    platforms: dict[str, dict[str, Any]] = {}
+    channels: list[ChannelConfig] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A configured provider or platform: its class and validated config, or why it is off."""
+
+    name: str
+    kind: str
+    cls: type | None
+    config: AdapterConfig | None
+    disabled: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    config: ChannelConfig
+    prompt: str | None
+    providers: tuple[str, ...]  # enabled providers, failover order
+    skipped: tuple[str, ...]  # configured but disabled
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Settings:
+    raw: RawConfig
+    providers: dict[str, Adapter]
+    platforms: dict[str, Adapter]
+    channels: tuple[Channel, ...]
+    path: Path | None = None
+    by_name: dict[str, Channel] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({c.name: c for c in self.channels})
+
+
+# ------------------------------------------------------------------------------ interpolation
+
+
+def interpolate(node: Any, env: Mapping[str, str], path: str, missing: dict[str, set[str]]) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in every string; record unset variables by path."""
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            value = env.get(name)
+            if value:
+                return value
+            if default is not None:
+                return default
+            missing.setdefault(path, set()).add(name)
+            return ""
+
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k), missing) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, f"{path}[{i}]", missing) for i, v in enumerate(node)]
+    return node
+
+
+def _missing_under(prefix: str, missing: dict[str, set[str]]) -> list[str]:
+    names: set[str] = set()
+    for p, vs in missing.items():
+        if p == prefix or p.startswith(prefix + ".") or p.startswith(prefix + "["):
+            names |= vs
+    return sorted(names)
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+def _loc(prefix: str, loc: Iterable[Any]) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _raise_validation(prefix: str, err: ValidationError) -> None:
+    first = err.errors()[0]
+    msg = first["msg"]
+    valid = None
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "literal_error":
+        valid = first.get("ctx", {}).get("expected")
+    elif first["type"] == "missing":
+        msg = "is required"
+    raise ConfigError(_loc(prefix, first["loc"]), msg, valid)
+
+
+def _adapters(
+    group: str, blocks: dict[str, dict[str, Any]], registry: Registry, missing: dict[str, set[str]]
+) -> dict[str, Adapter]:
+    out: dict[str, Adapter] = {}
+    for name, block in blocks.items():
+        path = f"{group}.{name}"
+        if not isinstance(block, dict):
+            raise ConfigError(path, "must be a mapping with a `kind`")
+        kind = block.get("kind")
+        if not kind:
+            raise ConfigError(f"{path}.kind", "is required", ", ".join(registry.kinds()))
+        try:
+            cls = registry.get(kind)
+        except Exception as e:  # an adapter whose module fails to import
+            raise ConfigError(f"{path}.kind", f"kind {kind!r} could not be loaded: {type(e).__name__}: {e}") from None
+        if cls is None:
+            raise ConfigError(f"{path}.kind", f"unknown kind {kind!r}", ", ".join(registry.kinds()))
+        unset = _missing_under(path, missing)
+        if unset:
+            reason = f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set"
+            out[name] = Adapter(name, kind, cls, None, disabled=reason)
+            continue
+        try:
+            config = cls.config_model.model_validate(block)
+        except ValidationError as e:
+            _raise_validation(path, e)
+        out[name] = Adapter(name, kind, cls, config)
+    return out
+
+
+def _channel(i: int, ch: ChannelConfig, providers: dict[str, Adapter], platforms: dict[str, Adapter], base: Path) -> Channel:
+    path = f"channels[{i}]"
+    for j, p in enumerate(ch.providers):
+        if p not in providers:
+            raise ConfigError(f"{path}.providers[{j}]", f"unknown provider {p!r}", ", ".join(providers) or "none configured")
+    plats = ch.match.platform
+    for j, p in enumerate([plats] if isinstance(plats, str) else plats or []):
+        if p not in platforms and p != "openai":
+            where = f"{path}.match.platform" + (f"[{j}]" if isinstance(plats, list) else "")
+            raise ConfigError(where, f"unknown platform {p!r}", ", ".join([*platforms, "openai"]))
+    prompt = ch.prompt
+    if ch.prompt_file:
+        if ch.prompt:
+            raise ConfigError(f"{path}.prompt_file", "give either prompt or prompt_file, not both")
+        file = (base / ch.prompt_file) if not os.path.isabs(ch.prompt_file) else Path(ch.prompt_file)
+        try:
+            prompt = file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"{path}.prompt_file", f"cannot read {file}: {e.strerror}") from None
+    enabled = tuple(p for p in ch.providers if providers[p].disabled is None)
+    skipped = tuple(p for p in ch.providers if providers[p].disabled is not None)
+    return Channel(ch, prompt, enabled, skipped)
+
+
+def parse_config(
+    data: Any,
+    env: Mapping[str, str] | None = None,
+    *,
+    base: Path | None = None,
+    providers: Registry | None = None,
+    platforms: Registry | None = None,
+) -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", "the config must be a YAML mapping at the top level")
+    missing: dict[str, set[str]] = {}
+    data = interpolate(data, os.environ if env is None else env, "", missing)
+    for path in missing:
+        if not (path.startswith("providers.") or path.startswith("platforms.")):
+            raise ConfigError(path, f"{', '.join(sorted(missing[path]))} is not set and has no default")
+    try:
+        raw = RawConfig.model_validate(data)
+    except ValidationError as e:
+        _raise_validation("", e)
+    prov = _adapters("providers", raw.providers, providers or Registry("switchboard.providers"), missing)
+    plat = _adapters("platforms", raw.platforms, platforms or Registry("switchboard.platforms"), missing)
+    seen: set[str] = set()
+    channels = []
+    for i, ch in enumerate(raw.channels):
+        if ch.name in seen:
+            raise ConfigError(f"channels[{i}].name", f"duplicate channel name {ch.name!r}")
+        seen.add(ch.name)
+        channels.append(_channel(i, ch, prov, plat, base or Path.cwd()))
+    return Settings(raw, prov, plat, tuple(channels))
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(p), f"cannot read config: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(p), f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    settings = parse_config(data, env, base=p.resolve().parent)
+    return Settings(settings.raw, settings.providers, settings.platforms, settings.channels, p)

@@ -1,0 +1,230 @@
+"""The three extension contracts: Provider, Store, Platform.
+
+The core talks only to these. Concrete classes are found by config `kind` through the entry-point
+groups `switchboard.providers`, `switchboard.platforms` and `switchboard.stores` (see
+pyproject.toml), so the core never imports one.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from typing import Any, ClassVar, Protocol
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict
+
+from proxy.types import JSON, ChatRequest, Completion, Delta, Inbound, Message, WebRequest, WebResponse
+
+
+class AdapterConfig(BaseModel):
+    """Base of every provider/platform config block. Unknown keys are an error (typos)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: str
+
+
+# ----------------------------------------------------------------------------------- providers
+
+
+class ProviderState(Protocol):
+    """Provider-private state for one (conversation, provider), kept in the store.
+
+    Dify keeps its `conversation_id` here. It survives restarts and is dropped by `/clear`.
+    """
+
+    async def get(self) -> JSON | None: ...
+
+    async def set(self, value: JSON | None) -> None: ...
+
+
+class Provider(abc.ABC):
+    """A backend. Turns a ChatRequest into an upstream call and yields deltas.
+
+    Providers raise `proxy.errors.ProviderError` subclasses and never retry or fail over on
+    their own: that is the core's job. They must not log or raise secrets.
+    """
+
+    config_model: ClassVar[type[AdapterConfig]]
+    #: Does the backend keep its own conversation memory (Dify)? Informational.
+    stateful: ClassVar[bool] = False
+
+    def __init__(self, name: str, config: Any, http: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.config = config
+        self.http = http
+
+    @property
+    def default_model(self) -> str | None:
+        """The model this provider uses when the channel does not override it."""
+        return getattr(self.config, "model", None)
+
+    async def start(self) -> None:
+        """Called once at start-up (after config validation). Heavy imports go here."""
+
+    async def close(self) -> None:
+        """Called once at shutdown."""
+
+    @abc.abstractmethod
+    def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
+        """Yield the answer as deltas. Errors before the first delta may be retried/failed over."""
+
+    async def complete(self, request: ChatRequest, state: ProviderState) -> Completion:
+        """The whole answer at once. Default: collect `stream()`; override when the upstream has
+        a cheaper non-streaming call."""
+        text: list[str] = []
+        finish, usage, tools, images = "stop", None, None, ()
+        async for d in self.stream(request, state):
+            if d.replace:
+                text = [d.text]
+            elif d.text:
+                text.append(d.text)
+            finish = d.finish_reason or finish
+            usage = d.usage or usage
+            tools = d.tool_calls or tools
+            images = images + d.images
+        return Completion("".join(text), finish, usage, tools, request.model, images)
+
+    def describe(self) -> str:
+        """One line for `switchboard check` (never includes secrets)."""
+        return f"{self.config.kind}"
+
+
+# --------------------------------------------------------------------------------------- store
+
+
+class Store(abc.ABC):
+    """Persistent state: transcripts, provider state, processed-event ids, small values.
+
+    `conversation` keys are opaque strings built by the core (channel + session).
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers (readiness)."""
+
+    @abc.abstractmethod
+    async def history(self, conversation: str, turns: int) -> list[Message]:
+        """The last `turns` exchanges (a user message and what followed it), oldest first."""
+
+    @abc.abstractmethod
+    async def append(self, conversation: str, messages: list[Message]) -> None: ...
+
+    @abc.abstractmethod
+    async def clear(self, conversation: str) -> None:
+        """Forget the transcript and every provider state of this conversation."""
+
+    @abc.abstractmethod
+    async def get_state(self, conversation: str, provider: str) -> JSON | None: ...
+
+    @abc.abstractmethod
+    async def set_state(self, conversation: str, provider: str, value: JSON | None) -> None: ...
+
+    @abc.abstractmethod
+    async def claim(self, key: str, ttl: float) -> bool:
+        """Atomically record `key`; True only the first time within `ttl` seconds (dedupe)."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: str, ttl: float | None = None) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+
+# ----------------------------------------------------------------------------------- platforms
+
+
+class Answer(Protocol):
+    """The answer to one inbound message, as the core hands it to `Platform.deliver`.
+
+    Iterate it for text deltas as they arrive (`async for piece in answer`). If every provider
+    failed, the only piece is a short apology and `failed` is True; if the answer broke off
+    midway, the last piece says so. Fixed replies (/help, /clear, unsupported types) arrive as
+    a single piece. After iteration, `text` is the whole answer as the user should see it
+    (a `replace` from the backend already applied), `images` the generated image URLs,
+    `replaced` is True when the backend replaced what was streamed, `stopped` when
+    `Job.stop()` ended it early.
+    """
+
+    text: str
+    images: tuple[str, ...]
+    failed: bool
+    stopped: bool
+    replaced: bool
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
+class Job(Protocol):
+    """A submitted inbound message being answered in the background."""
+
+    msg: Inbound
+
+    def stop(self) -> None:
+        """Stop generating: the upstream stream is closed and the answer ends `stopped`."""
+
+    def done(self) -> bool: ...
+
+    def wait(self) -> Awaitable[str]:
+        """Wait until `deliver` returned; the final text."""
+
+
+class PlatformContext(Protocol):
+    """What the core gives every platform adapter."""
+
+    http: aiohttp.ClientSession
+    store: Store
+
+    async def claim(self, key: str) -> bool:
+        """Persistent dedupe: True the first time this platform-scoped key is seen."""
+
+    def submit(self, platform: Platform, msg: Inbound) -> Job:
+        """Answer `msg` in the background (commands, routing, history, failover) and call
+        `platform.deliver(msg, answer)`. Returns at once."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run platform-side background work (tracked, failures logged, drained at shutdown)."""
+
+
+class Platform(abc.ABC):
+    """One inbound chat protocol, served at `/hooks/{name}`.
+
+    `handle` does: verify on the raw bytes (constant time, replay window) → parse → dedupe with
+    `ctx.claim` → `ctx.submit` → return the acknowledgement within the platform's deadline.
+    Verification failures raise `VerificationError`; malformed bodies `RequestError`.
+    """
+
+    config_model: ClassVar[type[AdapterConfig]]
+    #: Maximum characters of one outgoing message; longer answers are split.
+    text_limit: ClassVar[int] = 4000
+
+    def __init__(self, name: str, config: Any, ctx: PlatformContext) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        """Called once at start-up (fetch bot identity, warm tokens...)."""
+
+    async def close(self) -> None:
+        """Called once at shutdown, after in-flight replies were drained."""
+
+    @abc.abstractmethod
+    async def handle(self, request: WebRequest) -> WebResponse: ...
+
+    @abc.abstractmethod
+    async def deliver(self, msg: Inbound, answer: Answer) -> None:
+        """Send the answer to the chat (streamed edits where the platform allows)."""
+
+    def help_text(self) -> str | None:
+        """Platform-specific additions to the /help answer."""
+        return None

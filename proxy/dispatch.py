@@ -1,0 +1,245 @@
+"""Chat-platform messages: commands, routing, background generation and delivery.
+
+Platform adapters call `ctx.submit(platform, msg)`; from there every platform is treated alike:
+`/clear` and `/help`, a polite line for non-text messages, channel routing, the session's
+history, failover, the transcript, and finally `platform.deliver(msg, answer)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+import aiohttp
+
+from proxy.config import Settings
+from proxy.contracts import Platform, Store
+from proxy.engine import Engine
+from proxy.errors import ChainFailed, StreamInterrupted
+from proxy.failover import Outcome
+from proxy.routing import conversation_key, route
+from proxy.runner import Runner
+from proxy.types import Delta, Inbound, Message
+
+log = logging.getLogger("switchboard.dispatch")
+
+CLEAR_COMMANDS = {"/clear", "\\clear", "#clear"}
+HELP_COMMANDS = {"/help", "\\help", "#help"}
+UNSUPPORTED = "Sorry, I can only read text messages for now. Please send your question as text."
+NO_CHANNEL = "Sorry, this chat is not connected to any assistant."
+CLEARED = "Done: I have forgotten our conversation. Let's start fresh."
+APOLOGY = "Sorry, I could not get an answer right now. Please try again in a moment."
+CUT_OFF = "\n\n(Sorry, the answer was cut off: the backend failed midway.)"
+
+
+def help_text(channel: str | None, extra: str | None) -> str:
+    lines = [
+        "I'm an AI assistant connected through Switchboard" + (f" (channel {channel})." if channel else "."),
+        "Just write your question and I'll answer; I remember our conversation.",
+        "/clear: forget our conversation.  /help: this message.",
+    ]
+    if extra:
+        lines.append(extra)
+    return "\n".join(lines)
+
+
+class Answer:
+    """Implements `proxy.contracts.Answer`. A generated answer runs its upstream stream in a
+    producer task, so `stop()` can close the upstream even while it is waiting for a chunk."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.images: tuple[str, ...] = ()
+        self.failed = self.stopped = self.replaced = False
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._producer: asyncio.Task[None] | None = None
+
+    @classmethod
+    def fixed(cls, text: str) -> Answer:
+        a = cls()
+        a.text = text
+        a._queue.put_nowait(text)
+        a._queue.put_nowait(None)
+        return a
+
+    @classmethod
+    def generated(cls, source: AsyncIterator[Delta], on_done: Callable[[Answer], Awaitable[None]]) -> Answer:
+        a = cls()
+        a._producer = asyncio.create_task(a._produce(source, on_done))
+        return a
+
+    async def _produce(self, source: AsyncIterator[Delta], on_done: Callable[[Answer], Awaitable[None]]) -> None:
+        try:
+            async with contextlib.aclosing(source):  # type: ignore[type-var]
+                async for d in source:
+                    self._take(d)
+        except asyncio.CancelledError:
+            self.stopped = True
+        except StreamInterrupted as err:
+            log.warning("answer cut off: %s", err)
+            self._emit(CUT_OFF)
+        except ChainFailed as err:
+            log.warning("no answer: %s", err)
+            self.failed = True
+            self._emit(APOLOGY)
+        except Exception:
+            log.exception("answer failed")
+            self.failed = True
+            self._emit(APOLOGY)
+        finally:
+            self._queue.put_nowait(None)
+        if not self.failed:
+            try:
+                await on_done(self)
+            except Exception:
+                log.exception("recording the transcript failed")
+
+    def _take(self, d: Delta) -> None:
+        if d.images:
+            self.images += d.images
+        if d.replace:
+            self.replaced = True
+            self.text = d.text
+            self._queue.put_nowait(d.text)
+        elif d.text:
+            self._emit(d.text)
+
+    def _emit(self, piece: str) -> None:
+        self.text += piece
+        self._queue.put_nowait(piece)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while (piece := await self._queue.get()) is not None:
+            yield piece
+
+    def stop(self) -> None:
+        if self._producer is not None and not self._producer.done():
+            self._producer.cancel()
+
+    async def close(self) -> None:
+        """Make sure the upstream is released once delivery is over."""
+        if self._producer is not None:
+            self.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._producer
+
+
+class Job:
+    """Implements `proxy.contracts.Job`."""
+
+    def __init__(self, msg: Inbound) -> None:
+        self.msg = msg
+        self.answer: Answer | None = None
+        self._stop_requested = False
+        self._finished = asyncio.Event()
+        self._text = ""
+
+    def attach(self, answer: Answer) -> None:
+        self.answer = answer
+        if self._stop_requested:
+            answer.stop()
+
+    def stop(self) -> None:
+        self._stop_requested = True
+        if self.answer is not None:
+            self.answer.stop()
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    async def wait(self) -> str:
+        await self._finished.wait()
+        return self._text
+
+    def finish(self, text: str) -> None:
+        self._text = text
+        self._finished.set()
+
+
+class Dispatcher:
+    def __init__(self, engine: Engine, runner: Runner, settings: Settings) -> None:
+        self.engine, self.runner, self.settings = engine, runner, settings
+
+    def context(self, platform_name: str) -> PlatformCtx:
+        return PlatformCtx(platform_name, self)
+
+    def submit(self, platform: Platform, msg: Inbound) -> Job:
+        job = Job(msg)
+        self.runner.spawn(self._run(platform, msg, job), f"reply:{platform.name}:{msg.event_id}", bounded=True)
+        return job
+
+    async def _run(self, platform: Platform, msg: Inbound, job: Job) -> None:
+        answer: Answer | None = None
+        try:
+            answer = await self._answer(platform, msg)
+            job.attach(answer)
+            await platform.deliver(msg, answer)
+        except asyncio.CancelledError:
+            await self._undelivered(msg, "shutdown")
+            raise
+        except Exception:
+            log.exception("delivering the answer to %s message %s failed", platform.name, msg.event_id)
+            await self._undelivered(msg, "delivery failed")
+        finally:
+            if answer is not None:
+                await answer.close()
+            job.finish(answer.text if answer else "")
+
+    async def _undelivered(self, msg: Inbound, why: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.engine.store.put(f"undelivered:{msg.platform}:{msg.event_id}", why, 7 * 86400)
+
+    async def _answer(self, platform: Platform, msg: Inbound) -> Answer:
+        if msg.kind != "text":
+            return Answer.fixed(UNSUPPORTED)
+        routed = route(self.settings.channels, msg)
+        if routed is None:
+            log.info("no channel matches %s chat=%s user=%s", msg.platform, msg.chat_id, msg.user_id)
+            return Answer.fixed(NO_CHANNEL)
+        channel, body = routed
+        conversation = conversation_key(channel, msg)
+        command = body.strip().lower()
+        if command in CLEAR_COMMANDS:
+            await self.engine.store.clear(conversation)
+            return Answer.fixed(CLEARED)
+        if command in HELP_COMMANDS or not command:
+            return Answer.fixed(help_text(channel.name, platform.help_text()))
+        turn = [Message("user", body.strip())]
+        request = await self.engine.request(
+            channel, turn, conversation=conversation, user=f"{msg.platform}:{msg.user_id}"
+        )
+        source = self.engine.stream(channel, request, Outcome())
+
+        async def record(answer: Answer) -> None:
+            await self.engine.record(conversation, turn, answer.text)
+
+        return Answer.generated(source, record)
+
+
+class PlatformCtx:
+    """Implements `proxy.contracts.PlatformContext` for one platform instance."""
+
+    def __init__(self, name: str, dispatcher: Dispatcher) -> None:
+        self.name = name
+        self._d = dispatcher
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        assert self._d.engine.http is not None, "the engine is not started"
+        return self._d.engine.http
+
+    @property
+    def store(self) -> Store:
+        return self._d.engine.store
+
+    async def claim(self, key: str) -> bool:
+        return await self.store.claim(f"seen:{self.name}:{key}", self._d.settings.raw.server.dedupe_ttl)
+
+    def submit(self, platform: Platform, msg: Inbound) -> Job:
+        return self._d.submit(platform, msg)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self._d.runner.spawn(coro, f"{self.name}:{name}")

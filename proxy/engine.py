@@ -1,0 +1,152 @@
+"""The engine: providers, store, failover and transcripts, shared by every front door.
+
+Built from `Settings` without I/O; `start()` opens the HTTP client, the store and the providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from proxy.config import Channel, Settings
+from proxy.contracts import Provider, ProviderState, Store
+from proxy.failover import Failover, Observer, Outcome
+from proxy.registry import Registry
+from proxy.types import JSON, ChatRequest, Completion, Delta, Message
+
+log = logging.getLogger("switchboard")
+
+
+class StoredState:
+    """ProviderState backed by the store, for one (conversation, provider)."""
+
+    __slots__ = ("conversation", "provider", "store")
+
+    def __init__(self, store: Store, conversation: str, provider: str) -> None:
+        self.store, self.conversation, self.provider = store, conversation, provider
+
+    async def get(self) -> JSON | None:
+        return await self.store.get_state(self.conversation, self.provider)
+
+    async def set(self, value: JSON | None) -> None:
+        await self.store.set_state(self.conversation, self.provider, value)
+
+
+class NoState:
+    """ProviderState for requests without a conversation: nothing is kept."""
+
+    async def get(self) -> JSON | None:
+        return None
+
+    async def set(self, value: JSON | None) -> None:
+        return None
+
+
+NO_STATE = NoState()
+
+
+def open_store(url: str, registry: Registry | None = None) -> Store:
+    scheme = url.split("://", 1)[0]
+    reg = registry or Registry("switchboard.stores")
+    cls = reg.get("redis" if scheme == "rediss" else scheme)
+    if cls is None:
+        from proxy.errors import ConfigError
+
+        raise ConfigError("store.url", f"unknown store scheme {scheme!r}", "sqlite://, memory://, redis://")
+    store: Store = cls(url)
+    return store
+
+
+class Engine:
+    def __init__(self, settings: Settings, *, observe: Observer | None = None) -> None:
+        self.settings = settings
+        self.store = open_store(settings.raw.store.url)
+        self.http: aiohttp.ClientSession | None = None
+        self.providers: dict[str, Provider] = {}
+        self.failover: Failover | None = None
+        self._observe = observe
+
+    async def start(self) -> None:
+        for name, a in self.settings.providers.items():
+            if a.disabled:
+                log.warning("provider %s (%s) disabled: %s", name, a.kind, a.disabled)
+        for name, a in self.settings.platforms.items():
+            if a.disabled:
+                log.warning("platform %s (%s) disabled: %s", name, a.kind, a.disabled)
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=300),
+            json_serialize=lambda o: __import__("orjson").dumps(o).decode(),
+        )
+        await self.store.open()
+        for name, a in self.settings.providers.items():
+            if a.disabled is None and a.cls is not None:
+                self.providers[name] = a.cls(name, a.config, self.http)
+        await asyncio.gather(*(p.start() for p in self.providers.values()))
+        self.failover = Failover(self.providers, self.settings.raw.failover, self._observe)
+
+    async def close(self) -> None:
+        for p in self.providers.values():
+            try:
+                await p.close()
+            except Exception:
+                log.exception("closing provider %s failed", p.name)
+        await self.store.close()
+        if self.http is not None:
+            await self.http.close()
+
+    # -- building a turn ---------------------------------------------------------------------
+
+    def state_for(self, conversation: str) -> Any:
+        if not conversation:
+            return lambda name: NO_STATE
+        store = self.store
+        return lambda name: StoredState(store, conversation, name)
+
+    async def request(
+        self,
+        channel: Channel,
+        new: Sequence[Message],
+        *,
+        conversation: str = "",
+        with_history: bool = True,
+        user: str = "anonymous",
+        params: Mapping[str, Any] | None = None,
+        stream: bool = True,
+    ) -> ChatRequest:
+        """System prompt + stored history (when there is a conversation) + the new messages."""
+        messages: list[Message] = []
+        if channel.prompt:
+            messages.append(Message("system", channel.prompt))
+        if conversation and with_history and channel.config.history:
+            # the caller's own system messages stay in front of the stored history
+            lead = 0
+            while lead < len(new) and new[lead].role in ("system", "developer"):
+                lead += 1
+            messages.extend(new[:lead])
+            messages.extend(await self.store.history(conversation, channel.config.history))
+            messages.extend(new[lead:])
+        else:
+            messages.extend(new)
+        merged = {**params, **channel.config.params} if params else channel.config.params
+        return ChatRequest(
+            tuple(messages), merged, channel.config.model, user, channel.name, conversation, stream
+        )
+
+    async def record(self, conversation: str, new: Sequence[Message], answer: str) -> None:
+        if conversation:
+            await self.store.append(conversation, [*new, Message("assistant", answer)])
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def stream(self, channel: Channel, request: ChatRequest, outcome: Outcome) -> AsyncIterator[Delta]:
+        assert self.failover is not None
+        return self.failover.stream(channel.name, channel.providers, request, self.state_for(request.conversation), outcome)
+
+    async def complete(self, channel: Channel, request: ChatRequest) -> tuple[str, Completion]:
+        assert self.failover is not None
+        return await self.failover.complete(channel.name, channel.providers, request, self.state_for(request.conversation))

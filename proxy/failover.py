@@ -1,0 +1,207 @@
+"""Failover: the one place that decides about retries, backoff, circuits and the provider chain.
+
+For each provider in the channel's chain, in order:
+- skip it while its circuit is open (too many consecutive failed requests, for a cooldown);
+- try it; a retryable error (timeout, connect error, 408/409/429/5xx, unparseable answer) is
+  retried with exponential backoff and jitter (tenacity), waiting `Retry-After` when the
+  upstream gave one — unless that is longer than `retry_after_max`, then we fail over at once;
+- a non-retryable error (auth, quota, request rejected) moves to the next provider directly.
+
+A streamed answer is committed once its first delta exists: after that we never switch provider;
+a later failure surfaces as `StreamInterrupted`. Providers themselves never retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+from proxy.config import FailoverConfig
+from proxy.contracts import Provider, ProviderState
+from proxy.errors import ChainFailed, ProviderError, StreamInterrupted
+from proxy.types import ChatRequest, Completion, Delta
+
+log = logging.getLogger("switchboard.failover")
+T = TypeVar("T")
+
+StateFor = Callable[[str], ProviderState]
+Observer = Callable[[str, str, str, float], None]  # channel, provider, outcome, seconds
+
+
+class Circuit:
+    """Consecutive-failure breaker for one provider. Half-open after the cooldown: one trial."""
+
+    __slots__ = ("cooldown", "failures", "open_until", "threshold")
+
+    def __init__(self, threshold: int, cooldown: float) -> None:
+        self.threshold, self.cooldown = threshold, cooldown
+        self.failures = 0
+        self.open_until = 0.0
+
+    def allows(self, now: float) -> bool:
+        return self.failures < self.threshold or now >= self.open_until
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown
+
+    def state(self, now: float) -> str:
+        if self.failures < self.threshold:
+            return "closed"
+        return "half-open" if now >= self.open_until else f"open ({self.open_until - now:.0f}s left)"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Which provider answered; filled in as the stream starts."""
+
+    provider: str = ""
+    model: str | None = None
+
+
+def _outcome(err: BaseException) -> str:
+    return type(err).__name__ if not isinstance(err, ProviderError) else str(err)
+
+
+class Failover:
+    def __init__(
+        self, providers: dict[str, Provider], config: FailoverConfig, observe: Observer | None = None
+    ) -> None:
+        self.providers = providers
+        self.config = config
+        self.circuits = {n: Circuit(config.circuit_failures, config.circuit_cooldown) for n in providers}
+        self._observe = observe or (lambda *a: None)
+
+    # -- retry policy ------------------------------------------------------------------------
+
+    def _should_retry(self, err: BaseException) -> bool:
+        if not isinstance(err, ProviderError) or not err.retryable:
+            return False
+        return err.retry_after is None or err.retry_after <= self.config.retry_after_max
+
+    def _delay(self, err: BaseException | None, attempt: int) -> float:
+        """Retry-After when the upstream gave one, else exponential backoff with jitter."""
+        if isinstance(err, ProviderError) and err.retry_after is not None:
+            return max(0.0, err.retry_after)
+        c = self.config
+        return min(c.backoff_max, c.backoff_base * 2 ** (attempt - 1)) + random.uniform(0, c.backoff_base)
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run `call` once (the fast path); on a retryable error, retry under the policy."""
+        try:
+            return await call()
+        except ProviderError as err:
+            if self.config.attempts < 2 or not self._should_retry(err):
+                raise
+            await asyncio.sleep(self._delay(err, 1))
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self.config.attempts - 1),
+            wait=lambda s: self._delay(s.outcome.exception() if s.outcome else None, s.attempt_number + 1),
+            retry=retry_if_exception(self._should_retry),
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    # -- the chain ---------------------------------------------------------------------------
+
+    def _candidates(self, chain: Sequence[str], attempts: list[tuple[str, str]]) -> list[str]:
+        now = time.monotonic()
+        out = []
+        for name in chain:
+            if self.circuits[name].allows(now):
+                out.append(name)
+            else:
+                attempts.append((name, "skipped, circuit open"))
+        return out
+
+    async def complete(self, channel: str, chain: Sequence[str], request: ChatRequest, state_for: StateFor) -> tuple[str, Completion]:
+        attempts: list[tuple[str, str]] = []
+        errors: list[ProviderError] = []
+        for name in self._candidates(chain, attempts):
+            provider = self.providers[name]
+            started = time.monotonic()
+            try:
+                result = await self._with_retries(lambda p=provider, n=name: p.complete(request, state_for(n)))
+            except ProviderError as err:
+                self._failed(channel, name, err, started, attempts, errors)
+                continue
+            self._succeeded(channel, name, started)
+            return name, result
+        raise ChainFailed(channel, attempts, errors)
+
+    async def stream(
+        self, channel: str, chain: Sequence[str], request: ChatRequest, state_for: StateFor, outcome: Outcome
+    ) -> AsyncIterator[Delta]:
+        """Deltas of the first provider that starts answering. Close it (aclose) to stop early."""
+        attempts: list[tuple[str, str]] = []
+        errors: list[ProviderError] = []
+        for name in self._candidates(chain, attempts):
+            provider = self.providers[name]
+            started = time.monotonic()
+            try:
+                it, first = await self._with_retries(lambda p=provider, n=name: _open(p, request, state_for(n)))
+            except ProviderError as err:
+                self._failed(channel, name, err, started, attempts, errors)
+                continue
+            outcome.provider, outcome.model = name, request.model or provider.default_model
+            async with contextlib.aclosing(it):
+                try:
+                    if first is not None:
+                        yield first
+                    async for delta in it:
+                        yield delta
+                except ProviderError as err:
+                    self._failed(channel, name, err, started, attempts, errors)
+                    raise StreamInterrupted(err.message, provider=name, status=err.status) from err
+            self._succeeded(channel, name, started)
+            return
+        raise ChainFailed(channel, attempts, errors)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _succeeded(self, channel: str, name: str, started: float) -> None:
+        self.circuits[name].succeeded()
+        seconds = time.monotonic() - started
+        self._observe(channel, name, "ok", seconds)
+        if log.isEnabledFor(logging.INFO):
+            log.info("attempt channel=%s provider=%s outcome=ok latency_ms=%.1f", channel, name, seconds * 1000)
+
+    def _failed(self, channel: str, name: str, err: ProviderError, started: float, attempts: list[tuple[str, str]], errors: list[ProviderError]) -> None:
+        self.circuits[name].failed(time.monotonic())
+        seconds = time.monotonic() - started
+        err.provider = err.provider or name
+        attempts.append((name, err.message + (f" (HTTP {err.status})" if err.status else "")))
+        errors.append(err)
+        self._observe(channel, name, type(err).__name__, seconds)
+        log.warning(
+            "attempt channel=%s provider=%s outcome=%s latency_ms=%.1f error=%r",
+            channel, name, type(err).__name__, seconds * 1000, err.message,
+        )
+
+
+async def _open(provider: Provider, request: ChatRequest, state: ProviderState) -> tuple[AsyncIterator[Delta], Delta | None]:
+    """Start a provider stream and wait for its first delta (so failures before it can fail over)."""
+    it = provider.stream(request, state).__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        return it, None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await it.aclose()  # type: ignore[attr-defined]
+        raise
+    return it, first

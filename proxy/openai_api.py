@@ -1,0 +1,263 @@
+"""The OpenAI-compatible front door: POST /v1/chat/completions, GET /v1/models.
+
+This is the hot path. Everything that can be prepared at start-up is (key digests, the model
+list); a request costs one auth lookup, one JSON parse, one validation pass and the upstream
+call. Streams are passed through chunk by chunk.
+
+Sessions: a request that names one (`X-Conversation-Id` header, else the `user` field) gets
+provider memory (Dify's conversation_id) kept per (key, channel, session). If such a request
+carries no assistant turns (a stateless client sending only the new message), the stored
+transcript is prepended and the exchange recorded, so context also survives failover and
+restarts. Without a session name nothing is stored: the messages pass through as sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from proxy.config import Channel, KeyConfig, Settings
+from proxy.engine import Engine
+from proxy.errors import ChainFailed, RequestError, StreamInterrupted
+from proxy.failover import Outcome
+from proxy.http_util import read_body
+from proxy.types import ChatRequest, Completion, Delta, Message
+
+log = logging.getLogger("switchboard.openai")
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "user", "n"})
+JSON_TYPE = "application/json"
+
+
+def error_response(status: int, message: str, type_: str, *, param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return Response(orjson.dumps(body), status, headers=headers, media_type=JSON_TYPE)
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise RequestError("'messages' must be a non-empty array of message objects.", param="messages")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RequestError(f"messages[{i}] must be an object.", param=f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RequestError(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+                param=f"messages[{i}].role",
+            )
+        content = m.get("content")
+        if not (isinstance(content, (str, list)) or (content is None and role in ("assistant", "function"))):
+            raise RequestError(f"messages[{i}].content must be a string or an array of content parts.",
+                               param=f"messages[{i}].content")
+        extra = {k: v for k, v in m.items() if k not in ("role", "content")} or None
+        out.append(Message(role, content, extra))
+    return out
+
+
+class OpenAIFrontDoor:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.keys: dict[str, tuple[str, KeyConfig]] = {
+            digest(k.key): (k.name or digest(k.key)[:12], k) for k in settings.raw.keys
+        }
+        self.max_body = settings.raw.server.max_body_bytes
+        self.created = int(time.time())
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _auth(self, request: Request) -> tuple[str, KeyConfig]:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        found = self.keys.get(digest(token.strip())) if scheme.lower() == "bearer" and token else None
+        if found is None:
+            raise RequestError("Incorrect API key provided. Send 'Authorization: Bearer <key>' with one of the configured keys.",
+                               status=401, code="invalid_api_key")
+        return found
+
+    def _channel(self, key: KeyConfig, name: Any) -> Channel:
+        if not isinstance(name, str) or not name:
+            raise RequestError("'model' is required and must name a channel.", param="model")
+        channel = self.settings.by_name.get(name)
+        if channel is None or not key.allows(name):
+            raise RequestError(f"The model '{name}' does not exist or you do not have access to it.",
+                               status=404, param="model", code="model_not_found")
+        return channel
+
+    async def _build(self, request: Request) -> tuple[Channel, ChatRequest, list[Message], bool]:
+        key_name, key = self._auth(request)
+        body = await read_body(request, self.max_body)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise RequestError("We could not parse the JSON body of your request.") from None
+        if not isinstance(data, dict):
+            raise RequestError("The request body must be a JSON object.")
+        channel = self._channel(key, data.get("model"))
+        messages = parse_messages(data.get("messages"))
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise RequestError("'stream' must be a boolean.", param="stream")
+        if data.get("n", 1) != 1:
+            raise RequestError("Only n=1 is supported.", param="n")
+        options = data.get("stream_options")
+        if options is not None and (not stream or not isinstance(options, dict)):
+            raise RequestError("'stream_options' must be an object and is only allowed with stream=true.",
+                               param="stream_options")
+        user = data.get("user")
+        if user is not None and not isinstance(user, str):
+            raise RequestError("'user' must be a string.", param="user")
+        params = {k: v for k, v in data.items() if k not in OWN_FIELDS}
+        session = request.headers.get("x-conversation-id") or user
+        conversation, stateless, record = "", False, []
+        if session:
+            conversation = f"{channel.name}|openai|{key_name}|{session}"
+            stateless = not any(m.role == "assistant" for m in messages)
+            if stateless:
+                record = [m for m in messages if m.role not in ("system", "developer")]
+        req = await self.engine.request(
+            channel, messages, conversation=conversation, with_history=stateless,
+            user=f"{key_name}:{session}" if session else key_name, params=params, stream=stream,
+        )
+        return channel, req, record, bool(options and options.get("include_usage"))
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            channel, req, record, usage = await self._build(request)
+            if req.stream:
+                return await self._stream(channel, req, record, usage)
+            provider, result = await self.engine.complete(channel, req)
+        except RequestError as e:
+            return error_response(e.status, e.message, "invalid_request_error", param=e.param, code=e.code)
+        except ChainFailed as e:
+            return self._chain_failed(channel, e)
+        if record:
+            await self.engine.record(req.conversation, record, result.text)
+        return Response(orjson.dumps(self._completion_body(channel.name, result)), media_type=JSON_TYPE,
+                        headers={"x-switchboard-provider": provider})
+
+    def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": c.text}
+        if c.tool_calls:
+            message["tool_calls"] = c.tool_calls
+        body: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "message": message, "finish_reason": c.finish_reason}],
+        }
+        if c.usage:
+            body["usage"] = {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens,
+                             "total_tokens": c.usage.total_tokens}
+        return body
+
+    def _chain_failed(self, channel: Channel, e: ChainFailed) -> Response:
+        if e.all_rejected:
+            return error_response(400, f"The backend rejected the request: {e.errors[-1].message}",
+                                  "invalid_request_error", code="upstream_rejected")
+        if e.nothing_tried:
+            disabled = [f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped]
+            why = str(e) + (f"; disabled: {', '.join(disabled)}" if disabled else "")
+            return error_response(503, why, "server_error", code="no_provider_available")
+        return error_response(502, str(e), "server_error", code="all_providers_failed")
+
+    async def _stream(self, channel: Channel, req: ChatRequest, record: list[Message], usage: bool) -> Response:
+        outcome = Outcome()
+        source = self.engine.stream(channel, req, outcome)
+        try:
+            first = await source.__anext__()
+        except StopAsyncIteration:
+            first = None
+        return StreamingResponse(
+            self._sse(channel.name, source, first, req, record, usage),
+            media_type="text/event-stream",
+            headers={"x-switchboard-provider": outcome.provider, "cache-control": "no-cache"},
+        )
+
+    async def _sse(self, model: str, source: AsyncIterator[Delta], first: Delta | None, req: ChatRequest,
+                   record: list[Message], include_usage: bool) -> AsyncIterator[bytes]:
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            body = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(body) + b"\n\n"
+
+        text: list[str] = []
+        finish, usage_seen = None, None
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            pending = [first] if first is not None else []
+            async for d in _chain(pending, source):
+                if d.replace:
+                    text = [d.text]
+                    finish = "content_filter"
+                    yield chunk({"content": d.text})
+                elif d.text:
+                    text.append(d.text)
+                    yield chunk({"content": d.text})
+                if d.tool_calls:
+                    yield chunk({"tool_calls": d.tool_calls})
+                if d.finish_reason:
+                    finish = finish or d.finish_reason
+                if d.usage:
+                    usage_seen = d.usage
+        except StreamInterrupted as e:
+            err = {"error": {"message": f"The answer was cut off: {e}", "type": "server_error",
+                             "param": None, "code": "stream_interrupted"}}
+            yield b"data: " + orjson.dumps(err) + b"\n\n"
+            return
+        finally:
+            await source.aclose()  # type: ignore[attr-defined]
+        yield chunk({}, finish or "stop")
+        if include_usage:
+            u = usage_seen
+            body = {**head, "choices": [], "usage": {
+                "prompt_tokens": u.prompt_tokens if u else 0, "completion_tokens": u.completion_tokens if u else 0,
+                "total_tokens": u.total_tokens if u else 0}}
+            yield b"data: " + orjson.dumps(body) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+        if record:
+            await self.engine.record(req.conversation, record, "".join(text))
+
+    async def models(self, request: Request) -> Response:
+        try:
+            _, key = self._auth(request)
+        except RequestError as e:
+            return error_response(e.status, e.message, "invalid_request_error", code=e.code)
+        data = [self._model(c) for c in self.settings.channels if key.allows(c.name)]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON_TYPE)
+
+    async def model(self, request: Request) -> Response:
+        try:
+            _, key = self._auth(request)
+            channel = self._channel(key, request.path_params["model"])
+        except RequestError as e:
+            return error_response(e.status, e.message, "invalid_request_error", param=e.param, code=e.code)
+        return Response(orjson.dumps(self._model(channel)), media_type=JSON_TYPE)
+
+    def _model(self, c: Channel) -> dict[str, Any]:
+        return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}
+
+
+async def _chain(first: list[Delta], rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+    for d in first:
+        yield d
+    async for d in rest:
+        yield d
