@@ -1,0 +1,95 @@
+"""Key pools for OpenAI-compatible providers.
+
+Requests go to the healthy key with the fewest requests in flight; a conversation sticks to its
+key while that key is healthy. A key answered with 401/403 or quota-exhausted is disabled; a 429
+puts it on cooldown. When every key is out, `acquire` raises the last failure's error class, so
+the core counts the provider as failed and moves down the chain. Keys are only ever shown masked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+from proxy.errors import AuthFailed, ProviderError, QuotaExceeded, RateLimited
+
+DEFAULT_COOLDOWN = 30.0
+
+
+def mask(key: str) -> str:
+    if not key:
+        return "(none)"
+    head = key[:3] if len(key) > 10 else ""
+    return f"{head}…{key[-4:]}" if len(key) > 4 else "…"
+
+
+@dataclass(slots=True)
+class Key:
+    value: str
+    in_flight: int = 0
+    disabled: str | None = None
+    cooldown_until: float = 0.0
+
+    def usable(self, now: float) -> bool:
+        return self.disabled is None and now >= self.cooldown_until
+
+
+class KeyPool:
+    def __init__(self, keys: list[str], provider: str) -> None:
+        self.keys = [Key(k) for k in keys]
+        self.provider = provider
+        self.sticky: TTLCache[str, Key] = TTLCache(maxsize=50_000, ttl=6 * 3600)
+        self.last_error: ProviderError | None = None
+
+    def acquire(self, conversation: str = "") -> Key:
+        if len(self.keys) == 1:
+            key = self.keys[0]
+            if not key.usable(time.monotonic()):
+                raise self._all_out()
+            key.in_flight += 1
+            return key
+        now = time.monotonic()
+        key = self.sticky.get(conversation) if conversation else None
+        if key is None or not key.usable(now):
+            healthy = [k for k in self.keys if k.usable(now)]
+            if not healthy:
+                raise self._all_out()
+            key = min(healthy, key=lambda k: k.in_flight)
+            if conversation:
+                self.sticky[conversation] = key
+        key.in_flight += 1
+        return key
+
+    def release(self, key: Key, error: BaseException | None = None) -> None:
+        key.in_flight -= 1
+        if isinstance(error, (AuthFailed, QuotaExceeded)):
+            key.disabled = f"{type(error).__name__}: {error.message}"[:200]
+            self.last_error = error
+        elif isinstance(error, RateLimited):
+            key.cooldown_until = time.monotonic() + (error.retry_after or DEFAULT_COOLDOWN)
+            self.last_error = error
+
+    def _all_out(self) -> ProviderError:
+        last = self.last_error
+        cls = type(last) if last is not None else RateLimited
+        retry = None
+        if cls is RateLimited:
+            waits = [k.cooldown_until - time.monotonic() for k in self.keys if k.disabled is None]
+            retry = max(0.0, min(waits)) if waits else None
+        return cls(f"no usable API key ({len(self.keys)} configured: all disabled or cooling down)",
+                   provider=self.provider, status=last.status if last else None, retry_after=retry)
+
+    def status(self) -> list[dict[str, object]]:
+        now = time.monotonic()
+        out: list[dict[str, object]] = []
+        for k in self.keys:
+            if k.disabled:
+                state = f"disabled: {k.disabled}"
+            elif now < k.cooldown_until:
+                state = f"cooldown {k.cooldown_until - now:.0f}s"
+            else:
+                state = "ok"
+            out.append({"key": mask(k.value), "state": state, "in_flight": k.in_flight})
+        return out
