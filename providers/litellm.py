@@ -1,0 +1,128 @@
+"""`litellm`: local and other models through the LiteLLM SDK (e.g. `ollama_chat/qwen2.5` with
+`api_base: http://127.0.0.1:11434`, or `hosted_vllm/<model>` with an `api_base` ending in /v1).
+
+LiteLLM costs seconds and ~180 MB to import, so it is imported only in `start()` — only when such
+a provider is configured and enabled — in a worker thread, with its remote cost-map fetch off.
+LiteLLM's own retries are off: retries and failover are the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import Field
+
+from proxy.contracts import AdapterConfig, Provider, ProviderState
+from proxy.errors import (
+    AuthFailed,
+    BadResponse,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    RequestRejected,
+)
+from proxy.types import ChatRequest, Completion, Delta, Usage
+
+
+class LiteLLMConfig(AdapterConfig):
+    kind: Literal["litellm"] = "litellm"
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key: str | None = None
+    #: Drop OpenAI parameters the backend does not support instead of failing.
+    drop_params: bool = True
+    timeout: float = Field(120.0, gt=0)
+    params: dict[str, Any] = {}
+
+
+def _import_litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def map_error(lib: Any, err: BaseException, provider: str) -> ProviderError:
+    """LiteLLM's exception classes → our tree (see backends.md §4.3 for the surprises)."""
+    message = str(getattr(err, "message", None) or err)[:300]
+    status = getattr(err, "status_code", None)
+    if isinstance(err, lib.Timeout):
+        return ProviderTimeout(message, provider=provider, status=status)
+    if isinstance(err, lib.RateLimitError):
+        return RateLimited(message, provider=provider, status=429)
+    if isinstance(err, (lib.AuthenticationError, lib.PermissionDeniedError)):
+        return AuthFailed(message, provider=provider, status=status)
+    if isinstance(err, (lib.BadRequestError, lib.NotFoundError, lib.UnprocessableEntityError)):
+        return RequestRejected(message, provider=provider, status=status)
+    if isinstance(err, (lib.APIConnectionError, lib.ServiceUnavailableError, lib.InternalServerError, lib.APIError)):
+        return ProviderUnavailable(message, provider=provider, status=status)
+    return BadResponse(f"{type(err).__name__}: {message}", provider=provider)
+
+
+class LiteLLMProvider(Provider):
+    config_model = LiteLLMConfig
+
+    async def start(self) -> None:
+        self.lib = await asyncio.to_thread(_import_litellm)
+        await asyncio.to_thread(self._warm_model_info)
+
+    def _warm_model_info(self) -> None:
+        """LiteLLM's success logging looks up model info with a *synchronous* HTTP call (Ollama's
+        /api/show) on the event loop thread; its results are cached per (model, provider,
+        api_base). Fill that cache here, in a worker thread, with the keys it asks for."""
+        model = self.config.model
+        prefix, _, bare = model.partition("/")
+        keys = [(model, prefix or None, None)]
+        if bare and self.config.api_base:
+            keys.append((bare, prefix, self.config.api_base.rstrip("/") + "/api/chat"))
+        for m, provider, base in keys:
+            try:
+                self.lib.get_model_info(model=m, custom_llm_provider=provider, api_base=base)
+            except Exception:
+                pass  # unknown models are fine: the lookup result (or its failure) is what we warm
+
+    def describe(self) -> str:
+        return f"litellm {self.config.model} at {self.config.api_base or 'default'}"
+
+    def _kwargs(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        c = self.config
+        kw: dict[str, Any] = {**c.params, **request.params}
+        kw.update(model=request.model or c.model, messages=[m.to_openai() for m in request.messages], stream=stream,
+                  timeout=c.timeout, num_retries=0, max_retries=0, drop_params=c.drop_params)
+        if c.api_base:
+            kw["api_base"] = c.api_base
+        if c.api_key:
+            kw["api_key"] = c.api_key
+        return kw
+
+    async def complete(self, request: ChatRequest, state: ProviderState) -> Completion:
+        try:
+            r = await self.lib.acompletion(**self._kwargs(request, False))
+        except Exception as e:
+            raise map_error(self.lib, e, self.name) from None
+        choice = r.choices[0]
+        u = getattr(r, "usage", None)
+        usage = Usage(u.prompt_tokens or 0, u.completion_tokens or 0, u.total_tokens or 0) if u else None
+        return Completion(choice.message.content or "", choice.finish_reason or "stop", usage, None, r.model)
+
+    async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
+        try:
+            response = await self.lib.acompletion(**self._kwargs(request, True))
+            async for chunk in response:
+                usage = getattr(chunk, "usage", None)
+                for choice in chunk.choices or ():
+                    text = getattr(choice.delta, "content", None) or ""
+                    if text or choice.finish_reason:
+                        yield Delta(text=text, finish_reason=choice.finish_reason)
+                if usage and getattr(usage, "total_tokens", 0):
+                    yield Delta(usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0))
+        except ProviderError:
+            raise
+        except Exception as e:
+            raise map_error(self.lib, e, self.name) from None
