@@ -218,17 +218,17 @@ def _adapters(
         kind = block.get("kind")
         if not kind:
             raise ConfigError(f"{path}.kind", "is required", ", ".join(registry.kinds()))
+        if kind not in registry.kinds():
+            raise ConfigError(f"{path}.kind", f"unknown kind {kind!r}", ", ".join(registry.kinds()))
+        unset = _missing_under(path, missing)
+        if unset:  # disabled: not even imported
+            reason = f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set"
+            out[name] = Adapter(name, kind, None, None, disabled=reason)
+            continue
         try:
             cls = registry.get(kind)
         except Exception as e:  # an adapter whose module fails to import
             raise ConfigError(f"{path}.kind", f"kind {kind!r} could not be loaded: {type(e).__name__}: {e}") from None
-        if cls is None:
-            raise ConfigError(f"{path}.kind", f"unknown kind {kind!r}", ", ".join(registry.kinds()))
-        unset = _missing_under(path, missing)
-        if unset:
-            reason = f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set"
-            out[name] = Adapter(name, kind, cls, None, disabled=reason)
-            continue
         try:
             config = cls.config_model.model_validate(block)
         except ValidationError as e:

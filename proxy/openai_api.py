@@ -173,7 +173,10 @@ class OpenAIFrontDoor:
                                   "invalid_request_error", code="upstream_rejected")
         if e.nothing_tried:
             disabled = [f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped]
-            why = str(e) + (f"; disabled: {', '.join(disabled)}" if disabled else "")
+            open_ = [p for p, what in e.attempts if "circuit open" in what]
+            why = f"No provider of channel '{channel.name}' is available"
+            why += f"; circuit open: {', '.join(open_)}" if open_ else ""
+            why += f"; disabled: {', '.join(disabled)}" if disabled else ""
             return error_response(503, why, "server_error", code="no_provider_available")
         return error_response(502, str(e), "server_error", code="all_providers_failed")
 
