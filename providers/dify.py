@@ -25,13 +25,19 @@ import aiohttp
 import orjson
 from pydantic import Field
 
+from providers.openai_base import TRANSPORT_ERRORS, retry_after, transport_error
 from proxy.contracts import AdapterConfig, Provider, ProviderState
 from proxy.errors import BadResponse, ProviderError, ProviderUnavailable, RequestRejected, error_for_status
 from proxy.types import ChatRequest, Delta, Message, Usage
-from providers.openai_base import TRANSPORT_ERRORS, retry_after, transport_error
 
 #: Dify codes that mean "the model behind the app failed", not "your request is wrong".
-UPSTREAM_CODES = {"completion_request_error", "provider_not_initialize", "model_currently_not_support", "app_unavailable", "internal_server_error"}
+UPSTREAM_CODES = {
+    "completion_request_error",
+    "provider_not_initialize",
+    "model_currently_not_support",
+    "app_unavailable",
+    "internal_server_error",
+}
 
 
 class DifyConfig(AdapterConfig):
@@ -60,7 +66,9 @@ def dify_error(status: int, data: Any, provider: str, headers: Any = None) -> Pr
         return ConversationGone(message, provider=provider, status=404)
     if code in UPSTREAM_CODES:
         return ProviderUnavailable(message, provider=provider, status=status)
-    err = error_for_status(status, message, provider=provider, code=code, retry_after=retry_after(headers) if headers else None)
+    err = error_for_status(
+        status, message, provider=provider, code=code, retry_after=retry_after(headers) if headers else None
+    )
     return err
 
 
@@ -84,8 +92,15 @@ class DifyProvider(Provider):
     def __init__(self, name: str, config: DifyConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(name, config, http)
         base = config.base_url.rstrip("/")
-        self.url = base + {"chat": "/chat-messages", "agent": "/chat-messages",
-                           "completion": "/completion-messages", "workflow": "/workflows/run"}[config.app_mode]
+        self.url = (
+            base
+            + {
+                "chat": "/chat-messages",
+                "agent": "/chat-messages",
+                "completion": "/completion-messages",
+                "workflow": "/workflows/run",
+            }[config.app_mode]
+        )
         self.headers = {"authorization": f"Bearer {config.api_key}", "content-type": "application/json"}
         self.timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
 
@@ -114,22 +129,35 @@ class DifyProvider(Provider):
         mode = self.config.app_mode
         if mode in ("chat", "agent"):
             query = _fold(request) if not conversation else _last_user(request.messages)
-            body: dict[str, Any] = {"query": query, "inputs": self.config.inputs, "response_mode": "streaming",
-                                    "user": request.user}
+            body: dict[str, Any] = {
+                "query": query,
+                "inputs": self.config.inputs,
+                "response_mode": "streaming",
+                "user": request.user,
+            }
             if conversation:
                 body["conversation_id"] = conversation
         elif mode == "completion":
             text = _fold(request)
-            body = {"inputs": {**self.config.inputs, self.config.query_input: text}, "query": text,
-                    "response_mode": "streaming", "user": request.user}
+            body = {
+                "inputs": {**self.config.inputs, self.config.query_input: text},
+                "query": text,
+                "response_mode": "streaming",
+                "user": request.user,
+            }
         else:
-            body = {"inputs": {**self.config.inputs, self.config.query_input: _fold(request)},
-                    "response_mode": "streaming", "user": request.user}
+            body = {
+                "inputs": {**self.config.inputs, self.config.query_input: _fold(request)},
+                "response_mode": "streaming",
+                "user": request.user,
+            }
         return orjson.dumps(body)
 
     async def _run(self, request: ChatRequest, state: ProviderState, conversation: str | None) -> AsyncIterator[Delta]:
         try:
-            async with self.http.post(self.url, data=self._body(request, conversation), headers=self.headers, timeout=self.timeout) as resp:
+            async with self.http.post(
+                self.url, data=self._body(request, conversation), headers=self.headers, timeout=self.timeout
+            ) as resp:
                 if resp.status >= 400:
                     raw = await resp.read()
                     try:
@@ -142,7 +170,9 @@ class DifyProvider(Provider):
         except TRANSPORT_ERRORS as e:
             raise transport_error(e, self.name) from None
 
-    async def _events(self, resp: aiohttp.ClientResponse, state: ProviderState, known: str | None) -> AsyncIterator[Delta]:
+    async def _events(
+        self, resp: aiohttp.ClientResponse, state: ProviderState, known: str | None
+    ) -> AsyncIterator[Delta]:
         saved, agent_text, streamed = known, False, False
         async for raw in resp.content:
             line = raw.strip()
@@ -178,7 +208,9 @@ class DifyProvider(Provider):
             elif kind == "workflow_finished":
                 data = ev.get("data") or {}
                 if data.get("status") not in (None, "succeeded", "partial-succeeded"):
-                    raise ProviderUnavailable(f"workflow {data.get('status')}: {str(data.get('error'))[:200]}", provider=self.name)
+                    raise ProviderUnavailable(
+                        f"workflow {data.get('status')}: {str(data.get('error'))[:200]}", provider=self.name
+                    )
                 if self.config.app_mode == "workflow":
                     if not streamed:
                         out = (data.get("outputs") or {}).get(self.config.output_key)
@@ -199,4 +231,6 @@ def _usage(ev: dict[str, Any]) -> Usage | None:
     u = (ev.get("metadata") or {}).get("usage")
     if not isinstance(u, dict):
         return None
-    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), int(u.get("total_tokens") or 0))
+    return Usage(
+        int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), int(u.get("total_tokens") or 0)
+    )

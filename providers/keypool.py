@@ -44,14 +44,14 @@ class KeyPool:
         self.last_error: ProviderError | None = None
 
     def acquire(self, conversation: str = "") -> Key:
-        if len(self.keys) == 1:
-            key = self.keys[0]
-            if not key.usable(time.monotonic()):
-                raise self._all_out()
-            key.in_flight += 1
-            return key
         now = time.monotonic()
-        key = self.sticky.get(conversation) if conversation else None
+        if len(self.keys) == 1:
+            only = self.keys[0]
+            if not only.usable(now):
+                raise self._all_out()
+            only.in_flight += 1
+            return only
+        key: Key | None = self.sticky.get(conversation) if conversation else None
         if key is None or not key.usable(now):
             healthy = [k for k in self.keys if k.usable(now)]
             if not healthy:
@@ -78,8 +78,12 @@ class KeyPool:
         if cls is RateLimited:
             waits = [k.cooldown_until - time.monotonic() for k in self.keys if k.disabled is None]
             retry = max(0.0, min(waits)) if waits else None
-        return cls(f"no usable API key ({len(self.keys)} configured: all disabled or cooling down)",
-                   provider=self.provider, status=last.status if last else None, retry_after=retry)
+        return cls(
+            f"no usable API key ({len(self.keys)} configured: all disabled or cooling down)",
+            provider=self.provider,
+            status=last.status if last else None,
+            retry_after=retry,
+        )
 
     def status(self) -> list[dict[str, object]]:
         now = time.monotonic()

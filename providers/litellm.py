@@ -93,8 +93,15 @@ class LiteLLMProvider(Provider):
     def _kwargs(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         c = self.config
         kw: dict[str, Any] = {**c.params, **request.params}
-        kw.update(model=request.model or c.model, messages=[m.to_openai() for m in request.messages], stream=stream,
-                  timeout=c.timeout, num_retries=0, max_retries=0, drop_params=c.drop_params)
+        kw.update(
+            model=request.model or c.model,
+            messages=[m.to_openai() for m in request.messages],
+            stream=stream,
+            timeout=c.timeout,
+            num_retries=0,
+            max_retries=0,
+            drop_params=c.drop_params,
+        )
         if c.api_base:
             kw["api_base"] = c.api_base
         if c.api_key:
@@ -121,7 +128,9 @@ class LiteLLMProvider(Provider):
                     if text or choice.finish_reason:
                         yield Delta(text=text, finish_reason=choice.finish_reason)
                 if usage and getattr(usage, "total_tokens", 0):
-                    yield Delta(usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0))
+                    yield Delta(
+                        usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0)
+                    )
         except ProviderError:
             raise
         except Exception as e:

@@ -13,9 +13,6 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from proxy.contracts import Provider, ProviderState
-from proxy.errors import BadResponse, ProviderError
-from proxy.types import ChatRequest, Completion, Delta
 from providers.keypool import KeyPool
 from providers.openai_base import (
     TRANSPORT_ERRORS,
@@ -25,6 +22,9 @@ from providers.openai_base import (
     transport_error,
     usage_of,
 )
+from proxy.contracts import Provider, ProviderState
+from proxy.errors import BadResponse, ProviderError
+from proxy.types import ChatRequest, Completion, Delta
 
 
 class OpenAIConfig(OpenAICompatConfig):
@@ -64,8 +64,9 @@ class OpenAIProvider(Provider):
         key = self.pool.acquire(request.conversation)
         error: BaseException | None = None
         try:
-            async with self.http.post(self.url, data=self._payload(request, False),
-                                      headers=self._headers[key.value], timeout=self._timeout) as resp:
+            async with self.http.post(
+                self.url, data=self._payload(request, False), headers=self._headers[key.value], timeout=self._timeout
+            ) as resp:
                 await raise_for_status(resp, self.name)
                 raw = await resp.read()
             return self._completion(raw)
@@ -97,8 +98,9 @@ class OpenAIProvider(Provider):
         key = self.pool.acquire(request.conversation)
         error: BaseException | None = None
         try:
-            async with self.http.post(self.url, data=self._payload(request, True),
-                                      headers=self._headers[key.value], timeout=self._timeout) as resp:
+            async with self.http.post(
+                self.url, data=self._payload(request, True), headers=self._headers[key.value], timeout=self._timeout
+            ) as resp:
                 await raise_for_status(resp, self.name)
                 async for delta in sse_deltas(resp, self.name):
                     yield delta

@@ -92,7 +92,9 @@ async def raise_for_status(resp: aiohttp.ClientResponse, provider: str) -> None:
 def usage_of(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None
-    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0), int(data.get("total_tokens") or 0))
+    return Usage(
+        int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0), int(data.get("total_tokens") or 0)
+    )
 
 
 def stream_error(data: JSON, provider: str) -> ProviderError:
@@ -137,7 +139,9 @@ def transport_error(err: BaseException, provider: str) -> ProviderError:
     if isinstance(err, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return ProviderTimeout("timed out", provider=provider)
     if isinstance(err, aiohttp.ClientConnectorError):
-        return ProviderUnavailable(f"cannot connect: {err.os_error.strerror or type(err.os_error).__name__}", provider=provider)
+        return ProviderUnavailable(
+            f"cannot connect: {err.os_error.strerror or type(err.os_error).__name__}", provider=provider
+        )
     if isinstance(err, aiohttp.ClientPayloadError):
         return ProviderUnavailable("the connection broke while reading the answer", provider=provider)
     if isinstance(err, aiohttp.ClientError):

@@ -69,9 +69,12 @@ class Hooks:
         try:
             body = await read_body(request, self.settings.raw.server.max_body_bytes)
             req = WebRequest(
-                request.method, request.url.path,
+                request.method,
+                request.url.path,
                 {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]},
-                dict(request.query_params), body, request.client.host if request.client else None,
+                dict(request.query_params),
+                body,
+                request.client.host if request.client else None,
             )
             out = await platform.handle(req)
             status = out.status
@@ -102,8 +105,12 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
         await hooks.start(dispatcher)
-        log.info("switchboard ready: %d channel(s), %d provider(s), %d platform(s)",
-                 len(settings.channels), len(engine.providers), len(hooks.platforms))
+        log.info(
+            "switchboard ready: %d channel(s), %d provider(s), %d platform(s)",
+            len(settings.channels),
+            len(engine.providers),
+            len(hooks.platforms),
+        )
         try:
             yield
         finally:
@@ -118,8 +125,11 @@ def create_app(settings: Settings) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         ok = engine.failover is not None and await _ping(engine)
-        body = {"status": "ready" if ok else "not ready", "store": "ok" if ok else "unreachable",
-                "channels": len(settings.channels)}
+        body = {
+            "status": "ready" if ok else "not ready",
+            "store": "ok" if ok else "unreachable",
+            "channels": len(settings.channels),
+        }
         return Response(orjson.dumps(body), 200 if ok else 503, media_type="application/json")
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -128,8 +138,12 @@ def create_app(settings: Settings) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if request.url.path.startswith("/v1/"):
-            return error_response(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
-                                  "invalid_request_error", code="not_found" if exc.status_code == 404 else None)
+            return error_response(
+                exc.status_code,
+                f"{request.method} {request.url.path}: {exc.detail}",
+                "invalid_request_error",
+                code="not_found" if exc.status_code == 404 else None,
+            )
         return Response(str(exc.detail), exc.status_code)
 
     routes = [

@@ -237,11 +237,15 @@ def _adapters(
     return out
 
 
-def _channel(i: int, ch: ChannelConfig, providers: dict[str, Adapter], platforms: dict[str, Adapter], base: Path) -> Channel:
+def _channel(
+    i: int, ch: ChannelConfig, providers: dict[str, Adapter], platforms: dict[str, Adapter], base: Path
+) -> Channel:
     path = f"channels[{i}]"
     for j, p in enumerate(ch.providers):
         if p not in providers:
-            raise ConfigError(f"{path}.providers[{j}]", f"unknown provider {p!r}", ", ".join(providers) or "none configured")
+            raise ConfigError(
+                f"{path}.providers[{j}]", f"unknown provider {p!r}", ", ".join(providers) or "none configured"
+            )
     plats = ch.match.platform
     for j, p in enumerate([plats] if isinstance(plats, str) else plats or []):
         if p not in platforms and p != "openai":

@@ -73,7 +73,8 @@ class Provider(abc.ABC):
         """The whole answer at once. Default: collect `stream()`; override when the upstream has
         a cheaper non-streaming call."""
         text: list[str] = []
-        finish, usage, tools, images = "stop", None, None, ()
+        finish, usage, tools = "stop", None, None
+        images: tuple[str, ...] = ()
         async for d in self.stream(request, state):
             if d.replace:
                 text = [d.text]

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from proxy.config import Channel, Settings
-from proxy.contracts import Provider, ProviderState, Store
+from proxy.contracts import Provider, Store
 from proxy.failover import Failover, Observer, Outcome
 from proxy.registry import Registry
 from proxy.types import JSON, ChatRequest, Completion, Delta, Message
@@ -133,9 +133,7 @@ class Engine:
         else:
             messages.extend(new)
         merged = {**params, **channel.config.params} if params else channel.config.params
-        return ChatRequest(
-            tuple(messages), merged, channel.config.model, user, channel.name, conversation, stream
-        )
+        return ChatRequest(tuple(messages), merged, channel.config.model, user, channel.name, conversation, stream)
 
     async def record(self, conversation: str, new: Sequence[Message], answer: str) -> None:
         if conversation:
@@ -145,8 +143,12 @@ class Engine:
 
     def stream(self, channel: Channel, request: ChatRequest, outcome: Outcome) -> AsyncIterator[Delta]:
         assert self.failover is not None
-        return self.failover.stream(channel.name, channel.providers, request, self.state_for(request.conversation), outcome)
+        return self.failover.stream(
+            channel.name, channel.providers, request, self.state_for(request.conversation), outcome
+        )
 
     async def complete(self, channel: Channel, request: ChatRequest) -> tuple[str, Completion]:
         assert self.failover is not None
-        return await self.failover.complete(channel.name, channel.providers, request, self.state_for(request.conversation))
+        return await self.failover.complete(
+            channel.name, channel.providers, request, self.state_for(request.conversation)
+        )

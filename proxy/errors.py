@@ -1,27 +1,27 @@
 """Switchboard's one error tree.
 
-    SwitchboardError
-    ├── ConfigError            a config file or value is wrong; names the path, what is wrong and
-    │                          what would be valid. Never shown as a traceback.
-    ├── VerificationError      an inbound platform request failed its signature / token / replay
-    │                          check. Answered 401 (or `status`), nothing processed, details only
-    │                          in our log.
-    ├── RequestError           a caller sent something malformed (bad JSON, missing field, too
-    │                          large). Answered 4xx with a message that names the problem.
-    └── ProviderError          an upstream backend failed. Providers raise these and never retry;
-        │                      the core's failover decides (see `retryable`).
-        ├── ProviderTimeout        connect/read timeout                      retryable
-        ├── ProviderUnavailable    connection refused/reset, 5xx, 408, 409   retryable
-        ├── RateLimited            429 (not quota)                           retryable, `retry_after`
-        ├── QuotaExceeded          quota/billing exhausted (429 insufficient_quota, Dify
-        │                          provider_quota_exceeded, rate_limit_error)  not retryable
-        ├── AuthFailed             401/403 from the upstream                 not retryable
-        ├── RequestRejected        the upstream refused this request (400/404/422)  not retryable
-        ├── BadResponse            the upstream answered something we cannot parse  retryable
-        ├── StreamInterrupted      the upstream failed after the first token reached the caller;
-        │                          the core never switches provider then
-        └── ChainFailed            every provider of a channel failed or was skipped; `attempts`
-                                   lists (provider, what happened) in chain order
+SwitchboardError
+├── ConfigError            a config file or value is wrong; names the path, what is wrong and
+│                          what would be valid. Never shown as a traceback.
+├── VerificationError      an inbound platform request failed its signature / token / replay
+│                          check. Answered 401 (or `status`), nothing processed, details only
+│                          in our log.
+├── RequestError           a caller sent something malformed (bad JSON, missing field, too
+│                          large). Answered 4xx with a message that names the problem.
+└── ProviderError          an upstream backend failed. Providers raise these and never retry;
+    │                      the core's failover decides (see `retryable`).
+    ├── ProviderTimeout        connect/read timeout                      retryable
+    ├── ProviderUnavailable    connection refused/reset, 5xx, 408, 409   retryable
+    ├── RateLimited            429 (not quota)                           retryable, `retry_after`
+    ├── QuotaExceeded          quota/billing exhausted (429 insufficient_quota, Dify
+    │                          provider_quota_exceeded, rate_limit_error)  not retryable
+    ├── AuthFailed             401/403 from the upstream                 not retryable
+    ├── RequestRejected        the upstream refused this request (400/404/422)  not retryable
+    ├── BadResponse            the upstream answered something we cannot parse  retryable
+    ├── StreamInterrupted      the upstream failed after the first token reached the caller;
+    │                          the core never switches provider then
+    └── ChainFailed            every provider of a channel failed or was skipped; `attempts`
+                               lists (provider, what happened) in chain order
 """
 
 from __future__ import annotations
@@ -51,9 +51,7 @@ class VerificationError(SwitchboardError):
 class RequestError(SwitchboardError):
     """The caller's request is malformed. The message is safe to show to the caller."""
 
-    def __init__(
-        self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> None:
         self.message, self.status, self.param, self.code = message, status, param, code
         super().__init__(message)
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import random
 import time
+from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -76,9 +77,7 @@ def _outcome(err: BaseException) -> str:
 
 
 class Failover:
-    def __init__(
-        self, providers: dict[str, Provider], config: FailoverConfig, observe: Observer | None = None
-    ) -> None:
+    def __init__(self, providers: dict[str, Provider], config: FailoverConfig, observe: Observer | None = None) -> None:
         self.providers = providers
         self.config = config
         self.circuits = {n: Circuit(config.circuit_failures, config.circuit_cooldown) for n in providers}
@@ -128,14 +127,16 @@ class Failover:
                 attempts.append((name, "skipped, circuit open"))
         return out
 
-    async def complete(self, channel: str, chain: Sequence[str], request: ChatRequest, state_for: StateFor) -> tuple[str, Completion]:
+    async def complete(
+        self, channel: str, chain: Sequence[str], request: ChatRequest, state_for: StateFor
+    ) -> tuple[str, Completion]:
         attempts: list[tuple[str, str]] = []
         errors: list[ProviderError] = []
         for name in self._candidates(chain, attempts):
             provider = self.providers[name]
             started = time.monotonic()
             try:
-                result = await self._with_retries(lambda p=provider, n=name: p.complete(request, state_for(n)))
+                result = await self._with_retries(partial(provider.complete, request, state_for(name)))
             except ProviderError as err:
                 self._failed(channel, name, err, started, attempts, errors)
                 continue
@@ -153,12 +154,12 @@ class Failover:
             provider = self.providers[name]
             started = time.monotonic()
             try:
-                it, first = await self._with_retries(lambda p=provider, n=name: _open(p, request, state_for(n)))
+                it, first = await self._with_retries(partial(_open, provider, request, state_for(name)))
             except ProviderError as err:
                 self._failed(channel, name, err, started, attempts, errors)
                 continue
             outcome.provider, outcome.model = name, request.model or provider.default_model
-            async with contextlib.aclosing(it):
+            async with contextlib.aclosing(it):  # type: ignore[type-var]
                 try:
                     if first is not None:
                         yield first
@@ -180,7 +181,15 @@ class Failover:
         if log.isEnabledFor(logging.INFO):
             log.info("attempt channel=%s provider=%s outcome=ok latency_ms=%.1f", channel, name, seconds * 1000)
 
-    def _failed(self, channel: str, name: str, err: ProviderError, started: float, attempts: list[tuple[str, str]], errors: list[ProviderError]) -> None:
+    def _failed(
+        self,
+        channel: str,
+        name: str,
+        err: ProviderError,
+        started: float,
+        attempts: list[tuple[str, str]],
+        errors: list[ProviderError],
+    ) -> None:
         self.circuits[name].failed(time.monotonic())
         seconds = time.monotonic() - started
         err.provider = err.provider or name
@@ -189,11 +198,17 @@ class Failover:
         self._observe(channel, name, type(err).__name__, seconds)
         log.warning(
             "attempt channel=%s provider=%s outcome=%s latency_ms=%.1f error=%r",
-            channel, name, type(err).__name__, seconds * 1000, err.message,
+            channel,
+            name,
+            type(err).__name__,
+            seconds * 1000,
+            err.message,
         )
 
 
-async def _open(provider: Provider, request: ChatRequest, state: ProviderState) -> tuple[AsyncIterator[Delta], Delta | None]:
+async def _open(
+    provider: Provider, request: ChatRequest, state: ProviderState
+) -> tuple[AsyncIterator[Delta], Delta | None]:
     """Start a provider stream and wait for its first delta (so failures before it can fail over)."""
     it = provider.stream(request, state).__aiter__()
     try:

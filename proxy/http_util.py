@@ -16,14 +16,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ValueError:
             raise RequestError("Content-Length is not a number.") from None
         if size > limit:
-            raise RequestError(f"The request body is too large ({size} bytes; the limit is {limit}).",
-                               status=413, code="request_too_large")
+            raise RequestError(
+                f"The request body is too large ({size} bytes; the limit is {limit}).",
+                status=413,
+                code="request_too_large",
+            )
         return await request.body()
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError(f"The request body is too large (over {limit} bytes).",
-                               status=413, code="request_too_large")
+            raise RequestError(
+                f"The request body is too large (over {limit} bytes).", status=413, code="request_too_large"
+            )
         chunks.append(chunk)
     return b"".join(chunks)

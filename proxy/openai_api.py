@@ -38,8 +38,15 @@ OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "user",
 JSON_TYPE = "application/json"
 
 
-def error_response(status: int, message: str, type_: str, *, param: str | None = None,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return Response(orjson.dumps(body), status, headers=headers, media_type=JSON_TYPE)
 
@@ -63,8 +70,9 @@ def parse_messages(raw: Any) -> list[Message]:
             )
         content = m.get("content")
         if not (isinstance(content, (str, list)) or (content is None and role in ("assistant", "function"))):
-            raise RequestError(f"messages[{i}].content must be a string or an array of content parts.",
-                               param=f"messages[{i}].content")
+            raise RequestError(
+                f"messages[{i}].content must be a string or an array of content parts.", param=f"messages[{i}].content"
+            )
         extra = {k: v for k, v in m.items() if k not in ("role", "content")} or None
         out.append(Message(role, content, extra))
     return out
@@ -87,8 +95,11 @@ class OpenAIFrontDoor:
         scheme, _, token = header.partition(" ")
         found = self.keys.get(digest(token.strip())) if scheme.lower() == "bearer" and token else None
         if found is None:
-            raise RequestError("Incorrect API key provided. Send 'Authorization: Bearer <key>' with one of the configured keys.",
-                               status=401, code="invalid_api_key")
+            raise RequestError(
+                "Incorrect API key provided. Send 'Authorization: Bearer <key>' with one of the configured keys.",
+                status=401,
+                code="invalid_api_key",
+            )
         return found
 
     def _channel(self, key: KeyConfig, name: Any) -> Channel:
@@ -96,8 +107,12 @@ class OpenAIFrontDoor:
             raise RequestError("'model' is required and must name a channel.", param="model")
         channel = self.settings.by_name.get(name)
         if channel is None or not key.allows(name):
-            raise RequestError(f"The model '{name}' does not exist or you do not have access to it.",
-                               status=404, param="model", code="model_not_found")
+            raise RequestError(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                status=404,
+                param="model",
+                code="model_not_found",
+            )
         return channel
 
     async def _build(self, request: Request) -> tuple[Channel, ChatRequest, list[Message], bool]:
@@ -118,8 +133,9 @@ class OpenAIFrontDoor:
             raise RequestError("Only n=1 is supported.", param="n")
         options = data.get("stream_options")
         if options is not None and (not stream or not isinstance(options, dict)):
-            raise RequestError("'stream_options' must be an object and is only allowed with stream=true.",
-                               param="stream_options")
+            raise RequestError(
+                "'stream_options' must be an object and is only allowed with stream=true.", param="stream_options"
+            )
         user = data.get("user")
         if user is not None and not isinstance(user, str):
             raise RequestError("'user' must be a string.", param="user")
@@ -132,8 +148,13 @@ class OpenAIFrontDoor:
             if stateless:
                 record = [m for m in messages if m.role not in ("system", "developer")]
         req = await self.engine.request(
-            channel, messages, conversation=conversation, with_history=stateless,
-            user=f"{key_name}:{session}" if session else key_name, params=params, stream=stream,
+            channel,
+            messages,
+            conversation=conversation,
+            with_history=stateless,
+            user=f"{key_name}:{session}" if session else key_name,
+            params=params,
+            stream=stream,
         )
         return channel, req, record, bool(options and options.get("include_usage"))
 
@@ -151,26 +172,39 @@ class OpenAIFrontDoor:
             return self._chain_failed(channel, e)
         if record:
             await self.engine.record(req.conversation, record, result.text)
-        return Response(orjson.dumps(self._completion_body(channel.name, result)), media_type=JSON_TYPE,
-                        headers={"x-switchboard-provider": provider})
+        return Response(
+            orjson.dumps(self._completion_body(channel.name, result)),
+            media_type=JSON_TYPE,
+            headers={"x-switchboard-provider": provider},
+        )
 
     def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
         if c.tool_calls:
             message["tool_calls"] = c.tool_calls
         body: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": message, "finish_reason": c.finish_reason}],
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": c.finish_reason}],
         }
         if c.usage:
-            body["usage"] = {"prompt_tokens": c.usage.prompt_tokens, "completion_tokens": c.usage.completion_tokens,
-                             "total_tokens": c.usage.total_tokens}
+            body["usage"] = {
+                "prompt_tokens": c.usage.prompt_tokens,
+                "completion_tokens": c.usage.completion_tokens,
+                "total_tokens": c.usage.total_tokens,
+            }
         return body
 
     def _chain_failed(self, channel: Channel, e: ChainFailed) -> Response:
         if e.all_rejected:
-            return error_response(400, f"The backend rejected the request: {e.errors[-1].message}",
-                                  "invalid_request_error", code="upstream_rejected")
+            return error_response(
+                400,
+                f"The backend rejected the request: {e.errors[-1].message}",
+                "invalid_request_error",
+                code="upstream_rejected",
+            )
         if e.nothing_tried:
             disabled = [f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped]
             open_ = [p for p, what in e.attempts if "circuit open" in what]
@@ -193,10 +227,21 @@ class OpenAIFrontDoor:
             headers={"x-switchboard-provider": outcome.provider, "cache-control": "no-cache"},
         )
 
-    async def _sse(self, model: str, source: AsyncIterator[Delta], first: Delta | None, req: ChatRequest,
-                   record: list[Message], include_usage: bool) -> AsyncIterator[bytes]:
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model}
+    async def _sse(
+        self,
+        model: str,
+        source: AsyncIterator[Delta],
+        first: Delta | None,
+        req: ChatRequest,
+        record: list[Message],
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             body = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -222,8 +267,14 @@ class OpenAIFrontDoor:
                 if d.usage:
                     usage_seen = d.usage
         except StreamInterrupted as e:
-            err = {"error": {"message": f"The answer was cut off: {e}", "type": "server_error",
-                             "param": None, "code": "stream_interrupted"}}
+            err = {
+                "error": {
+                    "message": f"The answer was cut off: {e}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "stream_interrupted",
+                }
+            }
             yield b"data: " + orjson.dumps(err) + b"\n\n"
             return
         finally:
@@ -231,9 +282,15 @@ class OpenAIFrontDoor:
         yield chunk({}, finish or "stop")
         if include_usage:
             u = usage_seen
-            body = {**head, "choices": [], "usage": {
-                "prompt_tokens": u.prompt_tokens if u else 0, "completion_tokens": u.completion_tokens if u else 0,
-                "total_tokens": u.total_tokens if u else 0}}
+            body = {
+                **head,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": u.prompt_tokens if u else 0,
+                    "completion_tokens": u.completion_tokens if u else 0,
+                    "total_tokens": u.total_tokens if u else 0,
+                },
+            }
             yield b"data: " + orjson.dumps(body) + b"\n\n"
         yield b"data: [DONE]\n\n"
         if record:

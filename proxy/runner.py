@@ -35,11 +35,11 @@ class Runner:
             log.exception("background task %s failed", name)
             return None
 
-    async def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` s for running work; cancel what is left. Returns how many were cut."""
+    async def drain(self, seconds: float) -> int:
+        """Wait up to `seconds` for running work; cancel what is left. Returns how many were cut."""
         if not self.tasks:
             return 0
-        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        _, pending = await asyncio.wait(set(self.tasks), timeout=seconds)
         for task in pending:
             task.cancel()
         if pending:

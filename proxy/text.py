@@ -37,5 +37,5 @@ def strip_prefix(text: str, prefixes: list[str]) -> str | None:
     low = t.lower()
     for p in prefixes:
         if low.startswith(p.lower()):
-            return t[len(p):].strip()
+            return t[len(p) :].strip()
     return None

@@ -1,7 +1,7 @@
 """Run real HTTP servers on 127.0.0.1 (ephemeral ports) inside the test's event loop.
 
-    async with serve_asgi(app) as base_url: ...        # Switchboard itself (uvicorn)
-    async with serve_aiohttp(web_app) as base_url: ...  # fake upstreams / fake platform APIs
+async with serve_asgi(app) as base_url: ...        # Switchboard itself (uvicorn)
+async with serve_aiohttp(web_app) as base_url: ...  # fake upstreams / fake platform APIs
 """
 
 from __future__ import annotations

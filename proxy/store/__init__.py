@@ -31,4 +31,4 @@ def last_turns(messages: list[Message], turns: int) -> list[Message]:
     starts = [i for i, m in enumerate(messages) if m.role == "user"]
     if not starts:
         return []
-    return messages[starts[-turns] if len(starts) >= turns else starts[0]:]
+    return messages[starts[-turns] if len(starts) >= turns else starts[0] :]

@@ -77,7 +77,9 @@ class RedisStore(Store):
 
     async def get(self, key: str) -> str | None:
         raw = await self._r.get(f"{self.prefix}:k:{key}")
-        return raw.decode() if raw is not None else None
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def delete(self, key: str) -> None:
         await self._r.delete(f"{self.prefix}:k:{key}")

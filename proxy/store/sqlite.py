@@ -82,7 +82,7 @@ class SQLiteStore(Store):
             (conversation, max(8, turns * 6)),
         ) as cur:
             rows = await cur.fetchall()
-        return last_turns([load_message(r[0]) for r in reversed(rows)], turns)
+        return last_turns([load_message(r[0]) for r in list(rows)[::-1]], turns)
 
     async def append(self, conversation: str, messages: list[Message]) -> None:
         async with self._tx:
@@ -92,8 +92,10 @@ class SQLiteStore(Store):
         db = self._db
         await db.execute("BEGIN")
         try:
-            await db.executemany("INSERT INTO messages (conversation, body) VALUES (?, ?)",
-                                 [(conversation, dump_message(m)) for m in messages])
+            await db.executemany(
+                "INSERT INTO messages (conversation, body) VALUES (?, ?)",
+                [(conversation, dump_message(m)) for m in messages],
+            )
             await db.execute(
                 "DELETE FROM messages WHERE conversation = ? AND id <= "
                 "(SELECT id FROM messages WHERE conversation = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -113,17 +115,22 @@ class SQLiteStore(Store):
             await db.execute("COMMIT")
 
     async def get_state(self, conversation: str, provider: str) -> JSON | None:
-        async with self._db.execute("SELECT body FROM states WHERE conversation = ? AND provider = ?",
-                                    (conversation, provider)) as cur:
+        async with self._db.execute(
+            "SELECT body FROM states WHERE conversation = ? AND provider = ?", (conversation, provider)
+        ) as cur:
             row = await cur.fetchone()
         return orjson.loads(row[0]) if row else None
 
     async def set_state(self, conversation: str, provider: str, value: JSON | None) -> None:
         if value is None:
-            await self._db.execute("DELETE FROM states WHERE conversation = ? AND provider = ?", (conversation, provider))
+            await self._db.execute(
+                "DELETE FROM states WHERE conversation = ? AND provider = ?", (conversation, provider)
+            )
         else:
-            await self._db.execute("INSERT OR REPLACE INTO states (conversation, provider, body) VALUES (?, ?, ?)",
-                                   (conversation, provider, orjson.dumps(value)))
+            await self._db.execute(
+                "INSERT OR REPLACE INTO states (conversation, provider, body) VALUES (?, ?, ?)",
+                (conversation, provider, orjson.dumps(value)),
+            )
 
     async def claim(self, key: str, ttl: float) -> bool:
         async with self._tx:
@@ -146,8 +153,10 @@ class SQLiteStore(Store):
         return first
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
-        await self._db.execute("INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, ?)",
-                               (key, value, time.time() + ttl if ttl else None))
+        await self._db.execute(
+            "INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, ?)",
+            (key, value, time.time() + ttl if ttl else None),
+        )
 
     async def get(self, key: str) -> str | None:
         async with self._db.execute("SELECT v, expires FROM kv WHERE k = ?", (key,)) as cur:

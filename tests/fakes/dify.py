@@ -76,7 +76,9 @@ class FakeDify:
             return web.json_response(e.body, status=e.status)
         return await self._answer(resp, body, fault, body.get("user", ""), body.get("conversation_id") or "")
 
-    async def _answer(self, resp: web.StreamResponse, body: dict[str, Any], fault: Any, user: str, cid: str) -> web.StreamResponse:
+    async def _answer(
+        self, resp: web.StreamResponse, body: dict[str, Any], fault: Any, user: str, cid: str
+    ) -> web.StreamResponse:
         if not cid:
             cid = str(uuid.uuid4())
             self.conversations[(user, cid)] = []
@@ -88,7 +90,9 @@ class FakeDify:
         words = answer.split(" ")
         for i, word in enumerate(words):
             if fault and fault[0] == "error_event" and i == 1:
-                await _send(resp, {"event": "error", "status": 400, "code": fault[1], "message": "model failed", **common})
+                await _send(
+                    resp, {"event": "error", "status": 400, "code": fault[1], "message": "model failed", **common}
+                )
                 return resp
             await _send(resp, {"event": event, "answer": word if i == 0 else " " + word, **common})
             if fault and fault[0] == "replace" and i == 0:
@@ -96,7 +100,16 @@ class FakeDify:
                 break
         if self.agent:  # New Agent style: the whole answer again at the end
             await _send(resp, {"event": "message", "answer": answer, **common})
-        await _send(resp, {"event": "message_end", "metadata": {"usage": {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}}, **common})
+        await _send(
+            resp,
+            {
+                "event": "message_end",
+                "metadata": {
+                    "usage": {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
+                },
+                **common,
+            },
+        )
         return resp
 
     async def _completion(self, request: web.Request) -> web.StreamResponse:
@@ -115,8 +128,14 @@ class FakeDify:
         except _Early as e:
             return web.json_response(e.body, status=e.status)
         await _send(resp, {"event": "workflow_started", "workflow_run_id": "w", "data": {"id": "w"}})
-        await _send(resp, {"event": "workflow_finished", "workflow_run_id": "w",
-                           "data": {"status": "succeeded", "outputs": {"result": f"flow: {body['inputs'].get('query', '')}"}}})
+        await _send(
+            resp,
+            {
+                "event": "workflow_finished",
+                "workflow_run_id": "w",
+                "data": {"status": "succeeded", "outputs": {"result": f"flow: {body['inputs'].get('query', '')}"}},
+            },
+        )
         return resp
 
 

@@ -46,20 +46,34 @@ class FakeOllama:
         user = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
         words = f"local: {user}".split(" ")
         now = datetime.now(UTC).isoformat()
-        final = {"model": body["model"], "created_at": now, "message": {"role": "assistant", "content": ""},
-                 "done": True, "done_reason": "stop", "prompt_eval_count": 4, "eval_count": len(words)}
+        final = {
+            "model": body["model"],
+            "created_at": now,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+            "prompt_eval_count": 4,
+            "eval_count": len(words),
+        }
         if not body.get("stream", True):
             return web.json_response({**final, "message": {"role": "assistant", "content": " ".join(words)}})
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         for i, w in enumerate(words):
-            line = {"model": body["model"], "created_at": now, "message": {"role": "assistant", "content": w if i == 0 else " " + w}, "done": False}
+            line = {
+                "model": body["model"],
+                "created_at": now,
+                "message": {"role": "assistant", "content": w if i == 0 else " " + w},
+                "done": False,
+            }
             await resp.write(orjson.dumps(line) + b"\n")
         await resp.write(orjson.dumps(final) + b"\n")
         return resp
 
     async def _show(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"modelfile": "", "parameters": "", "template": "{{ .Prompt }}", "details": {}, "model_info": {}})
+        return web.json_response(
+            {"modelfile": "", "parameters": "", "template": "{{ .Prompt }}", "details": {}, "model_info": {}}
+        )
 
     async def _tags(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"models": [{"name": "qwen2.5:latest", "model": "qwen2.5:latest"}]})

@@ -64,12 +64,25 @@ class FakeOpenAI:
     # -- fault injection -----------------------------------------------------------------------
 
     def fail(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1) -> None:
-        body = body if body is not None else {"error": {"message": f"fake failure {status}", "type": "server_error", "code": None}}
+        body = (
+            body
+            if body is not None
+            else {"error": {"message": f"fake failure {status}", "type": "server_error", "code": None}}
+        )
         for _ in range(times):
             self.faults.append(Fault("status", status, body, headers or {}))
 
     def quota(self) -> None:
-        self.fail(429, {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota", "code": "insufficient_quota"}})
+        self.fail(
+            429,
+            {
+                "error": {
+                    "message": "You exceeded your current quota.",
+                    "type": "insufficient_quota",
+                    "code": "insufficient_quota",
+                }
+            },
+        )
 
     def hang(self, seconds: float) -> None:
         self.faults.append(Fault("hang", seconds=seconds))
@@ -114,16 +127,45 @@ class FakeOpenAI:
         self.requests.append(Recorded(request.path, dict(request.headers), body))
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if key in self.key_rejected:
-            return body, None, web.json_response({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}, status=401)
+            return (
+                body,
+                None,
+                web.json_response(
+                    {
+                        "error": {
+                            "message": "Incorrect API key provided",
+                            "type": "invalid_request_error",
+                            "code": "invalid_api_key",
+                        }
+                    },
+                    status=401,
+                ),
+            )
         if key in self.key_rate_limited:
-            return body, None, web.json_response({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}, status=429, headers={"Retry-After": "60"})
+            return (
+                body,
+                None,
+                web.json_response(
+                    {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+                    status=429,
+                    headers={"Retry-After": "60"},
+                ),
+            )
         fault = self.faults.popleft() if self.faults else None
         if fault is None:
             return body, None, None
         if fault.kind == "status":
             return body, None, web.json_response(fault.body, status=fault.status, headers=fault.headers)
         if fault.kind == "html":
-            return body, None, web.Response(text="<html><body><h1>502 Bad Gateway</h1></body></html>", status=fault.status, content_type="text/html")
+            return (
+                body,
+                None,
+                web.Response(
+                    text="<html><body><h1>502 Bad Gateway</h1></body></html>",
+                    status=fault.status,
+                    content_type="text/html",
+                ),
+            )
         if fault.kind == "hang":
             await asyncio.sleep(fault.seconds)
             return body, None, None
@@ -136,37 +178,73 @@ class FakeOpenAI:
         text = self._text_for(body)
         if not body.get("stream"):
             words = len(text.split())
-            return web.json_response({
-                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body.get("model"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words},
-            })
+            return web.json_response(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words},
+                }
+            )
         return await self._stream(request, body, text, fault)
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], text: str, fault: Fault | None) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], text: str, fault: Fault | None
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": body.get("model")}
+        head = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model"),
+        }
 
         async def send(obj: Any) -> None:
             await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
 
-        await send({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        await send(
+            {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
         words = text.split(" ")
         for i, word in enumerate(words):
             if fault is not None and i == fault.after:
                 if fault.kind == "stream_error":
-                    await send({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}})
+                    await send(
+                        {
+                            "error": {
+                                "message": "The server had an error while processing your request.",
+                                "type": "server_error",
+                            }
+                        }
+                    )
                     return resp
                 with contextlib.suppress(Exception):
                     request.transport.close()  # type: ignore[union-attr]
                 return resp
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
-            await send({**head, "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}]})
+            await send(
+                {
+                    **head,
+                    "choices": [
+                        {"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}
+                    ],
+                }
+            )
         await send({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            await send({**head, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}})
+            await send(
+                {
+                    **head,
+                    "choices": [],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)},
+                }
+            )
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -175,8 +253,16 @@ class FakeOpenAI:
         if early is not None:
             return early
         n = int(body.get("n") or 1)
-        return web.json_response({"created": int(time.time()), "data": [
-            {"url": f"https://images.example/{i}.png", "revised_prompt": body.get("prompt")} for i in range(n)]})
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "data": [
+                    {"url": f"https://images.example/{i}.png", "revised_prompt": body.get("prompt")} for i in range(n)
+                ],
+            }
+        )
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"object": "list", "data": [{"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}]}
+        )

@@ -21,22 +21,39 @@ async def fakes():
 
 
 def app_for(dify, up, backup, **failover):
-    return create_app(parse_config({
-        "store": {"url": "memory://"},
-        "keys": [{"key": KEY}],
-        "failover": {"attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02, "circuit_failures": 50, **failover},
-        "providers": {
-            "kb": {"kind": "dify", "base_url": dify.base_url, "api_key": "app-1"},
-            "gpt": {"kind": "openai", "base_url": up.base_url, "api_key": "sk-up", "model": "m", "read_timeout": 0.5},
-            "spare": {"kind": "openai", "base_url": backup.base_url, "api_key": "sk-spare"},
-            "dead": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "sk-x"},
-        },
-        "channels": [
-            {"name": "support", "providers": ["kb", "gpt"], "prompt": "You help customers."},
-            {"name": "chat", "providers": ["gpt", "spare"]},
-            {"name": "far", "providers": ["dead", "spare"]},
-        ],
-    }, {}))
+    return create_app(
+        parse_config(
+            {
+                "store": {"url": "memory://"},
+                "keys": [{"key": KEY}],
+                "failover": {
+                    "attempts": 2,
+                    "backoff_base": 0.01,
+                    "backoff_max": 0.02,
+                    "circuit_failures": 50,
+                    **failover,
+                },
+                "providers": {
+                    "kb": {"kind": "dify", "base_url": dify.base_url, "api_key": "app-1"},
+                    "gpt": {
+                        "kind": "openai",
+                        "base_url": up.base_url,
+                        "api_key": "sk-up",
+                        "model": "m",
+                        "read_timeout": 0.5,
+                    },
+                    "spare": {"kind": "openai", "base_url": backup.base_url, "api_key": "sk-spare"},
+                    "dead": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "sk-x"},
+                },
+                "channels": [
+                    {"name": "support", "providers": ["kb", "gpt"], "prompt": "You help customers."},
+                    {"name": "chat", "providers": ["gpt", "spare"]},
+                    {"name": "far", "providers": ["dead", "spare"]},
+                ],
+            },
+            {},
+        )
+    )
 
 
 def sdk(url):
@@ -44,8 +61,12 @@ def sdk(url):
 
 
 async def ask(c, model, text, session="alice", stream=False):
-    r = await c.chat.completions.create(model=model, messages=[{"role": "user", "content": text}],
-                                        extra_headers={"X-Conversation-Id": session}, stream=stream)
+    r = await c.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        extra_headers={"X-Conversation-Id": session},
+        stream=stream,
+    )
     if not stream:
         return r.choices[0].message.content
     return "".join([ch.choices[0].delta.content or "" async for ch in r if ch.choices])
@@ -61,8 +82,11 @@ async def test_context_survives_failover_from_dify_to_openai(fakes):
         assert await ask(c, "support", "where is it?") == "upstream: where is it?"
         sent = up.chat_requests()[-1].json["messages"]
         assert [(m["role"], m["content"]) for m in sent] == [
-            ("system", "You help customers."), ("user", "my order is 42"), ("assistant", "dify#1: my order is 42"),
-            ("user", "where is it?")]
+            ("system", "You help customers."),
+            ("user", "my order is 42"),
+            ("assistant", "dify#1: my order is 42"),
+            ("user", "where is it?"),
+        ]
         assert len(dify.requests) == 3  # 1 answer + 2 failed attempts (retried once)
         # Back on Dify: its own conversation continues (same conversation_id).
         assert await ask(c, "support", "thanks", stream=True) == "dify#2: thanks"
@@ -72,7 +96,9 @@ async def test_retry_after_honoured_then_same_provider_answers(fakes):
     dify, up, backup = fakes
     up.fail(429, headers={"Retry-After": "0.1"})
     async with serve_asgi(app_for(dify, up, backup)) as url:
-        r = await sdk(url).chat.completions.with_raw_response.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        r = await sdk(url).chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}]
+        )
     assert r.headers["x-switchboard-provider"] == "gpt"
     assert r.parse().choices[0].message.content == "upstream: hi"
     assert len(up.chat_requests()) == 2 and backup.requests == []
@@ -105,7 +131,9 @@ async def test_stream_dying_midway_ends_with_error_and_no_switch(fakes):
     dify, up, backup = fakes
     up.die_after(2)
     async with serve_asgi(app_for(dify, up, backup)) as url:
-        stream = await sdk(url).chat.completions.create(model="chat", messages=[{"role": "user", "content": "tell me more"}], stream=True)
+        stream = await sdk(url).chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "tell me more"}], stream=True
+        )
         got = []
         with pytest.raises(openai.APIError) as e:
             async for ch in stream:

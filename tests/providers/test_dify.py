@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from providers.dify import DifyConfig, DifyProvider
 from proxy.errors import ProviderUnavailable, QuotaExceeded, RateLimited, RequestRejected
 from proxy.types import ChatRequest, Message
-from providers.dify import DifyConfig, DifyProvider
 from tests.fakes.dify import FakeDify
 
 
@@ -92,11 +92,17 @@ async def test_usage_from_message_end(http, fake):
     assert end and end[-1].usage.completion_tokens == 3
 
 
-@pytest.mark.parametrize("status,code,cls", [
-    (429, "too_many_requests", RateLimited), (429, "rate_limit_error", QuotaExceeded),
-    (400, "provider_quota_exceeded", QuotaExceeded), (400, "invalid_param", RequestRejected),
-    (500, "internal_server_error", ProviderUnavailable), (400, "completion_request_error", ProviderUnavailable),
-])
+@pytest.mark.parametrize(
+    "status,code,cls",
+    [
+        (429, "too_many_requests", RateLimited),
+        (429, "rate_limit_error", QuotaExceeded),
+        (400, "provider_quota_exceeded", QuotaExceeded),
+        (400, "invalid_param", RequestRejected),
+        (500, "internal_server_error", ProviderUnavailable),
+        (400, "completion_request_error", ProviderUnavailable),
+    ],
+)
 async def test_errors_before_stream(http, fake, status, code, cls):
     fake.fail(status, code)
     with pytest.raises(cls):

@@ -10,10 +10,10 @@ import threading
 import aiohttp
 import pytest
 
+from providers.litellm import LiteLLMConfig, LiteLLMProvider
 from proxy.engine import NO_STATE
 from proxy.errors import ProviderError
 from proxy.types import ChatRequest, Message
-from providers.litellm import LiteLLMConfig, LiteLLMProvider
 from tests.fakes.ollama import FakeOllama
 
 pytest.importorskip("litellm")
@@ -48,7 +48,9 @@ def ollama():
 @pytest.fixture
 async def local(ollama):
     async with aiohttp.ClientSession() as http:
-        p = LiteLLMProvider("local", LiteLLMConfig(kind="litellm", model="ollama_chat/qwen2.5", api_base=ollama.base_url), http)
+        p = LiteLLMProvider(
+            "local", LiteLLMConfig(kind="litellm", model="ollama_chat/qwen2.5", api_base=ollama.base_url), http
+        )
         await p.start()
         ollama.requests.clear()
         yield p, ollama

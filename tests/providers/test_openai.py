@@ -5,10 +5,18 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from proxy.engine import NO_STATE
-from proxy.errors import AuthFailed, BadResponse, ProviderTimeout, ProviderUnavailable, QuotaExceeded, RateLimited, RequestRejected
-from proxy.types import ChatRequest, Message
 from providers.openai import OpenAIConfig, OpenAIProvider
+from proxy.engine import NO_STATE
+from proxy.errors import (
+    AuthFailed,
+    BadResponse,
+    ProviderTimeout,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    RequestRejected,
+)
+from proxy.types import ChatRequest, Message
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import free_port
 
@@ -60,7 +68,16 @@ async def test_channel_model_override_and_extra_headers(http, fake):
     assert fake.requests[0].headers["x-api2d-no-cache"] == "1"
 
 
-@pytest.mark.parametrize("status,cls", [(500, ProviderUnavailable), (503, ProviderUnavailable), (401, AuthFailed), (400, RequestRejected), (404, RequestRejected)])
+@pytest.mark.parametrize(
+    "status,cls",
+    [
+        (500, ProviderUnavailable),
+        (503, ProviderUnavailable),
+        (401, AuthFailed),
+        (400, RequestRejected),
+        (404, RequestRejected),
+    ],
+)
 async def test_status_errors_map_to_the_tree(http, fake, status, cls):
     fake.fail(status)
     with pytest.raises(cls) as e:

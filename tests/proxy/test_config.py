@@ -24,15 +24,23 @@ def error_of(data, env=None) -> ConfigError:
 
 
 def test_interpolation_with_default_and_env():
-    s = parse_config(with_(keys=[{"key": "${K:-sk-default}"}, {"key": "${K2}"}], providers={"echo": {"kind": "echo", "prefix": "${P}"}}, channels=[{"name": "d", "providers": ["echo"]}]),
-                     {"P": "hi ", "K2": "sk-two"})
+    s = parse_config(
+        with_(
+            keys=[{"key": "${K:-sk-default}"}, {"key": "${K2}"}],
+            providers={"echo": {"kind": "echo", "prefix": "${P}"}},
+            channels=[{"name": "d", "providers": ["echo"]}],
+        ),
+        {"P": "hi ", "K2": "sk-two"},
+    )
     assert [k.key for k in s.raw.keys] == ["sk-default", "sk-two"]
     assert s.providers["echo"].config.prefix == "hi "
 
 
 def test_missing_secret_disables_only_that_provider():
-    data = with_(providers={"echo": {"kind": "echo"}, "paid": {"kind": "echo", "prefix": "${PAID_KEY}"}},
-                 channels=[{"name": "c", "providers": ["paid", "echo"]}])
+    data = with_(
+        providers={"echo": {"kind": "echo"}, "paid": {"kind": "echo", "prefix": "${PAID_KEY}"}},
+        channels=[{"name": "c", "providers": ["paid", "echo"]}],
+    )
     s = parse_config(data, {})
     assert s.providers["paid"].disabled == "PAID_KEY is not set"
     assert s.providers["echo"].disabled is None

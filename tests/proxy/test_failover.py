@@ -50,7 +50,9 @@ class Scripted(Provider):
 
 
 REQ = ChatRequest((Message("user", "hi"),))
-FAST = FailoverConfig(attempts=3, backoff_base=0.001, backoff_max=0.002, retry_after_max=1, circuit_failures=2, circuit_cooldown=60)
+FAST = FailoverConfig(
+    attempts=3, backoff_base=0.001, backoff_max=0.002, retry_after_max=1, circuit_failures=2, circuit_cooldown=60
+)
 
 
 def chain(*providers: Scripted, config: FailoverConfig = FAST) -> tuple[Failover, list[str]]:
@@ -78,7 +80,9 @@ async def test_exhausted_retries_fail_over_to_next():
     assert (a.calls, b.calls) == (3, 1)
 
 
-@pytest.mark.parametrize("err", [QuotaExceeded("quota", status=429), AuthFailed("bad key", status=401), RequestRejected("bad", status=400)])
+@pytest.mark.parametrize(
+    "err", [QuotaExceeded("quota", status=429), AuthFailed("bad key", status=401), RequestRejected("bad", status=400)]
+)
 async def test_non_retryable_moves_on_without_retry(err):
     a = Scripted("a", [err])
     f, names = chain(a, Scripted("b"))

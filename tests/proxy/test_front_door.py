@@ -40,7 +40,9 @@ def client(url: str, key: str = KEY) -> openai.AsyncOpenAI:
 
 
 async def test_non_streaming_answer(base_url):
-    r = await client(base_url).chat.completions.create(model="demo", messages=[{"role": "user", "content": "hello world"}])
+    r = await client(base_url).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "hello world"}]
+    )
     assert r.choices[0].message.content == "echo: hello world"
     assert r.choices[0].finish_reason == "stop"
     assert r.model == "demo" and r.object == "chat.completion"
@@ -49,7 +51,9 @@ async def test_non_streaming_answer(base_url):
 
 async def test_streaming_answer_with_usage(base_url):
     stream = await client(base_url).chat.completions.create(
-        model="demo", messages=[{"role": "user", "content": "a b c"}], stream=True,
+        model="demo",
+        messages=[{"role": "user", "content": "a b c"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     pieces, finish, usage = [], None, None
@@ -73,7 +77,9 @@ async def test_models_lists_only_allowed_channels(base_url):
 
 async def test_bad_key_is_401(base_url):
     with pytest.raises(openai.AuthenticationError) as e:
-        await client(base_url, "sk-wrong").chat.completions.create(model="demo", messages=[{"role": "user", "content": "x"}])
+        await client(base_url, "sk-wrong").chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "x"}]
+        )
     assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
     async with httpx.AsyncClient() as h:
         r = await h.post(f"{base_url}/v1/chat/completions", json={"model": "demo", "messages": []})
@@ -85,7 +91,9 @@ async def test_unknown_or_forbidden_channel_is_404(base_url):
         await client(base_url).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert e.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
-        await client(base_url, "sk-limited").chat.completions.create(model="private", messages=[{"role": "user", "content": "x"}])
+        await client(base_url, "sk-limited").chat.completions.create(
+            model="private", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 @pytest.mark.parametrize(
@@ -103,8 +111,11 @@ async def test_unknown_or_forbidden_channel_is_404(base_url):
 )
 async def test_malformed_requests_are_400_naming_the_field(base_url, body, param):
     async with httpx.AsyncClient() as h:
-        r = await h.post(f"{base_url}/v1/chat/completions", content=body,
-                         headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+        r = await h.post(
+            f"{base_url}/v1/chat/completions",
+            content=body,
+            headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+        )
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
@@ -113,8 +124,11 @@ async def test_malformed_requests_are_400_naming_the_field(base_url, body, param
 async def test_body_too_large_is_413(base_url):
     big = "x" * 2_000_000
     async with httpx.AsyncClient() as h:
-        r = await h.post(f"{base_url}/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                         json={"model": "demo", "messages": [{"role": "user", "content": big}]})
+        r = await h.post(
+            f"{base_url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY}"},
+            json={"model": "demo", "messages": [{"role": "user", "content": big}]},
+        )
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
@@ -130,14 +144,16 @@ async def test_session_memory_for_stateless_clients(base_url):
     c = client(base_url)
     sent = []
     for text in ("first", "second"):
-        r = await c.chat.completions.create(model="demo", messages=[{"role": "user", "content": text}],
-                                            extra_headers={"X-Conversation-Id": "s1"})
+        r = await c.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": text}], extra_headers={"X-Conversation-Id": "s1"}
+        )
         sent.append(r.choices[0].message.content)
     assert sent == ["echo: first", "echo: second"]
     # The echo provider counts input words in usage: the second turn carried the first exchange.
     r1 = await c.chat.completions.create(model="demo", messages=[{"role": "user", "content": "third"}], user="u-other")
-    r2 = await c.chat.completions.create(model="demo", messages=[{"role": "user", "content": "third"}],
-                                         extra_headers={"X-Conversation-Id": "s1"})
+    r2 = await c.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "third"}], extra_headers={"X-Conversation-Id": "s1"}
+    )
     assert r2.usage.prompt_tokens > r1.usage.prompt_tokens
 
 

@@ -34,8 +34,12 @@ def exchange(i: int) -> list[Message]:
 
 async def test_round_trip_exact(store):
     parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]
-    msgs = [Message("user", parts), Message("assistant", None, {"tool_calls": [{"id": "c1", "type": "function"}]}),
-            Message("tool", "42", {"tool_call_id": "c1"}), Message("assistant", "done ✓")]
+    msgs = [
+        Message("user", parts),
+        Message("assistant", None, {"tool_calls": [{"id": "c1", "type": "function"}]}),
+        Message("tool", "42", {"tool_call_id": "c1"}),
+        Message("assistant", "done ✓"),
+    ]
     await store.append("c", msgs)
     assert await store.history("c", 5) == msgs
 

@@ -1,0 +1,285 @@
+"""WeChat Official Account (公众号) server-configuration webhook, plaintext or safe mode.
+
+Protocol quirks handled here (reference section 3):
+- Every request carries signature = sha1(sorted(token, timestamp, nonce)) in the query. It does
+  not cover the body, so we also enforce a replay window on `timestamp`; in safe mode the body
+  is covered by `msg_signature` over (token, timestamp, nonce, Encrypt).
+- WeChat waits 5 s for a passive reply and delivers a message 3 times in all. We wait up to
+  `reply_wait` for the answer; if it is not ready we leave the delivery open (never "please
+  wait"), so WeChat delivers again and the answer goes out on whichever delivery is waiting when
+  it is ready. On the last delivery we answer `success` and push the answer through the
+  customer-service API, or, without an app secret, say it is coming and serve it when the user
+  sends "1".
+- One passive reply per message, so a long answer's first `text_limit` characters go in it and
+  the rest through the customer-service API (or "1").
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Literal
+
+import orjson
+from cachetools import TTLCache
+from pydantic import Field, field_validator, model_validator
+
+from platforms.wechat_api import CustomerService, WeChatAPIError
+from platforms.wechat_crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
+from platforms.wechat_pending import Pending, Ready
+from platforms.wechat_xml import MalformedXML, encrypted_reply, parse_fields, text_reply
+from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
+from proxy.errors import RequestError, VerificationError
+from proxy.text import split_text
+from proxy.types import Inbound, WebRequest, WebResponse
+
+log = logging.getLogger("switchboard.wechat_mp")
+
+SUCCESS = WebResponse(200, b"success")
+#: For a delivery WeChat has already dropped: nobody reads it.
+DROPPED = WebResponse(200, b"")
+COMING = "This answer needs a little more time. Send 1 in a moment and I will show it to you."
+STILL_WORKING = "Still working on it. Send 1 again in a moment."
+MORE = "\n\n(Send 1 for the rest.)"
+KINDS = {"shortvideo": "video"}
+
+
+class WeChatMPConfig(AdapterConfig):
+    kind: Literal["wechat_mp"] = "wechat_mp"
+    token: str = Field(min_length=1)
+    app_id: str | None = None
+    app_secret: str | None = None
+    #: When set, safe mode: bodies must be encrypted and replies are encrypted.
+    encoding_aes_key: str | None = None
+    api_base: str = "https://api.weixin.qq.com"
+    #: Seconds a signed timestamp may differ from our clock.
+    replay_window: float = Field(300.0, gt=0)
+    #: Seconds a delivery waits for the answer before it gives up on it (< WeChat's 5 s).
+    reply_wait: float = Field(4.5, gt=0, lt=5)
+    #: Seconds an unanswered delivery stays open waiting for WeChat's next delivery.
+    hold_max: float = Field(10.0, gt=0)
+    #: Deliveries WeChat makes of one message; the last one hands the answer off.
+    deliveries: int = Field(3, ge=1, le=10)
+    #: Characters per message. WeChat documents no current limit for text; an old doc mirror
+    #: says about 2,048 bytes. 2,000 characters keeps Latin text whole in one message; lower it
+    #: (e.g. to 680) if replies are mostly Chinese and a byte limit bites.
+    text_limit: int = Field(2000, ge=100, le=20000)
+    #: Seconds a finished answer is kept per MsgId for retries that arrive after a restart.
+    answer_ttl: float = Field(600.0, gt=0)
+    #: Seconds an answer waits for the user's "1".
+    later_ttl: float = Field(2 * 86400.0, gt=0)
+
+    @field_validator("app_id", "app_secret", "encoding_aes_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("encoding_aes_key")
+    @classmethod
+    def _key_shape(cls, v: str | None) -> str | None:
+        if v is not None:
+            aes_key(v)
+        return v
+
+    @model_validator(mode="after")
+    def _needs_app_id(self) -> WeChatMPConfig:
+        if (self.encoding_aes_key or self.app_secret) and not self.app_id:
+            raise ValueError("app_id is required with encoding_aes_key or app_secret")
+        return self
+
+
+class WeChatMPPlatform(Platform):
+    config_model = WeChatMPConfig
+    text_limit = 2000
+    config: WeChatMPConfig
+
+    def __init__(self, name: str, config: WeChatMPConfig, ctx: PlatformContext) -> None:
+        super().__init__(name, config, ctx)
+        self._cipher = WeChatCipher(config.encoding_aes_key, config.app_id or "") if config.encoding_aes_key else None
+        self._cs: CustomerService | None = None
+        self._pending: TTLCache[str, Pending] = TTLCache(maxsize=10_000, ttl=max(120.0, 4 * config.hold_max))
+
+    async def start(self) -> None:
+        if self.config.app_id and self.config.app_secret:
+            self._cs = CustomerService(self.ctx.http, self.config.api_base, self.config.app_id, self.config.app_secret)
+
+    def help_text(self) -> str | None:
+        return None if self.config.app_secret else "If an answer takes too long, send 1 to get it."
+
+    # -- inbound ---------------------------------------------------------------------------------
+
+    async def handle(self, request: WebRequest) -> WebResponse:
+        q = request.query
+        self._verify(q)
+        if request.method == "GET":
+            if "echostr" not in q:
+                raise RequestError("echostr is missing")
+            return WebResponse(200, q["echostr"].encode("utf-8"))
+        fields = self._open(request.body, q)
+        return await self._on_message(fields, Replier(fields, self._cipher, self.config.token))
+
+    def _verify(self, query: Mapping[str, str]) -> None:
+        sig, ts, nonce = query.get("signature", ""), query.get("timestamp", ""), query.get("nonce", "")
+        if not (sig and ts and nonce) or not signature_ok(sig, self.config.token, ts, nonce):
+            raise VerificationError("wechat_mp: bad or missing signature", 403)
+        if not ts.isdigit() or abs(time.time() - int(ts)) > self.config.replay_window:
+            raise VerificationError("wechat_mp: timestamp outside the replay window", 403)
+
+    def _open(self, body: bytes, query: Mapping[str, str]) -> dict[str, str]:
+        """The message fields: parsed safely, and in safe mode checked and decrypted."""
+        try:
+            outer = parse_fields(body)
+        except MalformedXML as e:
+            raise RequestError(str(e)) from None
+        if self._cipher is None:
+            if "Encrypt" in outer and "MsgType" not in outer:
+                raise RequestError("an encrypted message arrived but no encoding_aes_key is configured")
+            return outer
+        encrypt, msg_sig = outer.get("Encrypt", ""), query.get("msg_signature", "")
+        if not encrypt or not msg_sig:
+            raise VerificationError("wechat_mp: safe mode needs Encrypt and msg_signature", 403)
+        if not signature_ok(msg_sig, self.config.token, query["timestamp"], query["nonce"], encrypt):
+            raise VerificationError("wechat_mp: bad msg_signature", 403)
+        try:
+            inner = self._cipher.decrypt(encrypt)
+        except DecryptError as e:
+            raise VerificationError(f"wechat_mp: cannot decrypt: {e}", 403) from None
+        try:
+            return parse_fields(inner)
+        except MalformedXML as e:
+            raise RequestError(str(e)) from None
+
+    def _to_inbound(self, f: dict[str, str]) -> Inbound | None:
+        """The message as the core sees it, or None for what we do not answer."""
+        open_id, msg_type = f.get("FromUserName", ""), f.get("MsgType", "")
+        if not open_id or not msg_type or not f.get("ToUserName"):
+            raise RequestError("FromUserName, ToUserName and MsgType are required")
+        if msg_type == "event":
+            event = f.get("Event", "")
+            if event.lower() != "subscribe":
+                return None
+            # Events have no MsgId; two in the same second differ by Event/EventKey.
+            key = f"event:{open_id}:{f.get('CreateTime', '')}:{event}:{f.get('EventKey', '')}"
+            return Inbound(self.name, key, open_id, open_id, "/help")  # a new follower gets the help text
+        if not f.get("MsgId"):
+            raise RequestError("MsgId is required")
+        kind = KINDS.get(msg_type, msg_type)
+        text = f.get("Content", "") if kind == "text" else ""
+        return Inbound(self.name, f"msg:{f['MsgId']}", open_id, open_id, text, kind=kind)
+
+    async def _on_message(self, fields: dict[str, str], replier: Replier) -> WebResponse:
+        msg = self._to_inbound(fields)
+        if msg is None:
+            return SUCCESS
+        key = msg.event_id
+        pending = self._pending.get(key)
+        if pending is not None:  # WeChat's next delivery of a message we are answering
+            return await self._wait(pending, pending.redelivered(), replier)
+        if not await self.ctx.claim(key):  # seen before, and not in flight here (a restart)
+            stored = await self.ctx.store.get(self._answer_key(key))
+            return replier.text(stored) if stored else SUCCESS
+        if msg.kind == "text" and msg.text.strip() == "1":
+            served = await self._serve_later(msg.chat_id)
+            if served is not None:
+                await self.ctx.store.put(self._answer_key(key), served, self.config.answer_ttl)
+                return replier.text(served)
+        pending = self._pending[key] = Pending(msg.chat_id)
+        self.ctx.submit(self, msg)
+        return await self._wait(pending, 1, replier)
+
+    async def _wait(self, pending: Pending, number: int, replier: Replier) -> WebResponse:
+        ready = await pending.wait(self.config.reply_wait)
+        last = number >= self.config.deliveries
+        if ready is None and not last:
+            ready = await pending.hold(number, self.config.hold_max)
+            if ready is None and pending.deliveries > number:
+                return DROPPED  # a newer delivery took over; WeChat no longer reads this one
+        if ready is None:
+            pending.handed_off = True  # `deliver` will push it (or keep it for "1")
+            return SUCCESS if self._cs else replier.text(COMING)
+        if ready.rest and self._cs and not pending.rest_taken:
+            pending.rest_taken = True
+            self.ctx.spawn(self._send_later(pending.open_id, list(ready.rest)), "customer-service")
+        return replier.text(ready.first) if ready.first else SUCCESS
+
+    # -- outbound --------------------------------------------------------------------------------
+
+    async def deliver(self, msg: Inbound, answer: Answer) -> None:
+        async for _ in answer:
+            pass  # a passive reply cannot be edited: only the whole answer is useful
+        text = "\n".join([answer.text, *answer.images]).strip()
+        note = 0 if self._cs else len(MORE)
+        parts = split_text(text, self.config.text_limit - note)
+        pending = self._pending.get(msg.event_id)
+        if pending is None or pending.handed_off:
+            await self._send_later(msg.chat_id, parts)
+            if pending is not None:
+                pending.finished = True
+            return
+        ready = Ready(parts[0] if parts else "", tuple(parts[1:]))
+        if ready.rest and not self._cs:
+            await self._keep_for_later(msg.chat_id, list(ready.rest))
+            ready = Ready(ready.first + MORE)
+        if ready.first:
+            await self.ctx.store.put(self._answer_key(msg.event_id), ready.first, self.config.answer_ttl)
+        if pending.handed_off:  # the last delivery gave up while we were storing
+            await self._send_later(msg.chat_id, parts)
+            pending.finished = True
+        else:
+            pending.answer.set_result(ready)
+
+    async def _send_later(self, open_id: str, parts: list[str]) -> None:
+        sent = await self._push(open_id, parts) if self._cs else 0
+        if sent < len(parts):
+            await self._keep_for_later(open_id, parts[sent:])
+
+    async def _push(self, open_id: str, parts: list[str]) -> int:
+        """Send through the customer-service API; how many parts went out."""
+        assert self._cs is not None
+        for i, part in enumerate(parts):
+            try:
+                await self._cs.send_text(open_id, part)
+            except WeChatAPIError as e:
+                log.warning("%s: customer-service message failed (%s); kept for \"1\"", self.name, e)
+                return i
+        return len(parts)
+
+    async def _keep_for_later(self, open_id: str, parts: list[str]) -> None:
+        await self.ctx.store.put(self._later_key(open_id), orjson.dumps(parts).decode(), self.config.later_ttl)
+
+    async def _serve_later(self, open_id: str) -> str | None:
+        """The reply to "1": the next kept part, a "still working" note, or None (a normal "1")."""
+        raw = await self.ctx.store.get(self._later_key(open_id))
+        parts = orjson.loads(raw) if raw else []
+        if parts:
+            if len(parts) > 1:
+                await self._keep_for_later(open_id, parts[1:])
+                return str(parts[0]) + MORE
+            await self.ctx.store.delete(self._later_key(open_id))
+            return str(parts[0])
+        waiting = any(p.open_id == open_id and p.handed_off and not p.finished for p in self._pending.values())
+        return STILL_WORKING if waiting else None
+
+    def _answer_key(self, key: str) -> str:
+        return f"wechat_mp:{self.name}:answer:{key}"
+
+    def _later_key(self, open_id: str) -> str:
+        return f"wechat_mp:{self.name}:later:{open_id}"
+
+
+class Replier:
+    """Renders passive replies to one inbound message (encrypted in safe mode)."""
+
+    def __init__(self, fields: dict[str, str], cipher: WeChatCipher | None, token: str) -> None:
+        self._to, self._from = fields.get("FromUserName", ""), fields.get("ToUserName", "")
+        self._cipher, self._token = cipher, token
+
+    def text(self, content: str) -> WebResponse:
+        xml = text_reply(self._to, self._from, content)
+        if self._cipher is not None:
+            ts, nonce = str(int(time.time())), secrets.token_hex(8)
+            encrypt = self._cipher.encrypt(xml.encode("utf-8"))
+            xml = encrypted_reply(encrypt, signature(self._token, ts, nonce, encrypt), ts, nonce)
+        return WebResponse(200, xml.encode("utf-8"), "application/xml; charset=utf-8")
