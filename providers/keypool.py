@@ -42,6 +42,7 @@ class KeyPool:
         self.provider = provider
         self.sticky: TTLCache[str, Key] = TTLCache(maxsize=50_000, ttl=6 * 3600)
         self.last_error: ProviderError | None = None
+        self._turn = 0
 
     def acquire(self, conversation: str = "") -> Key:
         now = time.monotonic()
@@ -56,7 +57,9 @@ class KeyPool:
             healthy = [k for k in self.keys if k.usable(now)]
             if not healthy:
                 raise self._all_out()
-            key = min(healthy, key=lambda k: k.in_flight)
+            # fewest in flight; ties rotate so sequential traffic spreads over the pool too
+            self._turn = (self._turn + 1) % len(self.keys)
+            key = min(healthy, key=lambda k: (k.in_flight, (self.keys.index(k) - self._turn) % len(self.keys)))
             if conversation:
                 self.sticky[conversation] = key
         key.in_flight += 1
