@@ -106,32 +106,68 @@ def stream_error(data: JSON, provider: str) -> ProviderError:
 
 
 async def sse_deltas(resp: aiohttp.ClientResponse, provider: str) -> AsyncIterator[Delta]:
-    """Parse an OpenAI chat-completions SSE stream into deltas."""
-    async for raw in resp.content:
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue  # blank separators, `:` comments, `event:` lines
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            return
-        if not payload:
-            continue
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise BadResponse("unparseable stream chunk", provider=provider) from None
-        if "error" in data:
-            raise stream_error(data, provider)
-        usage = usage_of(data.get("usage"))
-        for choice in data.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or ""
-            tools = delta.get("tool_calls")
-            finish = choice.get("finish_reason")
-            if text or tools or finish:
-                yield Delta(text=text, tool_calls=tools, finish_reason=finish)
-        if usage is not None:
-            yield Delta(usage=usage)
+    """Parse an OpenAI chat-completions SSE stream into deltas.
+
+    Text that arrived in the same network read is merged into one delta: the caller gets every
+    character as soon as it reached us, in one write instead of one per upstream chunk (a slow
+    upstream still streams chunk by chunk). Tool-call fragments, finish reasons and usage are
+    never merged across.
+    """
+    buffer = b""
+    async for data in resp.content.iter_any():
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        text: list[str] = []
+        for line in lines:
+            for delta in _parse_line(line, provider):
+                if delta is _DONE:
+                    if text:
+                        yield Delta(text="".join(text))
+                    return
+                if delta.text and delta.tool_calls is None and delta.finish_reason is None:
+                    text.append(delta.text)
+                    continue
+                if text:
+                    yield Delta(text="".join(text))
+                    text = []
+                yield delta
+        if text:
+            yield Delta(text="".join(text))
+    for delta in _parse_line(buffer, provider):  # a last line without a newline
+        if delta is not _DONE:
+            yield delta
+
+
+_DONE = Delta(finish_reason="[DONE]")
+
+
+def _parse_line(raw: bytes, provider: str) -> list[Delta]:
+    line = raw.strip()
+    if not line.startswith(b"data:"):
+        return []  # blank separators, `:` comments, `event:` lines
+    payload = line[5:].strip()
+    if payload == b"[DONE]":
+        return [_DONE]
+    if not payload:
+        return []
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise BadResponse("unparseable stream chunk", provider=provider) from None
+    if "error" in data:
+        raise stream_error(data, provider)
+    out = []
+    for choice in data.get("choices") or ():
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        tools = delta.get("tool_calls")
+        finish = choice.get("finish_reason")
+        if text or tools or finish:
+            out.append(Delta(text=text, tool_calls=tools, finish_reason=finish))
+    usage = usage_of(data.get("usage"))
+    if usage is not None:
+        out.append(Delta(usage=usage))
+    return out
 
 
 def transport_error(err: BaseException, provider: str) -> ProviderError:

@@ -18,9 +18,9 @@ import contextlib
 import logging
 import random
 import time
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt

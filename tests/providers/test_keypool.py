@@ -5,11 +5,11 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from providers.keypool import mask
+from providers.openai import OpenAIConfig, OpenAIProvider
 from proxy.engine import NO_STATE
 from proxy.errors import AuthFailed, RateLimited
 from proxy.types import ChatRequest, Message
-from providers.keypool import mask
-from providers.openai import OpenAIConfig, OpenAIProvider
 from tests.fakes.openai_upstream import FakeOpenAI
 
 KEYS = ["sk-aaaa-1111", "sk-bbbb-2222", "sk-cccc-3333"]

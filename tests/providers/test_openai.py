@@ -55,10 +55,18 @@ async def test_non_streaming(http, fake):
 async def test_streaming_deltas_and_usage(http, fake):
     deltas = await collect(provider(http, fake.base_url))
     assert "".join(d.text for d in deltas) == "upstream: hello there"
-    assert [d.text for d in deltas if d.text] == ["upstream:", " hello", " there"]
     assert any(d.finish_reason == "stop" for d in deltas)
     assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 3
     assert fake.requests[0].json["stream_options"] == {"include_usage": True}
+
+
+async def test_chunks_arriving_apart_stay_apart_and_together_merge(http):
+    async with FakeOpenAI(chunk_delay=0.05) as slow:
+        pieces = [d.text for d in await collect(provider(http, slow.base_url)) if d.text]
+    assert pieces == ["upstream:", " hello", " there"]  # passed on as they arrived
+    async with FakeOpenAI() as fast:
+        pieces = [d.text for d in await collect(provider(http, fast.base_url)) if d.text]
+    assert "".join(pieces) == "upstream: hello there" and len(pieces) < 3  # one read, one write
 
 
 async def test_channel_model_override_and_extra_headers(http, fake):
