@@ -47,8 +47,11 @@ class CustomerService:
     async def _post(self, path: str, body: dict[str, Any], params: dict[str, str] | None = None) -> dict[str, Any]:
         try:
             async with self._http.post(
-                self._base + path, params=params, data=orjson.dumps(body),
-                headers={"Content-Type": "application/json"}, timeout=TIMEOUT,
+                self._base + path,
+                params=params,
+                data=orjson.dumps(body),
+                headers={"Content-Type": "application/json"},
+                timeout=TIMEOUT,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status

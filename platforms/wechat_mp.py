@@ -177,15 +177,18 @@ class WeChatMPPlatform(Platform):
         pending = self._pending.get(key)
         if pending is not None:  # WeChat's next delivery of a message we are answering
             return await self._wait(pending, pending.redelivered(), replier)
+        # Registered before any await, so a concurrent duplicate delivery waits on this one.
+        pending = self._pending[key] = Pending(msg.chat_id)
         if not await self.ctx.claim(key):  # seen before, and not in flight here (a restart)
             stored = await self.ctx.store.get(self._answer_key(key))
+            pending.answer.set_result(Ready(stored or ""))
             return replier.text(stored) if stored else SUCCESS
         if msg.kind == "text" and msg.text.strip() == "1":
             served = await self._serve_later(msg.chat_id)
             if served is not None:
                 await self.ctx.store.put(self._answer_key(key), served, self.config.answer_ttl)
+                pending.answer.set_result(Ready(served))
                 return replier.text(served)
-        pending = self._pending[key] = Pending(msg.chat_id)
         self.ctx.submit(self, msg)
         return await self._wait(pending, 1, replier)
 
@@ -242,7 +245,7 @@ class WeChatMPPlatform(Platform):
             try:
                 await self._cs.send_text(open_id, part)
             except WeChatAPIError as e:
-                log.warning("%s: customer-service message failed (%s); kept for \"1\"", self.name, e)
+                log.warning('%s: customer-service message failed (%s); kept for "1"', self.name, e)
                 return i
         return len(parts)
 

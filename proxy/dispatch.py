@@ -56,6 +56,7 @@ class Answer:
         self.failed = self.stopped = self.replaced = False
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._producer: asyncio.Task[None] | None = None
+        self._streaming = True
 
     @classmethod
     def fixed(cls, text: str) -> Answer:
@@ -73,29 +74,33 @@ class Answer:
 
     async def _produce(self, source: AsyncIterator[Delta], on_done: Callable[[Answer], Awaitable[None]]) -> None:
         try:
-            async with contextlib.aclosing(source):  # type: ignore[type-var]
-                async for d in source:
-                    self._take(d)
-        except asyncio.CancelledError:
-            self.stopped = True
-        except StreamInterrupted as err:
-            log.warning("answer cut off: %s", err)
-            self._emit(CUT_OFF)
-        except ChainFailed as err:
-            log.warning("no answer: %s", err)
-            self.failed = True
-            self._emit(APOLOGY)
-        except Exception:
-            log.exception("answer failed")
-            self.failed = True
-            self._emit(APOLOGY)
+            try:
+                async with contextlib.aclosing(source):  # type: ignore[type-var]
+                    async for d in source:
+                        self._take(d)
+            except asyncio.CancelledError:
+                self.stopped = True
+            except StreamInterrupted as err:
+                log.warning("answer cut off: %s", err)
+                self._emit(CUT_OFF)
+            except ChainFailed as err:
+                log.warning("no answer: %s", err)
+                self.failed = True
+                self._emit(APOLOGY)
+            except Exception:
+                log.exception("answer failed")
+                self.failed = True
+                self._emit(APOLOGY)
+            # The transcript is written before the answer counts as finished, so a delivery that
+            # ends (and closes the answer) can never cut the write short.
+            self._streaming = False
+            if not self.failed:
+                try:
+                    await on_done(self)
+                except Exception:
+                    log.exception("recording the transcript failed")
         finally:
             self._queue.put_nowait(None)
-        if not self.failed:
-            try:
-                await on_done(self)
-            except Exception:
-                log.exception("recording the transcript failed")
 
     def _take(self, d: Delta) -> None:
         if d.images:
@@ -116,11 +121,13 @@ class Answer:
             yield piece
 
     def stop(self) -> None:
-        if self._producer is not None and not self._producer.done():
+        """Close the upstream stream. A no-op once the answer is complete."""
+        if self._producer is not None and self._streaming and not self._producer.done():
             self._producer.cancel()
 
     async def close(self) -> None:
-        """Make sure the upstream is released once delivery is over."""
+        """Release the upstream if delivery ended early; let a finished answer's transcript
+        write complete."""
         if self._producer is not None:
             self.stop()
             with contextlib.suppress(asyncio.CancelledError):

@@ -122,6 +122,10 @@ class SQLiteStore(Store):
         return orjson.loads(row[0]) if row else None
 
     async def set_state(self, conversation: str, provider: str, value: JSON | None) -> None:
+        async with self._tx:  # never inside another coroutine's open transaction
+            await self._set_state(conversation, provider, value)
+
+    async def _set_state(self, conversation: str, provider: str, value: JSON | None) -> None:
         if value is None:
             await self._db.execute(
                 "DELETE FROM states WHERE conversation = ? AND provider = ?", (conversation, provider)
@@ -153,10 +157,11 @@ class SQLiteStore(Store):
         return first
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
-        await self._db.execute(
-            "INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, ?)",
-            (key, value, time.time() + ttl if ttl else None),
-        )
+        async with self._tx:
+            await self._db.execute(
+                "INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, ?)",
+                (key, value, time.time() + ttl if ttl else None),
+            )
 
     async def get(self, key: str) -> str | None:
         async with self._db.execute("SELECT v, expires FROM kv WHERE k = ?", (key,)) as cur:
@@ -166,4 +171,5 @@ class SQLiteStore(Store):
         return str(row[0])
 
     async def delete(self, key: str) -> None:
-        await self._db.execute("DELETE FROM kv WHERE k = ?", (key,))
+        async with self._tx:
+            await self._db.execute("DELETE FROM kv WHERE k = ?", (key,))
