@@ -242,10 +242,14 @@ class OpenAIFrontDoor:
             "created": int(time.time()),
             "model": model,
         }
+        # Every chunk is `prefix + delta + middle + finish_reason + suffix`: the constant parts are
+        # encoded once per stream, only the delta is encoded per chunk.
+        prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
+        null_end = b',"finish_reason":null}]}\n\n'
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            body = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return b"data: " + orjson.dumps(body) + b"\n\n"
+            end = null_end if finish is None else b',"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
+            return prefix + orjson.dumps(delta) + end
 
         text: list[str] = []
         finish, usage_seen = None, None
@@ -253,8 +257,8 @@ class OpenAIFrontDoor:
         # fewer writes, same events.
         out = chunk({"role": "assistant", "content": ""})
         try:
-            pending = [first] if first is not None else []
-            async for d in _chain(pending, source):
+            d = first
+            while d is not None:
                 if d.replace:
                     text = [d.text]
                     finish = "content_filter"
@@ -271,6 +275,7 @@ class OpenAIFrontDoor:
                 if out:
                     yield out
                     out = b""
+                d = await anext(source, None)
         except StreamInterrupted as e:
             err = {
                 "error": {
@@ -315,10 +320,3 @@ class OpenAIFrontDoor:
 
     def _model(self, c: Channel) -> dict[str, Any]:
         return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}
-
-
-async def _chain(first: list[Delta], rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
-    for d in first:
-        yield d
-    async for d in rest:
-        yield d
