@@ -1,0 +1,77 @@
+"""`openai_image`: image generation through the images API of OpenAI-compatible backends
+(`POST {base_url}/images/generations`). The last user message is the prompt; the answer is a
+short caption plus the image URLs (`Delta.images`), which chat platforms send as files/links.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import aiohttp
+import orjson
+from pydantic import Field
+
+from proxy.contracts import Provider, ProviderState
+from proxy.errors import BadResponse, ProviderError, RequestRejected
+from proxy.types import ChatRequest, Delta
+from providers.keypool import KeyPool
+from providers.openai_base import TRANSPORT_ERRORS, OpenAICompatConfig, raise_for_status, transport_error
+
+
+class OpenAIImageConfig(OpenAICompatConfig):
+    kind: Literal["openai_image"] = "openai_image"
+    model: str = "dall-e-3"
+    size: str = "1024x1024"
+    n: int = Field(1, ge=1, le=4)
+    read_timeout: float = Field(180.0, gt=0)
+
+
+class OpenAIImageProvider(Provider):
+    config_model = OpenAIImageConfig
+
+    def __init__(self, name: str, config: OpenAIImageConfig, http: aiohttp.ClientSession) -> None:
+        super().__init__(name, config, http)
+        self.url = config.base_url.rstrip("/") + "/images/generations"
+        self.pool = KeyPool(config.keys(), name)
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
+
+    def key_status(self) -> list[dict[str, object]]:
+        return self.pool.status()
+
+    async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
+        prompt = next((m.text() for m in reversed(request.messages) if m.role == "user"), "").strip()
+        if not prompt:
+            raise RequestRejected("describe the image to generate", provider=self.name, status=400)
+        c = self.config
+        body = {"model": request.model or c.model, "prompt": prompt, "n": c.n, "size": c.size, **c.params}
+        key = self.pool.acquire(request.conversation)
+        headers = {"content-type": "application/json", **c.headers}
+        if key.value:
+            headers["authorization"] = f"Bearer {key.value}"
+        error: BaseException | None = None
+        try:
+            async with self.http.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.timeout) as resp:
+                await raise_for_status(resp, self.name)
+                raw = await resp.read()
+        except ProviderError as e:
+            error = e
+            raise
+        except TRANSPORT_ERRORS as e:
+            error = transport_error(e, self.name)
+            raise error from None
+        finally:
+            self.pool.release(key, error)
+        images, caption = self._images(raw)
+        yield Delta(text=caption or f"Here is your image: {prompt}", images=images, finish_reason="stop")
+
+    def _images(self, raw: bytes) -> tuple[tuple[str, ...], str]:
+        try:
+            items = orjson.loads(raw)["data"]
+            urls = tuple(i.get("url") or f"data:image/png;base64,{i['b64_json']}" for i in items)
+            caption = next((i.get("revised_prompt") for i in items if i.get("revised_prompt")), "")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise BadResponse("the images answer has no image", provider=self.name) from None
+        if not urls:
+            raise BadResponse("the images answer has no image", provider=self.name)
+        return urls, caption
