@@ -184,12 +184,13 @@ async def test_loops_and_unhandled_events_are_ignored(rig, body):
 
 
 @pytest.mark.parametrize(
-    "secret,skew,drop", [("wrong-secret", 0, False), (SECRET, -301, False), (SECRET, 301, False), (SECRET, 0, True)]
+    "secret,skew,drop", [("wrong-secret", 0, False), (SECRET, -400, False), (SECRET, 400, False), (SECRET, 0, True)]
 )
 async def test_bad_signatures_are_401_and_nothing_is_posted(rig, secret, skew, drop):
     slack, make = rig
-    headers = {} if drop else sign(im("x"), ts=int(time.time()) + skew, secret=secret)
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        # signed once the server is up, so start-up time cannot move the skew into the window
+        headers = {} if drop else sign(im("x"), ts=int(time.time()) + skew, secret=secret)
         r = await post(c, url, im("x"), headers=headers)
         assert r.status_code == 401 and r.text == "unauthorized"
         assert await settle(slack, "chat.postMessage", 1, patience=0.5) == []
