@@ -74,3 +74,18 @@ async def test_conversation_sticks_to_its_key(setup):
 def test_status_never_shows_a_key_in_full():
     assert mask("sk-aaaa-1111") == "sk-…1111"
     assert "aaaa" not in mask("sk-aaaa-1111")
+
+
+def test_check_live_shows_key_health_masked(tmp_path, capsys):
+    from proxy.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "store: {url: 'memory://'}\n"
+        "providers: {pool: {kind: openai, base_url: 'http://127.0.0.1:9/v1', api_keys: [sk-aaaa-1111, sk-bbbb-2222]}}\n"
+        "channels: [{name: c, providers: [pool]}]\n"
+    )
+    assert main(["check", "--config", str(cfg), "--live"]) == 0
+    out = capsys.readouterr().out
+    assert "pool: key sk-…1111 ok" in out and "pool: key sk-…2222 ok" in out
+    assert "aaaa" not in out and "bbbb" not in out
