@@ -9,11 +9,16 @@ the core counts the provider as failed and moves down the chain. Keys are only e
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 from cachetools import TTLCache
 
 from proxy.errors import AuthFailed, ProviderError, QuotaExceeded, RateLimited
+
+Mapper = Callable[[BaseException, str], ProviderError]
+Errors = tuple[type[BaseException], ...]
 
 DEFAULT_COOLDOWN = 30.0
 
@@ -74,6 +79,16 @@ class KeyPool:
             key.cooldown_until = time.monotonic() + (error.retry_after or DEFAULT_COOLDOWN)
             self.last_error = error
 
+    def lease(
+        self,
+        conversation: str,
+        translate: Errors = (),
+        mapper: Mapper | None = None,
+    ) -> Lease:
+        """`async with pool.lease(conv, TRANSPORT_ERRORS, transport_error) as key:` — the key is
+        released with the call's outcome; transport errors are mapped to the error tree."""
+        return Lease(self, self.acquire(conversation), translate, mapper)
+
     def _all_out(self) -> ProviderError:
         last = self.last_error
         cls = type(last) if last is not None else RateLimited
@@ -100,3 +115,24 @@ class KeyPool:
                 state = "ok"
             out.append({"key": mask(k.value), "state": state, "in_flight": k.in_flight})
         return out
+
+
+class Lease:
+    """One request's use of a key (a plain class: this runs on every request)."""
+
+    __slots__ = ("key", "mapper", "pool", "translate")
+
+    def __init__(self, pool: KeyPool, key: Key, translate: Errors, mapper: Mapper | None) -> None:
+        self.pool, self.key, self.translate, self.mapper = pool, key, translate, mapper
+
+    async def __aenter__(self) -> Key:
+        return self.key
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if err is not None and self.mapper is not None and isinstance(err, self.translate):
+            mapped = self.mapper(err, self.pool.provider)
+            self.pool.release(self.key, mapped)
+            raise mapped from None
+        self.pool.release(self.key, err if isinstance(err, ProviderError) else None)

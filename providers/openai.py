@@ -23,7 +23,7 @@ from providers.openai_base import (
     usage_of,
 )
 from proxy.contracts import Provider, ProviderState
-from proxy.errors import BadResponse, ProviderError
+from proxy.errors import BadResponse
 from proxy.types import ChatRequest, Completion, Delta
 
 
@@ -61,23 +61,13 @@ class OpenAIProvider(Provider):
         return orjson.dumps(body)
 
     async def complete(self, request: ChatRequest, state: ProviderState) -> Completion:
-        key = self.pool.acquire(request.conversation)
-        error: BaseException | None = None
-        try:
+        async with self.pool.lease(request.conversation, TRANSPORT_ERRORS, transport_error) as key:
             async with self.http.post(
                 self.url, data=self._payload(request, False), headers=self._headers[key.value], timeout=self._timeout
             ) as resp:
                 await raise_for_status(resp, self.name)
                 raw = await resp.read()
-            return self._completion(raw)
-        except ProviderError as e:
-            error = e
-            raise
-        except TRANSPORT_ERRORS as e:
-            error = transport_error(e, self.name)
-            raise error from None
-        finally:
-            self.pool.release(key, error)
+        return self._completion(raw)
 
     def _completion(self, raw: bytes) -> Completion:
         try:
@@ -95,20 +85,10 @@ class OpenAIProvider(Provider):
         )
 
     async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
-        key = self.pool.acquire(request.conversation)
-        error: BaseException | None = None
-        try:
+        async with self.pool.lease(request.conversation, TRANSPORT_ERRORS, transport_error) as key:
             async with self.http.post(
                 self.url, data=self._payload(request, True), headers=self._headers[key.value], timeout=self._timeout
             ) as resp:
                 await raise_for_status(resp, self.name)
                 async for delta in sse_deltas(resp, self.name):
                     yield delta
-        except ProviderError as e:
-            error = e
-            raise
-        except TRANSPORT_ERRORS as e:
-            error = transport_error(e, self.name)
-            raise error from None
-        finally:
-            self.pool.release(key, error)

@@ -12,11 +12,11 @@ import aiohttp
 import orjson
 from pydantic import Field
 
-from proxy.contracts import Provider, ProviderState
-from proxy.errors import BadResponse, ProviderError, RequestRejected
-from proxy.types import ChatRequest, Delta
 from providers.keypool import KeyPool
 from providers.openai_base import TRANSPORT_ERRORS, OpenAICompatConfig, raise_for_status, transport_error
+from proxy.contracts import Provider, ProviderState
+from proxy.errors import BadResponse, RequestRejected
+from proxy.types import ChatRequest, Delta
 
 
 class OpenAIImageConfig(OpenAICompatConfig):
@@ -45,23 +45,13 @@ class OpenAIImageProvider(Provider):
             raise RequestRejected("describe the image to generate", provider=self.name, status=400)
         c = self.config
         body = {"model": request.model or c.model, "prompt": prompt, "n": c.n, "size": c.size, **c.params}
-        key = self.pool.acquire(request.conversation)
-        headers = {"content-type": "application/json", **c.headers}
-        if key.value:
-            headers["authorization"] = f"Bearer {key.value}"
-        error: BaseException | None = None
-        try:
+        async with self.pool.lease(request.conversation, TRANSPORT_ERRORS, transport_error) as key:
+            headers = {"content-type": "application/json", **c.headers}
+            if key.value:
+                headers["authorization"] = f"Bearer {key.value}"
             async with self.http.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.timeout) as resp:
                 await raise_for_status(resp, self.name)
                 raw = await resp.read()
-        except ProviderError as e:
-            error = e
-            raise
-        except TRANSPORT_ERRORS as e:
-            error = transport_error(e, self.name)
-            raise error from None
-        finally:
-            self.pool.release(key, error)
         images, caption = self._images(raw)
         yield Delta(text=caption or f"Here is your image: {prompt}", images=images, finish_reason="stop")
 
