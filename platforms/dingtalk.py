@@ -6,12 +6,15 @@ Quirks handled:
   captured pair could be replayed with any body: we dedupe on `msgId`, and the reply URL inside
   the body (`sessionWebhook`) is only used when it is https on `oapi.dingtalk.com`, path
   `/robot/sendBySession`, no userinfo, default port, not expired — anything else is an SSRF
-  attempt, refused before any work is done, and redirects are never followed;
+  attempt, refused before any work is done. The URL is parsed once with yarl (what aiohttp
+  itself uses), and that parsed URL is what we POST to, so the check and the request cannot
+  disagree; redirects are never followed;
 - `conversationType` is "1" (1:1) or "2" (group, where the bot only sees @-messages); group text
   starts with a space and possibly the bot's @-name, both trimmed;
 - DingTalk cannot edit messages, so the answer is sent whole, as markdown, split to
   `text_limit`, with the sender @-mentioned in groups (`at.atUserIds` and `@id` in the text, which
   DingTalk needs for the highlight); the JSON `errcode` is checked, not just the HTTP status.
+  A failed send raises, so the core logs it and records the message as undelivered.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import hmac
 import logging
 import re
 import time
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
 from pydantic import Field
+from yarl import URL
 
 from proxy.contracts import AdapterConfig, Answer, Platform
-from proxy.errors import RequestError, VerificationError
+from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
@@ -38,6 +42,15 @@ log = logging.getLogger("switchboard.dingtalk")
 KINDS = {"text": "text", "richText": "text", "picture": "image", "audio": "voice", "video": "video", "file": "file"}
 LEADING_MENTION = re.compile(r"^\s*(@\S+\s+)*")
 ACK = WebResponse(200, b'{"msgtype":"empty"}', "application/json")
+
+
+@dataclass(frozen=True)
+class ReplyTarget:
+    """Where and how to answer one message (kept in `Inbound.reply_to`)."""
+
+    webhook: URL
+    expires_ms: int | None
+    mention: str | None  # senderStaffId to @-mention in groups
 
 
 class DingTalkConfig(AdapterConfig):
@@ -48,7 +61,6 @@ class DingTalkConfig(AdapterConfig):
     #: Plain-http hosts allowed as webhooks: for tests on loopback only; empty in production.
     allow_insecure_webhook_hosts: list[str] = []
     replay_window_ms: int = Field(3_600_000, ge=1000)
-    text_limit: int = Field(5000, ge=100)
 
 
 def sign(secret: str, timestamp: str) -> str:
@@ -56,38 +68,49 @@ def sign(secret: str, timestamp: str) -> str:
     return base64.b64encode(mac).decode()
 
 
-def webhook_problem(url: str, hosts: list[str], insecure: list[str]) -> str | None:
-    """Why `url` must not be used as a reply webhook, or None when it is fine."""
+def parse_webhook(raw: str, hosts: list[str], insecure: list[str]) -> URL | str:
+    """The sessionWebhook as the URL to POST to, or why it must not be used (a str)."""
     try:
-        p = urlsplit(url)
-        port = p.port
-    except ValueError:
+        url = URL(raw)
+        port = url.explicit_port
+    except (ValueError, TypeError):
         return "not a URL"
-    if p.username or p.password or "@" in p.netloc:
+    if not url.is_absolute():
+        return "not an absolute URL"
+    if url.user is not None or url.password is not None or "@" in (url.raw_authority or ""):
         return "userinfo in URL"
-    if p.path != "/robot/sendBySession":
-        return f"unexpected path {p.path!r}"
-    if p.scheme == "https" and p.hostname in hosts and port in (None, 443):
-        return None
-    if p.scheme == "http" and p.hostname in insecure:
-        return None
-    return f"host {p.hostname!r} over {p.scheme} is not allowed"
+    if url.path != "/robot/sendBySession" or url.fragment:
+        return f"unexpected path {url.path!r}"
+    if url.scheme == "https" and url.host in {h.lower() for h in hosts} and port in (None, 443):
+        return url
+    if url.scheme == "http" and url.host in {h.lower() for h in insecure}:
+        return url
+    return f"host {url.host!r} over {url.scheme} is not allowed"
 
 
 class DingTalkPlatform(Platform):
     config_model = DingTalkConfig
+    #: DingTalk markdown messages stay well-formed up to about this many characters.
+    text_limit: ClassVar[int] = 5000
+
+    async def start(self) -> None:
+        if self.config.allow_insecure_webhook_hosts:
+            log.warning(
+                "dingtalk %s: plain-http sessionWebhook hosts allowed (%s); tests only",
+                self.name,
+                ", ".join(self.config.allow_insecure_webhook_hosts),
+            )
 
     def verify(self, req: WebRequest) -> None:
-        ts, given = req.headers.get("timestamp"), req.headers.get("sign")
+        ts, given = req.headers.get("timestamp", ""), req.headers.get("sign", "")
         if not ts or not given:
             raise VerificationError("missing timestamp/sign headers")
-        try:
-            skew = abs(time.time() * 1000 - int(ts))
-        except ValueError:
-            raise VerificationError("timestamp is not a number") from None
-        if skew > self.config.replay_window_ms:
+        if not (ts.isascii() and ts.isdigit() and len(ts) <= 16):
+            raise VerificationError("timestamp is not milliseconds")
+        if abs(time.time() * 1000 - int(ts)) > self.config.replay_window_ms:
             raise VerificationError("timestamp outside the replay window")
-        if not hmac.compare_digest(sign(self.config.app_secret, ts), given):
+        expected = sign(self.config.app_secret, ts).encode()
+        if not hmac.compare_digest(expected, given.encode("utf-8", "replace")):
             raise VerificationError("sign mismatch")
 
     async def handle(self, request: WebRequest) -> WebResponse:
@@ -96,69 +119,75 @@ class DingTalkPlatform(Platform):
             data = orjson.loads(request.body)
         except orjson.JSONDecodeError:
             raise RequestError("body is not JSON") from None
-        if not isinstance(data, dict) or not data.get("msgId"):
+        if not isinstance(data, dict) or not isinstance(data.get("msgId"), str) or not data["msgId"]:
             raise RequestError("body has no msgId")
-        webhook = str(data.get("sessionWebhook") or "")
-        problem = webhook_problem(webhook, self.config.session_webhook_hosts, self.config.allow_insecure_webhook_hosts)
-        if problem:
-            log.warning("dingtalk %s: refusing sessionWebhook (%s); message ignored", self.name, problem)
+        target = self._reply_target(data)
+        if target is None or not await self.ctx.claim(data["msgId"]):
             return ACK
-        if _expired(data):
-            log.warning("dingtalk %s: sessionWebhook already expired; message ignored", self.name)
-            return ACK
-        if not await self.ctx.claim(str(data["msgId"])):
-            return ACK
-        self.ctx.submit(self, self._parse(data, webhook))
+        self.ctx.submit(self, self._parse(data, target))
         return ACK
 
-    def _parse(self, data: dict[str, Any], webhook: str) -> Inbound:
+    def _reply_target(self, data: dict[str, Any]) -> ReplyTarget | None:
+        """The checked sessionWebhook, or None (logged) when it must not be used."""
+        webhook = parse_webhook(
+            str(data.get("sessionWebhook") or ""),
+            self.config.session_webhook_hosts,
+            self.config.allow_insecure_webhook_hosts,
+        )
+        if isinstance(webhook, str):
+            log.warning("dingtalk %s: refusing sessionWebhook (%s); message ignored", self.name, webhook)
+            return None
+        expires = data.get("sessionWebhookExpiredTime")
+        if expires is not None and (not isinstance(expires, int | str) or not str(expires).isdigit()):
+            log.warning("dingtalk %s: sessionWebhookExpiredTime is not a number; message ignored", self.name)
+            return None
+        target = ReplyTarget(webhook, None if expires is None else int(expires), None)
+        if _expired(target):
+            log.warning("dingtalk %s: sessionWebhook already expired; message ignored", self.name)
+            return None
+        return target
+
+    def _parse(self, data: dict[str, Any], target: ReplyTarget) -> Inbound:
         msgtype = str(data.get("msgtype") or "text")
         direct = str(data.get("conversationType")) != "2"
-        text = ""
-        if msgtype == "text":
-            text = str((data.get("text") or {}).get("content") or "")
-        elif msgtype == "richText":
-            parts = ((data.get("content") or {}).get("richText")) or []
-            text = "".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
-        text = (LEADING_MENTION.sub("", text) if not direct else text).strip()
+        text = _text_of(msgtype, data)
+        if not direct:
+            text = LEADING_MENTION.sub("", text)
+        text = text.strip()
         kind = KINDS.get(msgtype, "file")
-        if kind == "text" and msgtype == "richText" and not text:
-            kind = "image"
-        user = str(data.get("senderStaffId") or data.get("senderId") or "")
+        if msgtype == "richText" and not text:
+            kind = "image"  # a rich text made of pictures only
+        staff = str(data.get("senderStaffId") or "") or None
+        user = staff or str(data.get("senderId") or "")
         return Inbound(
             self.name,
-            str(data["msgId"]),
+            data["msgId"],
             str(data.get("conversationId") or user),
             user,
             text,
             kind=kind,
             direct=direct,
-            user_name=data.get("senderNick"),
-            reply_to={
-                "webhook": webhook,
-                "expires": data.get("sessionWebhookExpiredTime"),
-                "staff": data.get("senderStaffId"),
-                "group": not direct,
-            },
+            user_name=str(data.get("senderNick") or "") or None,
+            reply_to=ReplyTarget(target.webhook, target.expires_ms, None if direct else staff),
         )
 
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
         async for _ in answer:
             pass  # DingTalk cannot edit a sent message: send the whole answer once
-        to = msg.reply_to
-        if _expired({"sessionWebhookExpiredTime": to["expires"]}):
+        target: ReplyTarget = msg.reply_to
+        if _expired(target):
             log.warning("dingtalk %s: sessionWebhook expired before the answer was ready", self.name)
-            return
-        parts = split_text(answer.text, self.config.text_limit) or ["(no answer)"]
-        for i, part in enumerate(parts):
-            body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"title": _title(answer.text), "text": part}}
-            if to["group"] and to["staff"]:
-                body["at"] = {"atUserIds": [to["staff"]], "isAtAll": False}
-                if i == 0:
-                    body["markdown"]["text"] = f"@{to['staff']} {part}"
-            await self._send(to["webhook"], body)
+            raise DeliveryError("dingtalk sessionWebhook expired before the answer was ready")
+        text = answer.text + "".join(f"\n\n![image]({u})" for u in answer.images if u.startswith("http"))
+        title = _title(answer.text)
+        for i, part in enumerate(split_text(text, self.text_limit) or ["(no answer)"]):
+            body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"title": title, "text": part}}
+            if target.mention and i == 0:
+                body["markdown"]["text"] = f"@{target.mention} {part}"
+                body["at"] = {"atUserIds": [target.mention], "isAtAll": False}
+            await self._send(target.webhook, body)
 
-    async def _send(self, url: str, body: dict[str, Any]) -> None:
+    async def _send(self, url: URL, body: dict[str, Any]) -> None:
         async with self.ctx.http.post(
             url,
             data=orjson.dumps(body),
@@ -170,21 +199,36 @@ class DingTalkPlatform(Platform):
         try:
             result = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            result = {}
-        if resp.status != 200 or result.get("errcode") != 0:
-            raise RuntimeError(
-                f"dingtalk send failed: HTTP {resp.status}, errcode {result.get('errcode')}, {result.get('errmsg')}"
-            )
+            result = None
+        errcode = result.get("errcode") if isinstance(result, dict) else None
+        if resp.status != 200 or errcode != 0:
+            errmsg = str(result.get("errmsg"))[:200] if isinstance(result, dict) else ""
+            log.warning("dingtalk %s: send refused: HTTP %s, errcode %s %s", self.name, resp.status, errcode, errmsg)
+            raise DeliveryError(f"dingtalk send failed: HTTP {resp.status}, errcode {errcode}")
 
 
-def _expired(data: dict[str, Any]) -> bool:
-    expires = data.get("sessionWebhookExpiredTime")
-    try:
-        return expires is not None and int(expires) < time.time() * 1000
-    except (TypeError, ValueError):
-        return False
+def _text_of(msgtype: str, data: dict[str, Any]) -> str:
+    """The text of a `text` message, or the text parts of a `richText` one."""
+    if msgtype == "text":
+        text = data.get("text")
+        return str(text.get("content") or "") if isinstance(text, dict) else ""
+    if msgtype == "richText":
+        content = data.get("content")
+        parts = content.get("richText") if isinstance(content, dict) else None
+        if isinstance(parts, list):
+            return "".join(str(p["text"]) for p in parts if isinstance(p, dict) and p.get("text"))
+    return ""
+
+
+def _expired(target: ReplyTarget) -> bool:
+    return target.expires_ms is not None and target.expires_ms < time.time() * 1000
 
 
 def _title(text: str) -> str:
-    first = text.strip().splitlines()[0] if text.strip() else "Answer"
-    return first[:20]
+    """The notification title: the first words of the answer, without markdown marks."""
+    lines = [line.strip(" #>*_`-") for line in text.strip().splitlines()]
+    first = next((line for line in lines if line), "")
+    if len(first) <= 24:
+        return first or "Answer"
+    cut = first[:24].rsplit(" ", 1)[0]
+    return (cut if len(cut) >= 8 else first[:24]) + "…"

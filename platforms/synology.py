@@ -24,7 +24,7 @@ import orjson
 from pydantic import Field
 
 from proxy.contracts import AdapterConfig, Answer, Platform
-from proxy.errors import RequestError, VerificationError
+from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
@@ -111,7 +111,7 @@ class SynologyPlatform(Platform):
         elif c.incoming_url:
             url = c.incoming_url
         else:
-            raise RuntimeError("synology: no way to reply (set api_base + bot_token, or incoming_url)")
+            raise DeliveryError("synology: no way to reply (set api_base + bot_token, or incoming_url)")
         form = {"payload": orjson.dumps(payload).decode()}
         async with self.ctx.http.post(
             url, data=form, ssl=c.verify_tls, timeout=aiohttp.ClientTimeout(total=30)
@@ -122,4 +122,4 @@ class SynologyPlatform(Platform):
         except (orjson.JSONDecodeError, AttributeError):
             ok = False
         if resp.status != 200 or not ok:
-            raise RuntimeError(f"synology send failed: HTTP {resp.status}")  # never the URL: it holds a token
+            raise DeliveryError(f"synology send failed: HTTP {resp.status}")  # never the URL: it holds a token

@@ -18,7 +18,7 @@ import aiohttp
 from proxy.config import Settings
 from proxy.contracts import Platform, Store
 from proxy.engine import Engine
-from proxy.errors import ChainFailed, StreamInterrupted
+from proxy.errors import ChainFailed, DeliveryError, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.routing import conversation_key, route
 from proxy.runner import Runner
@@ -187,6 +187,9 @@ class Dispatcher:
         except asyncio.CancelledError:
             await self._undelivered(msg, "shutdown")
             raise
+        except DeliveryError as e:
+            log.warning("reply to %s message %s not delivered: %s", platform.name, msg.event_id, e)
+            await self._undelivered(msg, "delivery failed")
         except Exception:
             log.exception("delivering the answer to %s message %s failed", platform.name, msg.event_id)
             await self._undelivered(msg, "delivery failed")

@@ -56,6 +56,10 @@ class RequestError(SwitchboardError):
         super().__init__(message)
 
 
+class DeliveryError(SwitchboardError):
+    """A platform did not take our reply. The message must not contain tokens or token URLs."""
+
+
 class ProviderError(SwitchboardError):
     """An upstream failure. `message` must never contain a secret (keys, tokens)."""
 

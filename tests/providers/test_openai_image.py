@@ -3,10 +3,10 @@
 import aiohttp
 import pytest
 
+from providers.openai_image import OpenAIImageConfig, OpenAIImageProvider
 from proxy.engine import NO_STATE
 from proxy.errors import ProviderUnavailable, RequestRejected
 from proxy.types import ChatRequest, Message
-from providers.openai_image import OpenAIImageConfig, OpenAIImageProvider
 from tests.fakes.openai_upstream import FakeOpenAI
 
 

@@ -3,76 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import sqlite3
-import time
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from aiohttp import web
 
-from platforms.dingtalk import sign, webhook_problem
+from platforms.dingtalk import DingTalkPlatform
 from proxy.app import create_app
 from proxy.config import parse_config
+from proxy.store.sqlite import SQLiteStore
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.servers import serve_aiohttp, serve_asgi
-
-SECRET = "dt-app-secret-123"
-
-
-def headers(ts_ms: int | None = None, secret: str = SECRET) -> dict[str, str]:
-    ts = str(int(time.time() * 1000) if ts_ms is None else ts_ms)
-    mac = hmac.new(secret.encode(), f"{ts}\n{secret}".encode(), hashlib.sha256).digest()
-    return {"timestamp": ts, "sign": base64.b64encode(mac).decode(), "Content-Type": "application/json"}
-
-
-def test_sign_matches_the_documented_algorithm():
-    h = headers(1700000000000)
-    assert sign(SECRET, "1700000000000") == h["sign"]
-
-
-class FakeWebhook:
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.errcode = 0
-
-    async def __aenter__(self) -> FakeWebhook:
-        app = web.Application()
-
-        async def receive(request: web.Request) -> web.Response:
-            self.posts.append(await request.json())
-            return web.json_response({"errcode": self.errcode, "errmsg": "ok" if not self.errcode else "bad"})
-
-        app.router.add_post("/robot/sendBySession", receive)
-        self._cm = serve_aiohttp(app)
-        self.url = (await self._cm.__aenter__()) + "/robot/sendBySession?session=abc"
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._cm.__aexit__(*exc)
-
-
-def message(text: str, msg_id: str, webhook: str, group: bool = False, msgtype: str = "text", **extra) -> bytes:
-    now = int(time.time() * 1000)
-    body = {
-        "msgtype": msgtype,
-        "text": {"content": text},
-        "msgId": msg_id,
-        "createAt": now,
-        "conversationType": "2" if group else "1",
-        "conversationId": "cid-group" if group else "cid-u1",
-        "senderId": "$:enc:sender",
-        "senderStaffId": "staff-1",
-        "senderNick": "Ada",
-        "sessionWebhook": webhook,
-        "sessionWebhookExpiredTime": now + 90 * 60 * 1000,
-        **extra,
-    }
-    return orjson.dumps(body)
+from tests.platforms.dingtalk.dingtalk_kit import SECRET, FakeWebhook, now_ms, payload, signed_headers
+from tests.servers import serve_asgi
 
 
 @pytest.fixture
@@ -105,6 +48,7 @@ async def rig(tmp_path):
 
 
 async def wait_posts(hook: FakeWebhook, n: int, patience: float = 5.0) -> list[dict[str, Any]]:
+    """Wait until the fake saw `n` posts (or `patience` ran out), then a little more for extras."""
     for _ in range(int(patience / 0.02)):
         if len(hook.posts) >= n:
             break
@@ -113,117 +57,186 @@ async def wait_posts(hook: FakeWebhook, n: int, patience: float = 5.0) -> list[d
     return hook.posts
 
 
-async def send(c, url, body, h=None):
-    return await c.post(f"{url}/hooks/ding", content=body, headers=h or headers())
+async def send(c: httpx.AsyncClient, url: str, body: dict[str, Any] | bytes, h: dict[str, str] | None = None):
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return await c.post(f"{url}/hooks/ding", content=raw, headers=h or signed_headers())
 
 
 async def test_direct_message_answered_once_as_markdown(rig):
     hook, _, make = rig
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        body = message("hello there", "m1", hook.url)
-        assert (await send(c, url, body)).status_code == 200
-        assert (await send(c, url, body)).status_code == 200  # a duplicate delivery
-        posts = await wait_posts(hook, 2, patience=1.0)
-    assert len(posts) == 1
-    assert posts[0]["msgtype"] == "markdown" and posts[0]["markdown"]["text"] == "echo: hello there"
-    assert "at" not in posts[0]
+        body = payload("text_direct", sessionWebhook=hook.url)
+        first = await send(c, url, body)
+        assert (first.status_code, first.json()) == (200, {"msgtype": "empty"})
+        assert (await send(c, url, body)).status_code == 200  # DingTalk delivering it again
+        posts = await wait_posts(hook, 2, patience=0.5)
+    assert posts == [
+        {
+            "msgtype": "markdown",
+            "markdown": {"title": "echo: What is the…", "text": "echo: What is the capital of France?"},
+        }
+    ]
 
 
 async def test_group_message_trims_mention_and_mentions_sender(rig):
     hook, _, make = rig
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await send(c, url, message(" @Switchboard  what is up", "m2", hook.url, group=True))
+        await send(c, url, payload("text_group", sessionWebhook=hook.url))
+        posts = await wait_posts(hook, 1)
+    assert len(posts) == 1
+    assert posts[0]["markdown"]["text"] == "@staff0815 echo: summarise the release notes"
+    assert posts[0]["at"] == {"atUserIds": ["staff0815"], "isAtAll": False}
+
+
+async def test_rich_text_uses_its_text_parts(rig):
+    hook, _, make = rig
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        await send(c, url, payload("rich_text", sessionWebhook=hook.url))
         (post,) = await wait_posts(hook, 1)
-    assert post["markdown"]["text"] == "@staff-1 echo: what is up"
-    assert post["at"] == {"atUserIds": ["staff-1"], "isAtAll": False}
+    assert post["markdown"]["text"] == "@staff0815 echo: what is in this picture? and this one"
+
+
+async def test_long_answer_is_split_and_sent_in_order(rig, monkeypatch):
+    hook, _, make = rig
+    monkeypatch.setattr(DingTalkPlatform, "text_limit", 60)
+    words = " ".join(f"word{i:03d}" for i in range(40))  # 319 characters
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        body = payload("text_group", sessionWebhook=hook.url, text={"content": f" @Switchboard {words}"})
+        await send(c, url, body)
+        posts = await wait_posts(hook, 6)
+    texts = [p["markdown"]["text"] for p in posts]
+    assert len(texts) == 6 and all(len(t) <= 60 + len("@staff0815 ") for t in texts)
+    assert texts[0].startswith("@staff0815 echo: word000 ")
+    assert " ".join(texts).removeprefix("@staff0815 ") == f"echo: {words}"
+    assert [("at" in p) for p in posts] == [True, False, False, False, False, False]
+    assert {p["markdown"]["title"] for p in posts} == {"echo: word000 word001…"}
 
 
 async def test_duplicate_after_restart_is_not_answered_again(rig):
     hook, _, make = rig
-    body = message("once", "m3", hook.url)
+    body = payload("text_direct", sessionWebhook=hook.url)
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         await send(c, url, body)
-        await wait_posts(hook, 1)
+        assert len(await wait_posts(hook, 1)) == 1
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await send(c, url, body)
+        assert (await send(c, url, body)).status_code == 200
         assert len(await wait_posts(hook, 2, patience=0.5)) == 1
 
 
-@pytest.mark.parametrize(
-    "h",
-    [
-        lambda: headers(secret="not-the-secret"),
-        lambda: headers(ts_ms=int(time.time() * 1000) - 3_600_001),
-        lambda: {"Content-Type": "application/json"},
-        lambda: {**headers(), "sign": headers()["sign"].lower()},
-    ],
-)
-async def test_bad_sign_or_stale_timestamp_is_401(rig, h):
-    hook, _, make = rig
-    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        r = await send(c, url, message("x", "m4", hook.url), h())
-        assert r.status_code == 401
+async def test_bad_sign_or_stale_timestamp_is_401(rig):
+    hook, up, make = rig
+    bad_headers = {
+        "wrong secret": lambda: signed_headers(secret="not-the-secret"),
+        "stale": lambda: signed_headers(now_ms() - 3_600_001),
+        "missing": lambda: {"content-type": "application/json"},
+        "tampered": lambda: {**signed_headers(), "sign": signed_headers()["sign"].lower()},
+    }
+    async with serve_asgi(make("gpt")) as url, httpx.AsyncClient() as c:
+        for n, (why, make_headers) in enumerate(bad_headers.items()):
+            r = await send(c, url, payload("text_direct", msgId=f"b{n}", sessionWebhook=hook.url), make_headers())
+            assert (r.status_code, r.text) == (401, "unauthorized"), why
         assert await wait_posts(hook, 1, patience=0.3) == []
+    assert up.requests == []
 
 
-@pytest.mark.parametrize(
-    "evil",
-    [
+def foreign_webhooks(fake: str) -> list[str]:
+    """Webhooks that would reach the loopback fake (so a slip would be seen) or the internet."""
+    port = fake.rsplit(":", 1)[1]
+    return [
+        f"http://localhost:{port}/robot/sendBySession?session=x",
+        f"https://127.0.0.1:{port}/robot/sendBySession?session=x",
+        f"http://127.0.0.1:{port}/robot/other?session=x",
+        f"http://oapi.dingtalk.com@127.0.0.1:{port}/robot/sendBySession",
+        f"http://127.0.0.1:{port}#@oapi.dingtalk.com/robot/sendBySession",
         "https://evil.example.com/robot/sendBySession?session=x",
         "http://oapi.dingtalk.com/robot/sendBySession?session=x",
         "https://oapi.dingtalk.com.evil.com/robot/sendBySession",
         "https://oapi.dingtalk.com@evil.com/robot/sendBySession",
-        "https://user:pw@oapi.dingtalk.com/robot/sendBySession",
-        "https://oapi.dingtalk.com:8443/robot/sendBySession",
-        "https://oapi.dingtalk.com/robot/send?access_token=x",
-        "http://127.0.0.1:1/other/path",
-    ],
-)
-def test_foreign_webhooks_are_refused(evil):
-    assert webhook_problem(evil, ["oapi.dingtalk.com"], ["127.0.0.1"]) is not None
-    assert webhook_problem("https://oapi.dingtalk.com/robot/sendBySession?session=x", ["oapi.dingtalk.com"], []) is None
+    ]
 
 
 async def test_foreign_or_expired_webhook_means_no_request_and_no_work(rig):
     hook, up, make = rig
     async with serve_asgi(make("gpt")) as url, httpx.AsyncClient() as c:
-        await send(c, url, message("x", "m5", hook.url.replace("127.0.0.1", "localhost")))
-        expired = message("y", "m6", hook.url, sessionWebhookExpiredTime=int(time.time() * 1000) - 1)
+        for i, evil in enumerate(foreign_webhooks(hook.base)):
+            r = await send(c, url, payload("text_direct", msgId=f"evil{i}", sessionWebhook=evil))
+            assert r.status_code == 200
+        expired = payload("text_direct", msgId="old", sessionWebhook=hook.url, sessionWebhookExpiredTime=now_ms() - 1)
         await send(c, url, expired)
         assert await wait_posts(hook, 1, patience=0.5) == []
-    assert up.requests == []  # nothing was generated either
+        await send(c, url, payload("text_direct", msgId="fine", sessionWebhook=hook.url))  # the rig itself works
+        assert len(await wait_posts(hook, 1)) == 1
+    assert len(up.chat_requests()) == 1  # nothing was generated for the refused ones
 
 
 async def test_malformed_body_is_400(rig):
-    _hook, _, make = rig
+    hook, _, make = rig
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         assert (await send(c, url, b"{not json")).status_code == 400
         assert (await send(c, url, b'{"text": {}}')).status_code == 400
+    assert await wait_posts(hook, 1, patience=0.2) == []
 
 
 async def test_clear_forgets_history_sent_upstream(rig):
     hook, up, make = rig
+
+    def said(text: str, n: int) -> dict[str, Any]:
+        return payload("text_direct", msgId=f"h{n}", sessionWebhook=hook.url, text={"content": text})
+
     async with serve_asgi(make("gpt")) as url, httpx.AsyncClient() as c:
-        await send(c, url, message("first", "h1", hook.url))
-        await wait_posts(hook, 1)
-        await send(c, url, message("second", "h2", hook.url))
-        await wait_posts(hook, 2)
-        assert [m["content"] for m in up.chat_requests()[-1].json["messages"]] == ["first", "upstream: first", "second"]
-        await send(c, url, message("\\clear", "h3", hook.url))
-        await wait_posts(hook, 3)
-        await send(c, url, message("third", "h4", hook.url))
-        await wait_posts(hook, 4)
-    assert [m["content"] for m in up.chat_requests()[-1].json["messages"]] == ["third"]
-    assert "forgotten" in hook.posts[2]["markdown"]["text"]
+        for n, text in enumerate(["first", "second", "\\clear", "third"], 1):
+            await send(c, url, said(text, n))
+            await wait_posts(hook, n)
+    sent = [[m["content"] for m in r.json["messages"]] for r in up.chat_requests()]
+    assert sent == [["first"], ["first", "upstream: first", "second"], ["third"]]
+    assert [p["markdown"]["text"] for p in hook.posts] == [
+        "upstream: first",
+        "upstream: second",
+        "Done: I have forgotten our conversation. Let's start fresh.",
+        "upstream: third",
+    ]
 
 
-async def test_non_text_gets_polite_answer_and_errcode_is_checked(rig, tmp_path):
+async def test_picture_gets_polite_answer_and_refused_send_is_undelivered(rig, tmp_path):
     hook, _, make = rig
-    hook.errcode = 300001
+    hook.errcode = 300001  # DingTalk answers HTTP 200 with a non-zero errcode
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await send(c, url, message("", "p1", hook.url, msgtype="picture"))
-        (post,) = await wait_posts(hook, 1)
-    assert "only read text" in post["markdown"]["text"]
-    # DingTalk said no (HTTP 200, errcode != 0): the reply is recorded as undelivered
-    kv = dict(sqlite3.connect(f"{tmp_path}/d.db").execute("SELECT k, v FROM kv").fetchall())
-    assert kv.get("undelivered:ding:p1") == "delivery failed"
+        await send(c, url, payload("picture", sessionWebhook=hook.url))
+        posts = await wait_posts(hook, 1)
+    assert [p["markdown"]["text"] for p in posts] == [
+        "Sorry, I can only read text messages for now. Please send your question as text."
+    ]
+    store = SQLiteStore(f"sqlite:///{tmp_path}/d.db")
+    await store.open()
+    try:
+        assert await store.get("undelivered:ding:msgPic7h2Kd0Lr5Tq8Wv1Xy3Za==") == "delivery failed"
+        assert await store.get("undelivered:ding:other") is None
+    finally:
+        await store.close()
+
+
+async def test_accepted_send_is_not_marked_undelivered(rig, tmp_path):
+    hook, _, make = rig
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        await send(c, url, payload("picture", sessionWebhook=hook.url))
+        assert len(await wait_posts(hook, 1)) == 1
+    store = SQLiteStore(f"sqlite:///{tmp_path}/d.db")
+    await store.open()
+    try:
+        assert await store.get("undelivered:ding:msgPic7h2Kd0Lr5Tq8Wv1Xy3Za==") is None
+    finally:
+        await store.close()
+
+
+async def test_streamed_answer_is_sent_once_when_complete(rig):
+    hook, up, make = rig
+    up.answer, up.chunk_delay = "# Paris\n\nParis is the **capital** of France.", 0.03
+    async with serve_asgi(make("gpt")) as url, httpx.AsyncClient() as c:
+        await send(c, url, payload("text_direct", sessionWebhook=hook.url))
+        posts = await wait_posts(hook, 1)
+    assert posts == [
+        {
+            "msgtype": "markdown",
+            "markdown": {"title": "Paris", "text": "# Paris\n\nParis is the **capital** of France."},
+        }
+    ]
