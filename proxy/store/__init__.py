@@ -5,6 +5,7 @@ Shared here: message (de)serialization and turn slicing, so every store answers 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -32,3 +33,19 @@ def last_turns(messages: list[Message], turns: int) -> list[Message]:
     if not starts:
         return []
     return messages[starts[-turns] if len(starts) >= turns else starts[0] :]
+
+
+async def tail_turns(read_tail: Callable[[int], Awaitable[list[Message]]], turns: int) -> list[Message]:
+    """`last_turns` over a stored transcript, reading only its tail.
+
+    `read_tail(n)` returns the newest `n` messages, oldest first. The window grows until it holds
+    `turns` user messages or the whole transcript, so long tool exchanges are never cut short.
+    """
+    if turns <= 0:
+        return []
+    limit = max(8, turns * 4)
+    while True:
+        tail = await read_tail(limit)
+        if len(tail) < limit or sum(m.role == "user" for m in tail) >= turns:
+            return last_turns(tail, turns)
+        limit *= 4

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 from proxy.contracts import Store
 from proxy.store import TRANSCRIPT_CAP, last_turns
 from proxy.types import JSON, Message
+
+#: Seconds between sweeps of expired claims and values.
+PURGE_EVERY = 60.0
 
 
 class MemoryStore(Store):
@@ -15,6 +19,7 @@ class MemoryStore(Store):
         self._transcripts: dict[str, list[Message]] = {}
         self._states: dict[str, dict[str, JSON]] = {}
         self._values: dict[str, tuple[str, float | None]] = {}
+        self._next_purge = 0.0
 
     async def open(self) -> None:
         return None
@@ -39,14 +44,15 @@ class MemoryStore(Store):
         self._states.pop(conversation, None)
 
     async def get_state(self, conversation: str, provider: str) -> JSON | None:
-        return self._states.get(conversation, {}).get(provider)
+        value = self._states.get(conversation, {}).get(provider)
+        return copy.deepcopy(value)  # callers may mutate what they get, as with the other stores
 
     async def set_state(self, conversation: str, provider: str, value: JSON | None) -> None:
         states = self._states.setdefault(conversation, {})
         if value is None:
             states.pop(provider, None)
         else:
-            states[provider] = dict(value)
+            states[provider] = copy.deepcopy(value)
 
     def _live(self, key: str) -> str | None:
         item = self._values.get(key)
@@ -58,14 +64,21 @@ class MemoryStore(Store):
             return None
         return value
 
+    def _store(self, key: str, value: str, ttl: float | None) -> None:
+        now = time.time()
+        if now >= self._next_purge:  # keys never read again must not pile up
+            self._values = {k: v for k, v in self._values.items() if v[1] is None or v[1] > now}
+            self._next_purge = now + PURGE_EVERY
+        self._values[key] = (value, now + ttl if ttl else None)
+
     async def claim(self, key: str, ttl: float) -> bool:
         if self._live(key) is not None:
             return False
-        self._values[key] = ("1", time.time() + ttl)
+        self._store(key, "1", ttl)
         return True
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
-        self._values[key] = (value, time.time() + ttl if ttl else None)
+        self._store(key, value, ttl)
 
     async def get(self, key: str) -> str | None:
         return self._live(key)

@@ -13,7 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from proxy.contracts import Store
-from proxy.store import TRANSCRIPT_CAP, dump_message, last_turns, load_message
+from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
 from proxy.types import JSON, Message
 
 
@@ -40,15 +40,19 @@ class RedisStore(Store):
         return self.client
 
     async def ping(self) -> bool:
-        return bool(await self._r.ping())
+        return self.client is not None and bool(await self.client.ping())
 
     async def history(self, conversation: str, turns: int) -> list[Message]:
-        if turns <= 0:
-            return []
-        raw = await self._r.lrange(f"{self.prefix}:t:{conversation}", -max(8, turns * 6), -1)
-        return last_turns([load_message(r) for r in raw], turns)
+        key = f"{self.prefix}:t:{conversation}"
+
+        async def read_tail(n: int) -> list[Message]:
+            return [load_message(r) for r in await self._r.lrange(key, -n, -1)]
+
+        return await tail_turns(read_tail, turns)
 
     async def append(self, conversation: str, messages: list[Message]) -> None:
+        if not messages:
+            return
         key = f"{self.prefix}:t:{conversation}"
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.rpush(key, *[dump_message(m) for m in messages])

@@ -116,3 +116,78 @@ async def test_survives_reopen(kind, tmp_path, request):
     assert await s2.get_state("c", "kb") == {"conversation_id": "keep"}
     assert await s2.claim("evt", 3600) is False
     await s2.close()
+
+
+async def test_history_keeps_long_tool_exchanges_whole(store):
+    await store.append("c", exchange(0))
+    calls = [Message("assistant", None, {"tool_calls": [{"id": f"c{i}"}]}) for i in range(30)]
+    long_turn = [
+        Message("user", "q1"),
+        *calls,
+        Message("tool", "r", {"tool_call_id": "c29"}),
+        Message("assistant", "a1"),
+    ]
+    await store.append("c", long_turn)
+    await store.append("c", exchange(2))
+    assert await store.history("c", 2) == long_turn + exchange(2)
+    assert await store.history("c", 3) == exchange(0) + long_turn + exchange(2)
+
+
+async def test_transcript_keeps_the_newest_2000_messages(store):
+    await store.append("c", [m for i in range(1001) for m in exchange(i)])  # 2,002 messages
+    await store.append("c", [])
+    kept = await store.history("c", 5000)
+    assert len(kept) == 2000
+    assert kept[0] == Message("user", "q1") and kept[-1] == Message("assistant", "a1000")
+
+
+async def test_state_is_a_copy(store):
+    value = {"conversation_id": "x", "nested": {"n": 1}}
+    await store.set_state("c", "kb", value)
+    value["nested"]["n"] = 2
+    got = await store.get_state("c", "kb")
+    assert got == {"conversation_id": "x", "nested": {"n": 1}}
+    got["nested"]["n"] = 3
+    assert await store.get_state("c", "kb") == {"conversation_id": "x", "nested": {"n": 1}}
+
+
+async def test_claim_and_put_without_ttl_outlive_short_ones(store):
+    await store.put("forever", "v")
+    assert await store.claim("long", 60)
+    await store.put("brief", "b", 0.1)
+    await asyncio.sleep(0.15)
+    assert await store.get("forever") == "v" and await store.claim("long", 60) is False
+    assert await store.get("brief") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [("sqlite:///data/switchboard.db", "data/switchboard.db"), ("sqlite:////var/lib/s.db", "/var/lib/s.db")],
+)
+def test_sqlite_url_paths(url, path):
+    from proxy.store.sqlite import sqlite_path
+
+    assert sqlite_path(url) == path
+
+
+async def test_sqlite_relative_path_creates_its_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = open_store("sqlite:///data/switchboard.db")
+    assert not (tmp_path / "data").exists()  # no I/O before open()
+    await s.open()
+    await s.append("c", exchange(1))
+    await s.close()
+    assert (tmp_path / "data" / "switchboard.db").is_file()
+
+
+async def test_redis_prefixes_keep_instances_apart(redis_url):
+    a, b = open_store(redis_url + "?prefix=one"), open_store(redis_url + "?prefix=two")
+    await a.open()
+    await b.open()
+    try:
+        await a.append("c", exchange(1))
+        assert await a.claim("evt-p", 60) and await b.claim("evt-p", 60)
+        assert await b.history("c", 3) == []
+    finally:
+        await a.close()
+        await b.close()
