@@ -3,34 +3,44 @@ blocking; streams also carry the conversation id before any failure).
 
 - `app_mode: chat | agent` → `POST /chat-messages`; Dify keeps the history, so only the newest
   user turn is sent as `query`. Its `conversation_id` lives in our store as provider state per
-  conversation, saved from the first event that carries it. "Conversation Not Exists" (deleted,
-  other user, other app) drops that state and retries once as a new conversation. When there is no
-  Dify conversation yet but our transcript has earlier turns (another provider answered before),
-  they are folded into the query so the context survives failover into Dify too.
+  conversation, saved from the first event that carries it, together with the Dify `user` it
+  belongs to: Dify only finds a conversation for the user who created it, so a shared session
+  (a group chat) keeps talking as that user. "Conversation Not Exists" (deleted, other app) drops
+  the state and retries once as a new conversation. When there is no Dify conversation yet but
+  our transcript has earlier turns (another provider answered before), the last `fold_turns` are
+  folded into the query so the context survives failover into Dify too.
 - `app_mode: completion` → `POST /completion-messages` (the text goes to `inputs[query_input]`
   and `query`); `app_mode: workflow` → `POST /workflows/run`, streamed `text_chunk`s, and the answer
   from `outputs[output_key]` when the workflow streamed none.
 
 Event quirks handled: `event: ping` has no data line; agent apps stream `agent_message` and New
 Agent apps repeat the whole answer in a final `message`; `message_replace` replaces the answer
-(output moderation); failures after the stream opened arrive as an `error` event on HTTP 200.
+(output moderation); failures after the stream opened arrive as an `error` event on HTTP 200;
+`message_file` images become `Delta.images`. Closing our side does not stop Dify generating (and
+billing): a stream left before its end is stopped with the stop endpoint, in the background.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
+from urllib.parse import quote, urljoin
 
 import aiohttp
 import orjson
 from pydantic import Field
 
-from providers.openai_base import TRANSPORT_ERRORS, retry_after, transport_error
+from providers.openai_base import TRANSPORT_ERRORS, error_from_body, iter_lines, retry_after, scrub, transport_error
 from proxy.contracts import AdapterConfig, Provider, ProviderState
 from proxy.errors import BadResponse, ProviderError, ProviderUnavailable, RequestRejected, error_for_status
-from proxy.types import ChatRequest, Delta, Message, Usage
+from proxy.types import JSON, ChatRequest, Delta, Message, Usage
 
-#: Dify codes that mean "the model behind the app failed", not "your request is wrong".
+log = logging.getLogger("switchboard.providers.dify")
+
+#: Dify codes that mean "the model or app behind Dify failed", not "your request is wrong".
 UPSTREAM_CODES = {
     "completion_request_error",
     "provider_not_initialize",
@@ -38,6 +48,14 @@ UPSTREAM_CODES = {
     "app_unavailable",
     "internal_server_error",
 }
+PATHS = {"chat": "/chat-messages", "agent": "/chat-messages", "completion": "/completion-messages"}
+STOP_PATHS = {
+    "chat": "/chat-messages/{}/stop",
+    "agent": "/chat-messages/{}/stop",
+    "completion": "/completion-messages/{}/stop",
+    "workflow": "/workflows/tasks/{}/stop",
+}
+STOP_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
 
 class DifyConfig(AdapterConfig):
@@ -48,41 +66,43 @@ class DifyConfig(AdapterConfig):
     inputs: dict[str, Any] = {}
     #: workflow apps: which output holds the answer.
     output_key: str = "answer"
-    #: completion apps: which input variable receives the user's text.
+    #: completion and workflow apps: which input variable receives the user's text.
     query_input: str = "query"
+    #: earlier turns folded into the query of a new conversation (context after failover).
+    fold_turns: int = Field(10, ge=0)
+    #: stop Dify's generation when we leave a stream early (caller gone, stopped, timed out).
+    stop_on_disconnect: bool = True
     timeout: float = Field(10.0, gt=0)
     #: Dify pings every ~10 s while it works; wait longer than that between events.
     read_timeout: float = Field(60.0, gt=10)
 
 
-class ConversationGone(ProviderError):
+class ConversationGone(RequestRejected):
     """Dify answered 404 "Conversation Not Exists" for our stored conversation id."""
 
 
-def dify_error(status: int, data: Any, provider: str, headers: Any = None) -> ProviderError:
+def dify_error(status: int, data: Any, provider: str, headers: Any = None, secret: str = "") -> ProviderError:
+    """A Dify error body or `error` event (`{code, message, status}`) → the error tree."""
     data = data if isinstance(data, dict) else {}
-    code, message = data.get("code"), str(data.get("message") or f"HTTP {status}")[:300]
+    code = data.get("code")
+    message = scrub(str(data.get("message") or f"HTTP {status}")[:300], (secret,))
     if status == 404 and "conversation" in message.lower():
         return ConversationGone(message, provider=provider, status=404)
     if code in UPSTREAM_CODES:
         return ProviderUnavailable(message, provider=provider, status=status)
-    err = error_for_status(
-        status, message, provider=provider, code=code, retry_after=retry_after(headers) if headers else None
-    )
-    return err
+    wait = retry_after(headers) if headers is not None else None
+    return error_for_status(status, message, provider=provider, code=code, retry_after=wait)
 
 
-def _fold(request: ChatRequest) -> str:
-    """The newest user turn, preceded by earlier turns when Dify has no conversation yet."""
-    turns = [m for m in request.messages if m.role in ("user", "assistant")]
-    if not turns or turns[-1].role != "user":
-        raise RequestRejected("Dify needs a user message last", status=400)
-    query = turns[-1].text()
-    earlier = turns[:-1]
-    if not earlier:
-        return query
-    lines = [f"{'User' if m.role == 'user' else 'Assistant'}: {m.text()}" for m in earlier]
-    return "Conversation so far:\n" + "\n".join(lines) + f"\n\nUser: {query}"
+class _Run:
+    """What one Dify stream has shown so far."""
+
+    __slots__ = ("agent_text", "conversation", "finished", "streamed", "task_id")
+
+    def __init__(self, conversation: str | None) -> None:
+        self.conversation = conversation
+        self.task_id: str | None = None
+        self.agent_text = self.streamed = self.finished = False
 
 
 class DifyProvider(Provider):
@@ -91,18 +111,12 @@ class DifyProvider(Provider):
 
     def __init__(self, name: str, config: DifyConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(name, config, http)
-        base = config.base_url.rstrip("/")
-        self.url = (
-            base
-            + {
-                "chat": "/chat-messages",
-                "agent": "/chat-messages",
-                "completion": "/completion-messages",
-                "workflow": "/workflows/run",
-            }[config.app_mode]
-        )
+        self.base = config.base_url.rstrip("/")
+        self.url = self.base + PATHS.get(config.app_mode, "/workflows/run")
+        self.chatty = config.app_mode in ("chat", "agent")
         self.headers = {"authorization": f"Bearer {config.api_key}", "content-type": "application/json"}
         self.timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @property
     def default_model(self) -> str | None:
@@ -111,70 +125,87 @@ class DifyProvider(Provider):
     def describe(self) -> str:
         return f"dify {self.config.base_url} app_mode={self.config.app_mode}"
 
+    async def close(self) -> None:
+        if self._stopping:
+            await asyncio.wait(self._stopping, timeout=STOP_TIMEOUT.total)
+
     async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
-        chatty = self.config.app_mode in ("chat", "agent")
-        saved = (await state.get() or {}) if chatty else {}
+        saved = (await state.get() or {}) if self.chatty else {}
         conversation = saved.get("conversation_id")
+        user = (saved.get("user") if conversation else None) or request.user
+        yielded = False
         try:
-            async for d in self._run(request, state, conversation):
-                yield d
+            async with aclosing(self._run(request, state, conversation, user)) as events:
+                async for d in events:
+                    yielded = True
+                    yield d
+            return
         except ConversationGone:
-            if not conversation:
+            if not conversation or yielded:
                 raise
-            await state.set(None)
-            async for d in self._run(request, state, None):
+        await state.set(None)  # Dify forgot it: start over, with our transcript folded in
+        async with aclosing(self._run(request, state, None, request.user)) as events:
+            async for d in events:
                 yield d
 
-    def _body(self, request: ChatRequest, conversation: str | None) -> bytes:
-        mode = self.config.app_mode
-        if mode in ("chat", "agent"):
-            query = _fold(request) if not conversation else _last_user(request.messages)
-            body: dict[str, Any] = {
-                "query": query,
-                "inputs": self.config.inputs,
-                "response_mode": "streaming",
-                "user": request.user,
-            }
+    def _body(self, request: ChatRequest, conversation: str | None, user: str) -> bytes:
+        c = self.config
+        body: JSON = {"response_mode": "streaming", "user": user}
+        if self.chatty:
+            body.update(query=_last_user(request.messages) if conversation else self._fold(request), inputs=c.inputs)
             if conversation:
                 body["conversation_id"] = conversation
-        elif mode == "completion":
-            text = _fold(request)
-            body = {
-                "inputs": {**self.config.inputs, self.config.query_input: text},
-                "query": text,
-                "response_mode": "streaming",
-                "user": request.user,
-            }
         else:
-            body = {
-                "inputs": {**self.config.inputs, self.config.query_input: _fold(request)},
-                "response_mode": "streaming",
-                "user": request.user,
-            }
+            text = self._fold(request)
+            body["inputs"] = {**c.inputs, c.query_input: text}
+            if c.app_mode == "completion":
+                body["query"] = text
         return orjson.dumps(body)
 
-    async def _run(self, request: ChatRequest, state: ProviderState, conversation: str | None) -> AsyncIterator[Delta]:
+    def _fold(self, request: ChatRequest) -> str:
+        """The newest user turn, preceded by earlier turns when Dify has no conversation yet."""
+        turns = [m for m in request.messages if m.role in ("user", "assistant")]
+        if not turns or turns[-1].role != "user":
+            raise RequestRejected("Dify needs a user message last", provider=self.name, status=400)
+        query = turns[-1].text()
+        earlier = turns[:-1][-self.config.fold_turns :] if self.config.fold_turns else []
+        if not earlier:
+            return query
+        lines = [f"{'User' if m.role == 'user' else 'Assistant'}: {m.text()}" for m in earlier]
+        return "Conversation so far:\n" + "\n".join(lines) + f"\n\nUser: {query}"
+
+    async def _run(
+        self, request: ChatRequest, state: ProviderState, conversation: str | None, user: str
+    ) -> AsyncGenerator[Delta, None]:
+        run = _Run(conversation)
         try:
             async with self.http.post(
-                self.url, data=self._body(request, conversation), headers=self.headers, timeout=self.timeout
+                self.url, data=self._body(request, conversation, user), headers=self.headers, timeout=self.timeout
             ) as resp:
                 if resp.status >= 400:
-                    raw = await resp.read()
-                    try:
-                        data = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        data = {"message": f"non-JSON error body ({len(raw)} bytes)"}
-                    raise dify_error(resp.status, data, self.name, resp.headers)
-                async for d in self._events(resp, state, conversation):
+                    raise await self._http_error(resp)
+                async for d in self._events(resp, state, run, user):
                     yield d
         except TRANSPORT_ERRORS as e:
             raise transport_error(e, self.name) from None
+        finally:
+            if run.task_id and not run.finished and self.config.stop_on_disconnect:
+                self._stop_later(run.task_id, user)
+
+    async def _http_error(self, resp: aiohttp.ClientResponse) -> ProviderError:
+        raw = await resp.read()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):  # an edge proxy's HTML page
+            return error_from_body(resp.status, resp.headers, raw, self.name)
+        return dify_error(resp.status, data, self.name, resp.headers, self.config.api_key)
 
     async def _events(
-        self, resp: aiohttp.ClientResponse, state: ProviderState, known: str | None
+        self, resp: aiohttp.ClientResponse, state: ProviderState, run: _Run, user: str
     ) -> AsyncIterator[Delta]:
-        saved, agent_text, streamed = known, False, False
-        async for raw in resp.content:
+        async for raw in iter_lines(resp):
             line = raw.strip()
             if not line.startswith(b"data:"):
                 continue  # `event: ping`, blank separators
@@ -182,42 +213,72 @@ class DifyProvider(Provider):
                 ev = orjson.loads(line[5:].strip())
             except orjson.JSONDecodeError:
                 raise BadResponse("unparseable Dify event", provider=self.name) from None
-            kind = ev.get("event")
+            if not isinstance(ev, dict):
+                raise BadResponse("Dify event is not a JSON object", provider=self.name)
+            run.task_id = run.task_id or ev.get("task_id")
             cid = ev.get("conversation_id")
-            if cid and cid != saved and self.config.app_mode in ("chat", "agent"):
-                saved = cid
-                await state.set({"conversation_id": cid})
-            if kind == "agent_message":
-                agent_text = True
-                if ev.get("answer"):
-                    streamed = True
-                    yield Delta(text=ev["answer"])
-            elif kind == "message" and not agent_text:
-                if ev.get("answer"):
-                    streamed = True
-                    yield Delta(text=ev["answer"])
-            elif kind == "message_replace":
-                yield Delta(text=ev.get("answer") or "", replace=True)
-            elif kind == "text_chunk":
-                text = (ev.get("data") or {}).get("text")
-                if text:
-                    streamed = True
-                    yield Delta(text=text)
-            elif kind == "message_end":
-                yield Delta(finish_reason="stop", usage=_usage(ev))
-            elif kind == "workflow_finished":
-                data = ev.get("data") or {}
-                if data.get("status") not in (None, "succeeded", "partial-succeeded"):
-                    raise ProviderUnavailable(
-                        f"workflow {data.get('status')}: {str(data.get('error'))[:200]}", provider=self.name
-                    )
-                if self.config.app_mode == "workflow":
-                    if not streamed:
-                        out = (data.get("outputs") or {}).get(self.config.output_key)
-                        yield Delta(text=out if isinstance(out, str) else orjson.dumps(out).decode())
-                    yield Delta(finish_reason="stop")
-            elif kind == "error":
-                raise dify_error(int(ev.get("status") or 500), ev, self.name)
+            if cid and cid != run.conversation and self.chatty:
+                run.conversation = cid
+                await state.set({"conversation_id": cid, "user": user})
+            for d in self._event(ev, run):
+                yield d
+
+    def _event(self, ev: JSON, run: _Run) -> list[Delta]:
+        kind = ev.get("event")
+        if kind == "agent_message" or (kind == "message" and not run.agent_text):
+            run.agent_text = run.agent_text or (kind == "agent_message" and bool(ev.get("answer")))
+            run.streamed = run.streamed or bool(ev.get("answer"))
+            return [Delta(text=ev["answer"])] if ev.get("answer") else []
+        if kind == "text_chunk":
+            text = (ev.get("data") or {}).get("text")
+            run.streamed = run.streamed or bool(text)
+            return [Delta(text=text)] if text else []
+        if kind == "message_replace":
+            return [Delta(text=ev.get("answer") or "", replace=True)]
+        if kind == "message_file" and ev.get("type") == "image" and ev.get("url") and ev.get("belongs_to") != "user":
+            return [Delta(images=(urljoin(self.base + "/", str(ev["url"])),))]
+        if kind == "message_end":
+            run.finished = True
+            return [Delta(finish_reason="stop", usage=_usage(ev))]
+        if kind == "workflow_finished":
+            run.finished = True
+            return self._workflow_finished(ev.get("data") or {}, run)
+        if kind == "error":
+            run.finished = True
+            raise dify_error(int(ev.get("status") or 500), ev, self.name, None, self.config.api_key)
+        return []  # ping, agent_thought, node events, tts...
+
+    def _workflow_finished(self, data: JSON, run: _Run) -> list[Delta]:
+        if data.get("status") not in (None, "succeeded", "partial-succeeded"):
+            error = scrub(str(data.get("error"))[:200], (self.config.api_key,))
+            raise ProviderUnavailable(f"workflow {data.get('status')}: {error}", provider=self.name)
+        if self.config.app_mode != "workflow":
+            return []  # chatflow: the answer came as `message` events
+        if run.streamed:
+            return [Delta(finish_reason="stop")]
+        outputs = data.get("outputs") or {}
+        out = outputs.get(self.config.output_key)
+        if out is None:
+            keys = ", ".join(map(str, outputs)) or "none"
+            raise BadResponse(f"workflow output {self.config.output_key!r} missing (has: {keys})", provider=self.name)
+        return [Delta(text=out if isinstance(out, str) else orjson.dumps(out).decode(), finish_reason="stop")]
+
+    def _stop_later(self, task_id: str, user: str) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(self._stop(task_id, user))
+        except RuntimeError:  # no loop any more (interpreter shutdown)
+            return
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _stop(self, task_id: str, user: str) -> None:
+        url = self.base + STOP_PATHS[self.config.app_mode].format(quote(task_id, safe=""))
+        try:
+            body = orjson.dumps({"user": user})
+            async with self.http.post(url, data=body, headers=self.headers, timeout=STOP_TIMEOUT) as resp:
+                await resp.read()
+        except Exception as e:  # best effort; the answer is already over for us
+            log.info("%s: stopping Dify task failed: %s", self.name, type(e).__name__)
 
 
 def _last_user(messages: tuple[Message, ...]) -> str:
@@ -227,7 +288,7 @@ def _last_user(messages: tuple[Message, ...]) -> str:
     raise RequestRejected("Dify needs a user message", status=400)
 
 
-def _usage(ev: dict[str, Any]) -> Usage | None:
+def _usage(ev: JSON) -> Usage | None:
     u = (ev.get("metadata") or {}).get("usage")
     if not isinstance(u, dict):
         return None

@@ -33,6 +33,7 @@ def mask(key: str) -> str:
 @dataclass(slots=True)
 class Key:
     value: str
+    index: int = 0
     in_flight: int = 0
     disabled: str | None = None
     cooldown_until: float = 0.0
@@ -43,7 +44,7 @@ class Key:
 
 class KeyPool:
     def __init__(self, keys: list[str], provider: str) -> None:
-        self.keys = [Key(k) for k in keys]
+        self.keys = [Key(k, i) for i, k in enumerate(keys)]
         self.provider = provider
         self.sticky: TTLCache[str, Key] = TTLCache(maxsize=50_000, ttl=6 * 3600)
         self.last_error: ProviderError | None = None
@@ -63,8 +64,9 @@ class KeyPool:
             if not healthy:
                 raise self._all_out()
             # fewest in flight; ties rotate so sequential traffic spreads over the pool too
-            self._turn = (self._turn + 1) % len(self.keys)
-            key = min(healthy, key=lambda k: (k.in_flight, (self.keys.index(k) - self._turn) % len(self.keys)))
+            n = len(self.keys)
+            turn = self._turn = (self._turn + 1) % n
+            key = min(healthy, key=lambda k: (k.in_flight, (k.index - turn) % n))
             if conversation:
                 self.sticky[conversation] = key
         key.in_flight += 1
@@ -76,7 +78,8 @@ class KeyPool:
             key.disabled = f"{type(error).__name__}: {error.message}"[:200]
             self.last_error = error
         elif isinstance(error, RateLimited):
-            key.cooldown_until = time.monotonic() + (error.retry_after or DEFAULT_COOLDOWN)
+            wait = DEFAULT_COOLDOWN if error.retry_after is None else error.retry_after
+            key.cooldown_until = time.monotonic() + wait
             self.last_error = error
 
     def lease(
@@ -104,17 +107,30 @@ class KeyPool:
         )
 
     def status(self) -> list[dict[str, object]]:
-        now = time.monotonic()
+        """Per key: masked key, `state` (ok / cooldown until HH:MM:SS / disabled: reason),
+        `in_flight`, and `cooldown_until` (Unix time) while cooling down."""
+        now, wall = time.monotonic(), time.time()
         out: list[dict[str, object]] = []
         for k in self.keys:
+            row: dict[str, object] = {"key": mask(k.value), "state": "ok", "in_flight": k.in_flight}
             if k.disabled:
-                state = f"disabled: {k.disabled}"
+                row["state"] = f"disabled: {k.disabled}"
             elif now < k.cooldown_until:
-                state = f"cooldown {k.cooldown_until - now:.0f}s"
-            else:
-                state = "ok"
-            out.append({"key": mask(k.value), "state": state, "in_flight": k.in_flight})
+                until = wall + (k.cooldown_until - now)
+                row["state"] = f"cooldown until {time.strftime('%H:%M:%S', time.localtime(until))}"
+                row["cooldown_until"] = round(until, 1)
+            out.append(row)
         return out
+
+    def summary(self) -> str:
+        """`3 keys (2 ok, 1 cooling down, 0 disabled)` — for describe()."""
+        now = time.monotonic()
+        disabled = sum(1 for k in self.keys if k.disabled)
+        cooling = sum(1 for k in self.keys if not k.disabled and now < k.cooldown_until)
+        n = len(self.keys)
+        return (
+            f"{n} key{'s' if n != 1 else ''} ({n - disabled - cooling} ok, {cooling} cooling down, {disabled} disabled)"
+        )
 
 
 class Lease:

@@ -9,12 +9,14 @@ LiteLLM's own retries are off: retries and failover are the core's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import Field
 
+from providers.openai_base import retry_after, scrub
 from proxy.contracts import AdapterConfig, Provider, ProviderState
 from proxy.errors import (
     AuthFailed,
@@ -22,10 +24,11 @@ from proxy.errors import (
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    QuotaExceeded,
     RateLimited,
     RequestRejected,
 )
-from proxy.types import ChatRequest, Completion, Delta, Usage
+from proxy.types import JSON, ChatRequest, Completion, Delta, Usage
 
 
 class LiteLLMConfig(AdapterConfig):
@@ -48,16 +51,24 @@ def _import_litellm() -> Any:
     return litellm
 
 
-def map_error(lib: Any, err: BaseException, provider: str) -> ProviderError:
+def map_error(lib: Any, err: BaseException, provider: str, secret: str | None = None) -> ProviderError:
     """LiteLLM's exception classes → our tree (see backends.md §4.3 for the surprises)."""
     message = str(getattr(err, "message", None) or err)[:300]
+    message = scrub(message, (secret,)) if secret else message
     status = getattr(err, "status_code", None)
-    if isinstance(err, lib.Timeout):
+    if isinstance(err, lib.Timeout):  # not an APIConnectionError subclass in LiteLLM: check first
         return ProviderTimeout(message, provider=provider, status=status)
     if isinstance(err, lib.RateLimitError):
-        return RateLimited(message, provider=provider, status=429)
+        if "insufficient_quota" in message or "exceeded your current quota" in message:
+            return QuotaExceeded(message, provider=provider, status=429)
+        headers = getattr(getattr(err, "response", None), "headers", None)
+        wait = retry_after(headers) if headers is not None else None
+        return RateLimited(message, provider=provider, status=429, retry_after=wait)
     if isinstance(err, (lib.AuthenticationError, lib.PermissionDeniedError)):
         return AuthFailed(message, provider=provider, status=status)
+    if isinstance(err, lib.BadRequestError) and "unexpected response" in message:
+        # Ollama's own `{"error": ...}` line (out of memory, model crashed): the backend failed
+        return ProviderUnavailable(message, provider=provider, status=status)
     if isinstance(err, (lib.BadRequestError, lib.NotFoundError, lib.UnprocessableEntityError)):
         return RequestRejected(message, provider=provider, status=status)
     if isinstance(err, (lib.APIConnectionError, lib.ServiceUnavailableError, lib.InternalServerError, lib.APIError)):
@@ -112,26 +123,52 @@ class LiteLLMProvider(Provider):
         try:
             r = await self.lib.acompletion(**self._kwargs(request, False))
         except Exception as e:
-            raise map_error(self.lib, e, self.name) from None
-        choice = r.choices[0]
-        u = getattr(r, "usage", None)
-        usage = Usage(u.prompt_tokens or 0, u.completion_tokens or 0, u.total_tokens or 0) if u else None
-        return Completion(choice.message.content or "", choice.finish_reason or "stop", usage, None, r.model)
+            raise map_error(self.lib, e, self.name, self.config.api_key) from None
+        try:
+            choice = r.choices[0]
+            message = choice.message
+        except (AttributeError, IndexError, TypeError):
+            raise BadResponse("the answer has no message", provider=self.name) from None
+        return Completion(
+            message.content or "",
+            choice.finish_reason or "stop",
+            _usage(getattr(r, "usage", None)),
+            _tool_calls(getattr(message, "tool_calls", None)),
+            r.model,
+        )
 
     async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
+        # LiteLLM raises both when the call starts and while the stream is read: wrap both.
+        response = None
         try:
             response = await self.lib.acompletion(**self._kwargs(request, True))
             async for chunk in response:
-                usage = getattr(chunk, "usage", None)
                 for choice in chunk.choices or ():
                     text = getattr(choice.delta, "content", None) or ""
-                    if text or choice.finish_reason:
-                        yield Delta(text=text, finish_reason=choice.finish_reason)
-                if usage and getattr(usage, "total_tokens", 0):
-                    yield Delta(
-                        usage=Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0, usage.total_tokens or 0)
-                    )
-        except ProviderError:
-            raise
+                    tools = _tool_calls(getattr(choice.delta, "tool_calls", None))
+                    if text or tools or choice.finish_reason:
+                        yield Delta(text=text, tool_calls=tools, finish_reason=choice.finish_reason)
+                usage = _usage(getattr(chunk, "usage", None))
+                if usage is not None and usage.total_tokens:
+                    yield Delta(usage=usage)
         except Exception as e:
-            raise map_error(self.lib, e, self.name) from None
+            raise map_error(self.lib, e, self.name, self.config.api_key) from None
+        finally:
+            if response is not None and hasattr(response, "aclose"):
+                with contextlib.suppress(Exception):
+                    await response.aclose()  # releases the connection when the caller stops early
+
+
+def _usage(u: Any) -> Usage | None:
+    if u is None:
+        return None
+    return Usage(
+        getattr(u, "prompt_tokens", 0) or 0, getattr(u, "completion_tokens", 0) or 0, getattr(u, "total_tokens", 0) or 0
+    )
+
+
+def _tool_calls(calls: Any) -> list[JSON] | None:
+    """LiteLLM's tool-call objects → OpenAI-shaped dicts."""
+    if not calls:
+        return None
+    return [c.model_dump(exclude_none=True) if hasattr(c, "model_dump") else dict(c) for c in calls]

@@ -1,8 +1,12 @@
 """`openai`: OpenAI and every OpenAI-compatible chat API (api2d and similar resellers, vLLM,
-LM Studio, Ollama's /v1...). Streaming and not, with a key pool.
+LM Studio, Ollama's /v1...). Streaming and not, one key or a key pool (`api_keys: [...]`).
 
-api2d: `base_url: https://oa.api2d.net/v1` with its forward key; add
-`headers: {x-api2d-no-cache: "1"}` to bypass api2d's response cache.
+api2d: a plain `openai` provider with `base_url: https://oa.api2d.net/v1` and its forward key
+(`fk...`). api2d may answer identical requests from its response cache; add
+`headers: {x-api2d-no-cache: "1"}` to bypass it. The header is sent only when configured.
+
+Compatible servers that reject `stream_options` take `stream_usage: false`; servers that only know
+`max_tokens` (or reasoning models that only take `max_completion_tokens`) take `max_tokens_field`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from providers.keypool import KeyPool
 from providers.openai_base import (
     TRANSPORT_ERRORS,
     OpenAICompatConfig,
+    headers_by_key,
     raise_for_status,
     sse_deltas,
     transport_error,
@@ -25,6 +30,8 @@ from providers.openai_base import (
 from proxy.contracts import Provider, ProviderState
 from proxy.errors import BadResponse
 from proxy.types import ChatRequest, Completion, Delta
+
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 class OpenAIConfig(OpenAICompatConfig):
@@ -38,26 +45,32 @@ class OpenAIProvider(Provider):
         super().__init__(name, config, http)
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self.pool = KeyPool(config.keys(), name)
-        base = {"content-type": "application/json", "accept": "application/json", **config.headers}
-        self._headers = {
-            k.value: {**base, "authorization": f"Bearer {k.value}"} if k.value else base for k in self.pool.keys
-        }
+        self._secrets = tuple(k for k in config.keys() if k)
+        self._headers = headers_by_key(config)  # Accept: application/json for streams too, as the SDK does
         self._timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
+        self._stream_extra: dict[str, Any] = {"stream": True}
+        if config.stream_usage:
+            self._stream_extra["stream_options"] = {"include_usage": True}
 
     def describe(self) -> str:
-        n = len(self.pool.keys)
-        return f"openai {self.config.base_url} model={self.config.model} keys={n}"
+        c = self.config
+        return f"openai {c.base_url} model={c.model} {self.pool.summary()}"
 
     def key_status(self) -> list[dict[str, object]]:
+        """Health of each key, masked (`sk-…abcd`)."""
         return self.pool.status()
 
     def _payload(self, request: ChatRequest, stream: bool) -> bytes:
         body: dict[str, Any] = {**self.config.params, **request.params}
         body["model"] = request.model or self.config.model
         body["messages"] = [m.to_openai() for m in request.messages]
+        field = self.config.max_tokens_field
+        if field is not None:
+            for name in _TOKEN_FIELDS:
+                if name != field and name in body:
+                    body[field] = body.pop(name)
         if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            body.update(self._stream_extra)
         return orjson.dumps(body)
 
     async def complete(self, request: ChatRequest, state: ProviderState) -> Completion:
@@ -65,7 +78,7 @@ class OpenAIProvider(Provider):
             async with self.http.post(
                 self.url, data=self._payload(request, False), headers=self._headers[key.value], timeout=self._timeout
             ) as resp:
-                await raise_for_status(resp, self.name)
+                await raise_for_status(resp, self.name, self._secrets)
                 raw = await resp.read()
         return self._completion(raw)
 
@@ -77,7 +90,7 @@ class OpenAIProvider(Provider):
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             raise BadResponse("the answer is not a chat completion", provider=self.name) from None
         return Completion(
-            text=message.get("content") or "",
+            text=message.get("content") or message.get("refusal") or "",
             finish_reason=choice.get("finish_reason") or "stop",
             usage=usage_of(data.get("usage")),
             tool_calls=message.get("tool_calls"),
@@ -89,6 +102,6 @@ class OpenAIProvider(Provider):
             async with self.http.post(
                 self.url, data=self._payload(request, True), headers=self._headers[key.value], timeout=self._timeout
             ) as resp:
-                await raise_for_status(resp, self.name)
-                async for delta in sse_deltas(resp, self.name):
+                await raise_for_status(resp, self.name, self._secrets)
+                async for delta in sse_deltas(resp, self.name, self._secrets):
                     yield delta

@@ -13,7 +13,13 @@ import orjson
 from pydantic import Field
 
 from providers.keypool import KeyPool
-from providers.openai_base import TRANSPORT_ERRORS, OpenAICompatConfig, raise_for_status, transport_error
+from providers.openai_base import (
+    TRANSPORT_ERRORS,
+    OpenAICompatConfig,
+    headers_by_key,
+    raise_for_status,
+    transport_error,
+)
 from proxy.contracts import Provider, ProviderState
 from proxy.errors import BadResponse, RequestRejected
 from proxy.types import ChatRequest, Delta
@@ -34,23 +40,28 @@ class OpenAIImageProvider(Provider):
         super().__init__(name, config, http)
         self.url = config.base_url.rstrip("/") + "/images/generations"
         self.pool = KeyPool(config.keys(), name)
+        self._secrets = tuple(k for k in config.keys() if k)
+        self._headers = headers_by_key(config)
         self.timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
 
     def key_status(self) -> list[dict[str, object]]:
         return self.pool.status()
+
+    def describe(self) -> str:
+        c = self.config
+        return f"openai_image {c.base_url} model={c.model} size={c.size} {self.pool.summary()}"
 
     async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
         prompt = next((m.text() for m in reversed(request.messages) if m.role == "user"), "").strip()
         if not prompt:
             raise RequestRejected("describe the image to generate", provider=self.name, status=400)
         c = self.config
-        body = {"model": request.model or c.model, "prompt": prompt, "n": c.n, "size": c.size, **c.params}
+        body = {**c.params, "model": request.model or c.model, "prompt": prompt, "n": c.n, "size": c.size}
         async with self.pool.lease(request.conversation, TRANSPORT_ERRORS, transport_error) as key:
-            headers = {"content-type": "application/json", **c.headers}
-            if key.value:
-                headers["authorization"] = f"Bearer {key.value}"
-            async with self.http.post(self.url, data=orjson.dumps(body), headers=headers, timeout=self.timeout) as resp:
-                await raise_for_status(resp, self.name)
+            async with self.http.post(
+                self.url, data=orjson.dumps(body), headers=self._headers[key.value], timeout=self.timeout
+            ) as resp:
+                await raise_for_status(resp, self.name, self._secrets)
                 raw = await resp.read()
         images, caption = self._images(raw)
         yield Delta(text=caption or f"Here is your image: {prompt}", images=images, finish_reason="stop")
@@ -58,6 +69,7 @@ class OpenAIImageProvider(Provider):
     def _images(self, raw: bytes) -> tuple[tuple[str, ...], str]:
         try:
             items = orjson.loads(raw)["data"]
+            # a URL when the backend gives one; the inline base64 image only when it does not
             urls = tuple(i.get("url") or f"data:image/png;base64,{i['b64_json']}" for i in items)
             caption = next((i.get("revised_prompt") for i in items if i.get("revised_prompt")), "")
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):

@@ -1,11 +1,17 @@
 """A fake Ollama server on loopback: /api/chat (NDJSON stream or one object), /api/show, /api/tags.
 
 Every streamed line, the final `done: true` one included, carries `message` and `model` — the
-minimum LiteLLM's parser needs. `fake.fail_next(status, text)` answers the next chat with an error.
+minimum LiteLLM's parser needs (backends.md §4.6). The answer is "local: <last user text>",
+streamed word by word. Faults, one per request:
+
+    fake.fail_next(404, 'model "x" not found, try pulling it first')   # JSON {"error": ...}
+    fake.error_midway("out of memory")   # an {"error": ...} line after the first chunk
+    fake.hang(5)                         # wait 5 s before answering
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,12 +24,18 @@ from tests.servers import serve_aiohttp
 class FakeOllama:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
-        self.failures: list[tuple[int, str]] = []
+        self.faults: list[tuple[str, Any]] = []
         self.base_url = ""
         self._cm: Any = None
 
     def fail_next(self, status: int, text: str) -> None:
-        self.failures.append((status, text))
+        self.faults.append(("status", (status, text)))
+
+    def error_midway(self, text: str) -> None:
+        self.faults.append(("midway", text))
+
+    def hang(self, seconds: float) -> None:
+        self.faults.append(("hang", seconds))
 
     async def __aenter__(self) -> FakeOllama:
         app = web.Application()
@@ -40,9 +52,12 @@ class FakeOllama:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
-        if self.failures:
-            status, text = self.failures.pop(0)
-            return web.json_response({"error": text}, status=status)
+        fault: tuple[str, Any] = self.faults.pop(0) if self.faults else ("", None)
+        kind, arg = fault
+        if kind == "status":
+            return web.json_response({"error": arg[1]}, status=arg[0])
+        if kind == "hang":
+            await asyncio.sleep(arg)
         user = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
         words = f"local: {user}".split(" ")
         now = datetime.now(UTC).isoformat()
@@ -60,6 +75,9 @@ class FakeOllama:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         for i, w in enumerate(words):
+            if kind == "midway" and i == 1:
+                await resp.write(orjson.dumps({"error": arg}) + b"\n")
+                return resp
             line = {
                 "model": body["model"],
                 "created_at": now,
@@ -76,4 +94,6 @@ class FakeOllama:
         )
 
     async def _tags(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"models": [{"name": "qwen2.5:latest", "model": "qwen2.5:latest"}]})
+        now = datetime.now(UTC).isoformat()
+        model = {"name": "qwen2.5:latest", "model": "qwen2.5:latest", "modified_at": now, "size": 1, "digest": "0"}
+        return web.json_response({"models": [{**model, "details": {"format": "gguf", "family": "qwen2"}}]})

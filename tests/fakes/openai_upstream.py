@@ -6,12 +6,18 @@
         fake.quota()                               # 429 insufficient_quota
         fake.hang(5)                               # the next request waits 5 s before answering
         fake.die_after(2)                          # the next stream breaks after 2 content chunks
+        fake.stall_after(1, 5)                     # the next stream pauses 5 s after 1 content chunk
         fake.error_in_stream()                     # an {"error": ...} chunk inside a 200 stream
         fake.html(502)                             # a CDN's HTML error page
+        fake.raw_stream(b"data:{...}\n\n")         # the next stream is exactly these bytes
+        fake.tool_call("get_weather", '{"city": "Paris"}')  # the next answer calls a tool
 
-Default answer: "upstream: <last user text>" (or `fake.answer`), streamed word by word.
-`fake.requests` records every request (path, headers, json); `fake.key_rejected` makes one API key
-answer 401 forever.
+Faults are queued: each request takes the next one. Default answer: "upstream: <last user text>"
+(or `answer=`), streamed as a role chunk, content chunks (word by word, or `chunks=N` equal
+pieces), a finish chunk, a usage chunk when `stream_options.include_usage`, then `[DONE]`.
+`fake.requests` records every request (path, headers, json); `fake.key_rejected` makes a key
+answer 401 forever, `fake.key_rate_limited` 429 with Retry-After 60. `image_b64=True` makes the
+images endpoint answer `b64_json` instead of URLs.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from tests.servers import serve_aiohttp
+
+SERVER_ERROR = "The server had an error while processing your request."
 
 
 @dataclass
 class Fault:
-    kind: str  # status | hang | die | stream_error | html
+    kind: str  # status | hang | die | stall | stream_error | html | raw | tool
     status: int = 500
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -42,7 +51,7 @@ class Fault:
 @dataclass
 class Recorded:
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     json: Any
 
     @property
@@ -50,10 +59,18 @@ class Recorded:
         return self.headers.get("Authorization", "").removeprefix("Bearer ")
 
 
+def error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
 class FakeOpenAI:
-    def __init__(self, answer: str | None = None, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self, answer: str | None = None, chunk_delay: float = 0.0, chunks: int | None = None, image_b64: bool = False
+    ) -> None:
         self.answer = answer
         self.chunk_delay = chunk_delay
+        self.chunks = chunks
+        self.image_b64 = image_b64
         self.faults: deque[Fault] = deque()
         self.requests: list[Recorded] = []
         self.key_rejected: set[str] = set()
@@ -64,25 +81,13 @@ class FakeOpenAI:
     # -- fault injection -----------------------------------------------------------------------
 
     def fail(self, status: int, body: Any = None, headers: dict[str, str] | None = None, times: int = 1) -> None:
-        body = (
-            body
-            if body is not None
-            else {"error": {"message": f"fake failure {status}", "type": "server_error", "code": None}}
-        )
+        if body is None:
+            body = error_body(f"fake failure {status}", "server_error", None)
         for _ in range(times):
             self.faults.append(Fault("status", status, body, headers or {}))
 
     def quota(self) -> None:
-        self.fail(
-            429,
-            {
-                "error": {
-                    "message": "You exceeded your current quota.",
-                    "type": "insufficient_quota",
-                    "code": "insufficient_quota",
-                }
-            },
-        )
+        self.fail(429, error_body("You exceeded your current quota.", "insufficient_quota", "insufficient_quota"))
 
     def hang(self, seconds: float) -> None:
         self.faults.append(Fault("hang", seconds=seconds))
@@ -90,11 +95,20 @@ class FakeOpenAI:
     def die_after(self, chunks: int) -> None:
         self.faults.append(Fault("die", after=chunks))
 
-    def error_in_stream(self, after: int = 1) -> None:
-        self.faults.append(Fault("stream_error", after=after))
+    def stall_after(self, chunks: int, seconds: float) -> None:
+        self.faults.append(Fault("stall", after=chunks, seconds=seconds))
+
+    def error_in_stream(self, after: int = 1, code: str | None = None, message: str = SERVER_ERROR) -> None:
+        self.faults.append(Fault("stream_error", after=after, body=error_body(message, "server_error", code)))
 
     def html(self, status: int = 502) -> None:
         self.faults.append(Fault("html", status))
+
+    def raw_stream(self, data: bytes) -> None:
+        self.faults.append(Fault("raw", body=data))
+
+    def tool_call(self, name: str, arguments: str) -> None:
+        self.faults.append(Fault("tool", body=(name, arguments)))
 
     # -- server ------------------------------------------------------------------------------
 
@@ -122,50 +136,32 @@ class FakeOpenAI:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         return f"upstream: {content}"
 
+    def _pieces(self, text: str) -> list[str]:
+        if not self.chunks:
+            words = text.split(" ")
+            return [w if i == 0 else " " + w for i, w in enumerate(words)]
+        size = max(1, -(-len(text) // self.chunks))
+        return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
     async def _gate(self, request: web.Request) -> tuple[dict[str, Any], Fault | None, web.StreamResponse | None]:
+        """Record the request; answer early (status, auth, html) or hand the fault to the body."""
         body = await request.json()
-        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        self.requests.append(Recorded(request.path, CIMultiDict(request.headers), body))
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if key in self.key_rejected:
-            return (
-                body,
-                None,
-                web.json_response(
-                    {
-                        "error": {
-                            "message": "Incorrect API key provided",
-                            "type": "invalid_request_error",
-                            "code": "invalid_api_key",
-                        }
-                    },
-                    status=401,
-                ),
-            )
+            rejected = error_body("Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+            return body, None, web.json_response(rejected, status=401)
         if key in self.key_rate_limited:
-            return (
-                body,
-                None,
-                web.json_response(
-                    {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
-                    status=429,
-                    headers={"Retry-After": "60"},
-                ),
-            )
+            limited = error_body("Rate limit reached", "requests", "rate_limit_exceeded")
+            return body, None, web.json_response(limited, status=429, headers={"Retry-After": "60"})
         fault = self.faults.popleft() if self.faults else None
         if fault is None:
             return body, None, None
         if fault.kind == "status":
             return body, None, web.json_response(fault.body, status=fault.status, headers=fault.headers)
         if fault.kind == "html":
-            return (
-                body,
-                None,
-                web.Response(
-                    text="<html><body><h1>502 Bad Gateway</h1></body></html>",
-                    status=fault.status,
-                    content_type="text/html",
-                ),
-            )
+            page = "<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
+            return body, None, web.Response(text=page, status=fault.status, content_type="text/html")
         if fault.kind == "hang":
             await asyncio.sleep(fault.seconds)
             return body, None, None
@@ -176,75 +172,72 @@ class FakeOpenAI:
         if early is not None:
             return early
         text = self._text_for(body)
-        if not body.get("stream"):
-            words = len(text.split())
-            return web.json_response(
-                {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model"),
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                    ],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words},
-                }
-            )
-        return await self._stream(request, body, text, fault)
+        if body.get("stream"):
+            return await self._stream(request, body, text, fault)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        finish = "stop"
+        if fault is not None and fault.kind == "tool":
+            name, arguments = fault.body
+            message = {"role": "assistant", "content": None, "tool_calls": [_tool(name, arguments)]}
+            finish = "tool_calls"
+        words = len(text.split())
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words},
+            }
+        )
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], text: str, fault: Fault | None
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        head = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": body.get("model"),
-        }
+        if fault is not None and fault.kind == "raw":
+            await resp.write(fault.body)
+            return resp
+        head = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": body.get("model")}
 
-        async def send(obj: Any) -> None:
-            await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
-        await send(
-            {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        )
-        words = text.split(" ")
-        for i, word in enumerate(words):
+        await send({"role": "assistant", "content": ""})
+        if fault is not None and fault.kind == "tool":
+            return await self._stream_tool(resp, send, *fault.body)
+        pieces = self._pieces(text)
+        for i, piece in enumerate(pieces):
             if fault is not None and i == fault.after:
                 if fault.kind == "stream_error":
-                    await send(
-                        {
-                            "error": {
-                                "message": "The server had an error while processing your request.",
-                                "type": "server_error",
-                            }
-                        }
-                    )
+                    await resp.write(b"data: " + orjson.dumps(fault.body) + b"\n\n")
                     return resp
-                with contextlib.suppress(Exception):
-                    request.transport.close()  # type: ignore[union-attr]
-                return resp
+                if fault.kind == "die":
+                    with contextlib.suppress(Exception):
+                        request.transport.close()  # type: ignore[union-attr]
+                    return resp
+                if fault.kind == "stall":
+                    await asyncio.sleep(fault.seconds)
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
-            await send(
-                {
-                    **head,
-                    "choices": [
-                        {"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}
-                    ],
-                }
-            )
-        await send({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            await send({"content": piece})
+        await send({}, "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
-            await send(
-                {
-                    **head,
-                    "choices": [],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)},
-                }
-            )
+            usage = {"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)}
+            await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def _stream_tool(self, resp: web.StreamResponse, send: Any, name: str, arguments: str) -> web.StreamResponse:
+        first = _tool(name, "")
+        await send({"tool_calls": [{"index": 0, **first}]})
+        half = len(arguments) // 2
+        for part in (arguments[:half], arguments[half:]):
+            await send({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+        await send({}, "tool_calls")
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
@@ -253,16 +246,18 @@ class FakeOpenAI:
         if early is not None:
             return early
         n = int(body.get("n") or 1)
-        return web.json_response(
-            {
-                "created": int(time.time()),
-                "data": [
-                    {"url": f"https://images.example/{i}.png", "revised_prompt": body.get("prompt")} for i in range(n)
-                ],
-            }
-        )
+        if self.image_b64:
+            data = [{"b64_json": f"aW1hZ2U{i}"} for i in range(n)]
+        else:
+            prompt = str(body.get("prompt"))
+            data = [{"url": f"https://images.example/{i}.png", "revised_prompt": prompt} for i in range(n)]
+        return web.json_response({"created": int(time.time()), "data": data})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}]}
         )
+
+
+def _tool(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": "call_fake1", "type": "function", "function": {"name": name, "arguments": arguments}}

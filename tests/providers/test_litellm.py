@@ -12,11 +12,13 @@ import pytest
 
 from providers.litellm import LiteLLMConfig, LiteLLMProvider
 from proxy.engine import NO_STATE
-from proxy.errors import ProviderError
+from proxy.errors import AuthFailed, ProviderTimeout, ProviderUnavailable, RequestRejected
 from proxy.types import ChatRequest, Message
 from tests.fakes.ollama import FakeOllama
+from tests.servers import free_port
 
 pytest.importorskip("litellm")
+pytestmark = pytest.mark.filterwarnings("ignore:Item 'summary' on TypedDict:UserWarning")
 REQ = ChatRequest((Message("system", "be brief"), Message("user", "hi there")))
 
 
@@ -45,14 +47,19 @@ def ollama():
     thread.join(5)
 
 
+def local_provider(http, base_url: str, **cfg) -> LiteLLMProvider:
+    return LiteLLMProvider(
+        "local", LiteLLMConfig(kind="litellm", model="ollama_chat/qwen2.5", api_base=base_url, **cfg), http
+    )
+
+
 @pytest.fixture
 async def local(ollama):
     async with aiohttp.ClientSession() as http:
-        p = LiteLLMProvider(
-            "local", LiteLLMConfig(kind="litellm", model="ollama_chat/qwen2.5", api_base=ollama.base_url), http
-        )
+        p = local_provider(http, ollama.base_url)
         await p.start()
         ollama.requests.clear()
+        ollama.faults.clear()
         yield p, ollama
 
 
@@ -64,20 +71,70 @@ def test_importing_the_provider_does_not_import_litellm():
 
 async def test_stream(local):
     p, fake = local
-    text = "".join([d.text async for d in p.stream(REQ, NO_STATE)])
-    assert text == "local: hi there"
-    assert fake.requests[0]["model"] == "qwen2.5" and fake.requests[0]["messages"][0]["role"] == "system"
+    deltas = [d async for d in p.stream(REQ, NO_STATE)]
+    assert "".join(d.text for d in deltas) == "local: hi there"
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
+    sent = fake.requests[0]
+    assert sent["model"] == "qwen2.5" and sent["stream"] is True and sent["messages"][0]["role"] == "system"
     assert "litellm" in sys.modules
 
 
 async def test_complete(local):
-    p, _ = local
-    c = await p.complete(REQ, NO_STATE)
-    assert c.text == "local: hi there"
-
-
-async def test_upstream_error_becomes_provider_error(local):
     p, fake = local
-    fake.fail_next(500, "model crashed")
-    with pytest.raises(ProviderError):
+    c = await p.complete(REQ, NO_STATE)
+    assert c.text == "local: hi there" and c.finish_reason == "stop"
+    assert c.usage is not None and c.usage.prompt_tokens == 4 and c.usage.completion_tokens == 3
+    assert fake.requests[0]["stream"] is False
+
+
+@pytest.mark.parametrize(
+    "status,text,cls",
+    [
+        (404, "model qwen2.5 not found, try pulling it first", RequestRejected),
+        (503, "server busy", ProviderUnavailable),
+        (500, "model crashed", ProviderUnavailable),
+    ],
+)
+async def test_upstream_errors_map_to_the_tree(local, status, text, cls):
+    p, fake = local
+    fake.fail_next(status, text)
+    with pytest.raises(cls) as e:
         await p.complete(REQ, NO_STATE)
+    assert text in e.value.message
+
+
+async def test_error_line_midway_after_first_delta(local):
+    p, fake = local
+    fake.error_midway("out of memory")
+    got = []
+    with pytest.raises(ProviderUnavailable) as e:
+        async for d in p.stream(REQ, NO_STATE):
+            got.append(d.text)
+    assert got == ["local:"] and "out of memory" in e.value.message
+
+
+async def test_timeout(ollama):
+    async with aiohttp.ClientSession() as http:
+        p = local_provider(http, ollama.base_url, timeout=0.3)
+        await p.start()
+        ollama.hang(2)
+        with pytest.raises(ProviderTimeout):
+            await p.complete(REQ, NO_STATE)
+
+
+async def test_connection_refused():
+    async with aiohttp.ClientSession() as http:
+        p = local_provider(http, f"http://127.0.0.1:{free_port()}")
+        await p.start()
+        with pytest.raises(ProviderUnavailable):
+            [d async for d in p.stream(REQ, NO_STATE)]
+
+
+async def test_key_in_an_error_is_masked(ollama):
+    async with aiohttp.ClientSession() as http:
+        p = local_provider(http, ollama.base_url, api_key="sk-local-0123456789")
+        await p.start()
+        ollama.fail_next(401, "unknown key sk-local-0123456789")
+        with pytest.raises(AuthFailed) as e:
+            await p.complete(REQ, NO_STATE)
+        assert "unknown key" in e.value.message and "sk-local-0123456789" not in str(e.value)
