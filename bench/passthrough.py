@@ -38,8 +38,7 @@ def create_app(upstream: str) -> Starlette:
 
     async def completions(request: Request) -> Response:
         body = await request.body()
-        headers = {"content-type": "application/json",
-                   "authorization": request.headers.get("authorization", "")}
+        headers = {"content-type": "application/json", "authorization": request.headers.get("authorization", "")}
         resp = await sessions[0].post(url, data=body, headers=headers)
         kind = resp.headers.get("content-type", "application/json")
         if kind.startswith("text/event-stream"):
@@ -56,8 +55,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL ending in /v1")
     args = parser.parse_args()
-    uvicorn.run(create_app(args.upstream), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        create_app(args.upstream),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

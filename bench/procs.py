@@ -1,8 +1,9 @@
 """Child processes for the bench: start, wait until ready, measure RSS, and always clean up.
 
-Every child gets its own process group and a parent-death signal, so neither an exception in
-the orchestrator nor a kill of it leaves servers behind; `Procs.close()` stops each group it
-started (SIGTERM, then SIGKILL after a grace period).
+Every child gets its own process group and SIGKILL as its parent-death signal (SIGKILL, because
+a child may be paused with SIGSTOP at that moment and would sit on a SIGTERM forever), so neither
+an exception in the orchestrator nor a kill of it leaves servers behind; `Procs.close()` stops
+each group it started (SIGCONT + SIGTERM, then SIGKILL after a grace period).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """preexec_fn for every child: its own session, and SIGKILL when the orchestrator dies."""
     os.setsid()
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
 
@@ -51,6 +53,12 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP / SIGCONT the process group: a paused target's timers and background tasks
+        cannot steal CPU from the one being measured on a small machine."""
+        if self.alive():
+            _signal_group(self.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -64,14 +72,26 @@ class Procs:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     running: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
-              cwd: Path | None = None, stdout: int | None = None) -> Proc:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        stdout: int | None = None,
+    ) -> Proc:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with open(log, "wb") as out:
             popen = subprocess.Popen(
-                argv, cwd=cwd, env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
-                stdout=stdout if stdout is not None else out, stderr=out, preexec_fn=_die_with_parent,
+                argv,
+                cwd=cwd,
+                env={**self.env, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else out,
+                stderr=out,
+                preexec_fn=die_with_parent,
             )
         proc = Proc(name, popen, time.monotonic(), log)
         self.running.append(proc)
@@ -79,6 +99,7 @@ class Procs:
 
     def stop(self, proc: Proc, grace: float = 5.0) -> None:
         if proc.alive():
+            _signal_group(proc.pid, signal.SIGCONT)
             _signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.popen.wait(grace)
@@ -143,6 +164,24 @@ def read_ready_line(proc: Proc, timeout: float) -> str:
             break
         time.sleep(0.01)
     raise RuntimeError(f"{proc.name} did not report its port:\n{proc.tail()}")
+
+
+def foreign_load_generators() -> list[str]:
+    """wrk processes that are not ours: someone else benchmarking this machine right now."""
+    ours = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if argv and argv[0].endswith(b"wrk") and ppid != ours:
+            found.append(b" ".join(argv).decode(errors="replace")[:120])
+    return found
 
 
 # ------------------------------------------------------------------------------------------ RSS

@@ -4,8 +4,8 @@ POST /v1/chat/completions answers a canned chat completion, or with `"stream": t
 stream of 20 content chunks (+ a finish chunk, a usage chunk and `[DONE]`).
 
 The model name picks the pacing, so every target can reach both behaviours through one base
-URL: model `slow` sends one chunk every 100 ms (on a fixed schedule from the first chunk, so a
-late chunk does not push the next ones back) and puts the upstream's send time
+URL: model `slow` streams 50 chunks, one every 100 ms (on a fixed schedule from the first
+chunk, so a late chunk does not push the next ones back), and puts the upstream's send time
 (`time.monotonic_ns()`, a clock shared by all processes on the machine) in each chunk's text;
 any other model streams without delay (`--chunk-delay` adds one to every stream).
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-import sys
 import time
 
 import orjson
@@ -26,27 +25,43 @@ from aiohttp import web
 CHUNKS = 20
 SLOW_MODEL = "slow"
 SLOW_INTERVAL = 0.1
+SLOW_CHUNKS = 50  # 5 s: long enough that 1,000 streams started over 1 s are all open together
 WORD = "lorem "
 
-COMPLETION = orjson.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": "m",
-    "choices": [{"index": 0, "finish_reason": "stop",
-                 "message": {"role": "assistant", "content": WORD * CHUNKS}}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": CHUNKS, "total_tokens": 10 + CHUNKS},
-})
+COMPLETION = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": WORD * CHUNKS}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": CHUNKS, "total_tokens": 10 + CHUNKS},
+    }
+)
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache"}
 
 
 def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
-    body = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": "m",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    body = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-USAGE = orjson.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": "m",
-    "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": CHUNKS, "total_tokens": 10 + CHUNKS},
-})
+USAGE = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": CHUNKS, "total_tokens": 10 + CHUNKS},
+    }
+)
 FIRST = chunk({"role": "assistant", "content": ""})
 FAST_STREAM = chunk({"content": WORD}) * CHUNKS
 STREAM_TAIL = chunk({}, "stop") + b"data: " + USAGE + b"\n\ndata: [DONE]\n\n"
@@ -71,7 +86,7 @@ async def stream(request: web.Request, resp: web.StreamResponse, data: dict[str,
     delay: float = request.app["chunk_delay"]
     if data.get("model") == SLOW_MODEL:
         start = time.monotonic()
-        for i in range(CHUNKS):
+        for i in range(SLOW_CHUNKS):
             wait = start + i * SLOW_INTERVAL - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -115,4 +130,4 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
