@@ -1,43 +1,40 @@
 """Feishu / Lark: event subscription v2, `im.message.receive_v1` (reference: platforms.md §4).
 
 Quirks handled:
-- with an Encrypt Key, bodies are `{"encrypt": ...}` (decrypted first) and events carry
-  `X-Lark-Signature` (checked on the raw encrypted body, constant time, ±5 min timestamp window);
-  `url_verification` is not signed: its `token` is checked. Without an Encrypt Key the
-  Verification Token in `header.token` is checked;
-- Feishu retries for hours (15 s … 6 h): dedupe on `header.event_id` and on `message_id`;
-- `message.content` is a JSON string; @-mentions appear as `@_user_N` placeholders (stripped);
-  in groups only messages that @-mention the bot are answered; app senders are ignored;
-- replies use the reply API with a `uuid` derived from the inbound message id, so a retried send
-  is not duplicated; with `stream: true` the first reply is sent early and edited (`PUT` on text
-  messages) at most once per `update_interval`;
-- `tenant_access_token` is cached until shortly before it expires and refreshed once on an
-  invalid-token answer.
+- with an Encrypt Key, events carry `X-Lark-Signature` = hex SHA-256(timestamp + nonce + key +
+  raw body), checked on the raw bytes before anything else (constant time, plus our own ±5 min
+  window on the timestamp, read as seconds), and bodies are `{"encrypt": ...}`. The one
+  exception is `url_verification`: Feishu does not sign it, so it is decrypted and only its
+  `token` is checked. Without an Encrypt Key, `header.token` (v1: top-level `token`) is checked;
+- Feishu retries for hours (15 s … 6 h) when the 3-second ack is missed: dedupe on
+  `header.event_id` and on `message_id`; the ack `{"msg": "success"}` goes out at once;
+- messages: see `feishu_message`; app senders (other bots, ourselves) are ignored;
+- replies: see `feishu_reply` (text once, or a card streamed with PATCH; `stream: false` sends
+  once when the answer is complete) and `feishu_api` (cached tenant token, `code` checks).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import re
 import time
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from platforms.feishu_api import FeishuAPI, FeishuAPIError
+from platforms.feishu_api import FeishuAPI
 from platforms.feishu_crypto import DecryptError, decrypt, signature
-from proxy.contracts import AdapterConfig, Answer, Platform
+from platforms.feishu_message import addressed_to_bot, message_text
+from platforms.feishu_reply import CardStream, send_once
+from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
-from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
 log = logging.getLogger("switchboard.feishu")
-PLACEHOLDER = re.compile(r"@_user_\d+")
-KINDS = {"image": "image", "sticker": "image", "file": "file", "audio": "voice", "media": "video"}
 DOMAINS = {"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"}
 ACK = WebResponse(200, b'{"msg":"success"}', "application/json")
+MESSAGE_EVENT = "im.message.receive_v1"
 
 
 class FeishuConfig(AdapterConfig):
@@ -45,146 +42,152 @@ class FeishuConfig(AdapterConfig):
     app_id: str = Field(min_length=1)
     app_secret: str = Field(min_length=1)
     verification_token: str = Field(min_length=1)
+    #: Turns on encrypted events and signature checks ("" or absent: token mode).
     encrypt_key: str | None = None
     domain: Literal["feishu", "lark"] = "feishu"
     #: Overrides the domain's host (tests point it at a fake).
     api_base: str | None = None
+    #: Stream the answer into a card that is updated as tokens arrive; false: send once.
     stream: bool = True
+    #: Seconds between two card updates (Feishu allows 5 per second per chat, for all bots).
     update_interval: float = Field(1.0, ge=0)
+    #: Seconds a signed request's timestamp may be off.
     replay_window: int = Field(300, ge=1)
-    text_limit: int = Field(4000, ge=100)
+    #: Characters per message or card; longer answers continue in another one.
+    text_limit: int = Field(4000, ge=100, le=8000)
+
+    @field_validator("encrypt_key", "api_base")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
 
 
 class FeishuPlatform(Platform):
     config_model = FeishuConfig
+    text_limit = 4000
+
+    def __init__(self, name: str, config: FeishuConfig, ctx: PlatformContext) -> None:
+        super().__init__(name, config, ctx)
+        self.bot_open_id: str | None = None
+        self._api: FeishuAPI | None = None
+
+    @property
+    def api(self) -> FeishuAPI:
+        if self._api is None:  # built on first use: ctx.http exists only once the app runs
+            c = self.config
+            self._api = FeishuAPI(self.ctx.http, c.api_base or DOMAINS[c.domain], c.app_id, c.app_secret)
+        return self._api
 
     async def start(self) -> None:
-        c = self.config
-        self.api = FeishuAPI(self.ctx.http, c.api_base or DOMAINS[c.domain], c.app_id, c.app_secret)
         self.bot_open_id = await self.api.bot_open_id()
 
-    # -- inbound -----------------------------------------------------------------------------
+    # -- verify and read ---------------------------------------------------------------------
 
-    def _check_signature(self, req: WebRequest, key: str) -> None:
-        ts, nonce = req.headers.get("x-lark-request-timestamp"), req.headers.get("x-lark-request-nonce", "")
-        given = req.headers.get("x-lark-signature")
+    def _signature_failure(self, req: WebRequest) -> VerificationError | None:
+        """None when the request is correctly signed, or when no Encrypt Key is configured."""
+        key = self.config.encrypt_key
+        if not key:
+            return None
+        ts, given = req.headers.get("x-lark-request-timestamp", ""), req.headers.get("x-lark-signature", "")
         if not ts or not given:
-            raise VerificationError("missing X-Lark signature headers")
+            return VerificationError("missing X-Lark signature headers")
+        expected = signature(ts, req.headers.get("x-lark-request-nonce", ""), key, req.body)
+        if not hmac.compare_digest(expected.encode(), given.lower().encode()):
+            return VerificationError("signature mismatch")
         try:
-            if abs(time.time() - int(ts)) > self.config.replay_window:
-                raise VerificationError("timestamp outside the replay window")
+            skew = abs(time.time() - float(ts))
         except ValueError:
-            raise VerificationError("timestamp is not a number") from None
-        if not hmac.compare_digest(signature(ts, nonce, key, req.body), given):
-            raise VerificationError("signature mismatch")
+            return VerificationError("timestamp is not a number")
+        if skew > self.config.replay_window:
+            return VerificationError("timestamp outside the replay window")
+        return None
 
-    def _token_ok(self, token: Any) -> bool:
-        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.config.verification_token.encode())
-
-    def _open(self, body: bytes) -> dict[str, Any]:
+    def _open(self, body: bytes, signed: bool) -> dict[str, Any]:
+        """The event as JSON, decrypted when it arrives as `{"encrypt": ...}`."""
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise RequestError("body is not JSON") from None
         if not isinstance(data, dict):
             raise RequestError("body is not a JSON object")
-        if "encrypt" in data:
-            if not self.config.encrypt_key:
-                raise RequestError("encrypted event but no encrypt_key is configured")
-            try:
-                data = orjson.loads(decrypt(self.config.encrypt_key, str(data["encrypt"])))
-            except (DecryptError, orjson.JSONDecodeError) as e:
-                raise RequestError(f"cannot decrypt the event: {e}") from None
-        return data
+        if "encrypt" not in data:
+            return data
+        if not self.config.encrypt_key:
+            raise RequestError("encrypted event but no encrypt_key is configured")
+        try:
+            inner = orjson.loads(decrypt(self.config.encrypt_key, str(data["encrypt"])))
+        except (DecryptError, orjson.JSONDecodeError) as e:
+            if not signed:  # not ours and not signed: say nothing more than "unauthorized"
+                raise VerificationError(f"unsigned body that does not decrypt: {e}") from None
+            raise RequestError("cannot decrypt the event (is encrypt_key right?)") from None
+        if not isinstance(inner, dict):
+            raise RequestError("decrypted event is not a JSON object")
+        return inner
+
+    def _token_ok(self, token: Any) -> bool:
+        expected = self.config.verification_token.encode()
+        return isinstance(token, str) and hmac.compare_digest(token.encode(), expected)
 
     async def handle(self, request: WebRequest) -> WebResponse:
-        data = self._open(request.body)
-        if data.get("type") == "url_verification":
+        if request.method != "POST":
+            raise RequestError("Feishu events are POSTed", status=405)
+        failure = self._signature_failure(request)
+        data = self._open(request.body, signed=failure is None)
+        if data.get("type") == "url_verification":  # unsigned by design: the token is the check
             if not self._token_ok(data.get("token")):
                 raise VerificationError("url_verification token mismatch")
-            return WebResponse(200, orjson.dumps({"challenge": data.get("challenge", "")}), "application/json")
-        header = data.get("header") or {}
-        if self.config.encrypt_key:
-            self._check_signature(request, self.config.encrypt_key)
-        elif not self._token_ok(header.get("token")):
+            return WebResponse(200, orjson.dumps({"challenge": str(data.get("challenge", ""))}), "application/json")
+        if failure is not None:
+            raise failure
+        header: dict[str, Any] = data["header"] if isinstance(data.get("header"), dict) else {}
+        token = header.get("token") if "schema" in data else data.get("token")
+        if (not self.config.encrypt_key or token is not None) and not self._token_ok(token):
             raise VerificationError("verification token mismatch")
-        if header.get("event_type") != "im.message.receive_v1":
+        if header.get("event_type") != MESSAGE_EVENT:
+            return ACK  # other events (and legacy v1 envelopes) are not ours to answer
+        msg = self._inbound(header, data.get("event"))
+        if msg is None:
             return ACK
-        event = data.get("event") or {}
-        msg = self._parse(event, str(header.get("event_id") or ""))
-        if msg is None or not await self.ctx.claim(msg.event_id) or not await self.ctx.claim("msg:" + msg.reply_to):
-            return ACK
+        for key in (msg.event_id, *msg.extra_keys):
+            if not await self.ctx.claim(key):
+                log.info("feishu %s: duplicate delivery %s ignored", self.name, key)
+                return ACK
         self.ctx.submit(self, msg)
         return ACK
 
-    def _parse(self, event: dict[str, Any], event_id: str) -> Inbound | None:
+    def _inbound(self, header: dict[str, Any], event: Any) -> Inbound | None:
+        event = event if isinstance(event, dict) else {}
         sender, message = event.get("sender") or {}, event.get("message") or {}
-        if not event_id or sender.get("sender_type") != "user" or not message.get("message_id"):
+        event_id, message_id = header.get("event_id"), message.get("message_id")
+        if not event_id or not message_id:
+            raise RequestError("message event without event_id or message_id")
+        user = str((sender.get("sender_id") or {}).get("open_id") or "")
+        if sender.get("sender_type") != "user" or (self.bot_open_id and user == self.bot_open_id):
             return None
-        direct = message.get("chat_type") == "p2p"
-        mentions = message.get("mentions") or []
-        if (
-            not direct
-            and self.bot_open_id
-            and not any((m.get("id") or {}).get("open_id") == self.bot_open_id for m in mentions)
-        ):
-            return None  # a group message not addressed to us
-        kind, text = _content(message)
-        user = (sender.get("sender_id") or {}).get("open_id") or ""
+        if not addressed_to_bot(message, self.bot_open_id):
+            return None  # a group message that does not @-mention us
+        read = message_text(message, self.bot_open_id)
+        if read is None:
+            return None
+        kind, text = read
         return Inbound(
             self.name,
-            event_id,
+            str(event_id),
             str(message.get("chat_id") or user),
-            str(user),
+            user,
             text,
             kind=kind,
-            direct=direct,
-            thread_id=message.get("root_id") or message.get("thread_id"),
-            reply_to=str(message["message_id"]),
+            direct=message.get("chat_type") == "p2p",
+            thread_id=message.get("root_id") or message.get("thread_id") or None,
+            reply_to=str(message_id),
+            extra_keys=(f"msg:{message_id}",),
         )
 
-    # -- outbound ----------------------------------------------------------------------------
+    # -- reply -------------------------------------------------------------------------------
 
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
-        source = msg.reply_to
-        sent: str | None = None
-        shown, last = "", time.monotonic()
-        async for _ in answer:
-            if not self.config.stream or time.monotonic() - last < self.config.update_interval:
-                continue
-            head = (split_text(answer.text, self.config.text_limit) or [""])[0]
-            if head and head != shown:
-                try:
-                    if sent is None:
-                        sent = await self.api.reply(source, head + " …", f"{source}-0")
-                    else:
-                        await self.api.edit(sent, head + " …")
-                    shown = head
-                except FeishuAPIError as e:
-                    log.warning("feishu streaming update failed: %s", e)
-                last = time.monotonic()
-        parts = split_text(answer.text, self.config.text_limit) or ["(no answer)"]
-        if sent is None:
-            await self.api.reply(source, parts[0], f"{source}-0")
+        c = self.config
+        if c.stream:
+            await CardStream(self.api, msg.reply_to, c.text_limit, c.update_interval).run(answer)
         else:
-            await self.api.edit(sent, parts[0])
-        for i, part in enumerate(parts[1:], 1):
-            await self.api.reply(source, part, f"{source}-{i}")
-
-
-def _content(message: dict[str, Any]) -> tuple[str, str]:
-    mtype = message.get("message_type")
-    try:
-        content = orjson.loads(message.get("content") or "{}")
-    except orjson.JSONDecodeError:
-        content = {}
-    if mtype == "text":
-        return "text", PLACEHOLDER.sub("", str(content.get("text", ""))).strip()
-    if mtype == "post":
-        rows = content.get("content") or []
-        text = " ".join(
-            str(el.get("text", "")) for row in rows for el in row if isinstance(el, dict) and el.get("tag") == "text"
-        )
-        text = PLACEHOLDER.sub("", text).strip()
-        return ("text", text) if text else ("image", "")
-    return KINDS.get(str(mtype), "file"), ""
+            await send_once(self.api, msg.reply_to, answer, c.text_limit)

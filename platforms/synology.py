@@ -1,18 +1,41 @@
 """Synology Chat: outgoing webhooks and bots (reference: shared/reference/platforms.md §5).
 
 Quirks handled:
-- requests are plain forms with a shared `token` field and no signature or timestamp: the token
-  is compared in constant time, `post_id` is the dedupe key, and `allow_users` can restrict who
-  may use the bot;
-- replies go through the incoming-webhook URL (channels) or the bot API with `user_ids` (direct
-  messages): `entry.cgi?...&token=%22<token>%22` with a form field `payload=<json>`; URLs holding
-  tokens are never logged; TLS verification can be turned off for self-signed NAS certificates;
-- long answers are split (2,000 characters), images go out as `file_url` (the NAS fetches them);
-- `python:` / `bash:` messages are refused: Switchboard does not run code from chat.
+- requests are plain forms (`token`, `user_id`, `username`, `post_id`, `timestamp`, `text`, and
+  `channel_id`/`channel_name`/`trigger_word` from outgoing webhooks) with no signature and no
+  timestamp: the shared `token` is compared in constant time (401 on mismatch), `post_id` is the
+  dedupe key (else user_id + timestamp), and `allow_users` restricts who may use the bot;
+- replies go through the bot API to the user (`entry.cgi?api=SYNO.Chat.External&method=chatbot
+  &version=2&token=%22<bot token>%22`, form field `payload={"text", "user_ids": [int]}`) for
+  direct messages, and through an incoming-webhook URL (`incoming_urls[channel_id]`, else
+  `incoming_url`) for channel messages. URLs holding tokens are never logged or put in errors;
+  `verify_tls: false` accepts a self-signed NAS certificate;
+- Synology cannot edit messages: the whole answer is sent when complete, split at 2,000
+  characters, parts in order; each image goes as `{"text": "", "file_url": url}` (the NAS
+  downloads it, so the URL must be reachable from the NAS; 32 MB at most);
+- `python:` / `bash:` messages (any case, `:` or `：`) are answered with a refusal, never run and
+  never sent to a model;
+- the ack is `{}` at once (Synology's deadline is not documented).
+
+Prefix routing (how Synology bot users know it) is done by channels, whose `match.prefix` is
+case-insensitive and stripped before the model sees the text:
+
+    providers:
+      gpt:   {kind: openai, api_key: "${OPENAI_API_KEY}", model: gpt-4o-mini}
+      paint: {kind: openai_image, api_key: "${OPENAI_API_KEY}", model: dall-e-3}
+    platforms:
+      nas: {kind: synology, token: "${SYNOLOGY_BOT_TOKEN}", bot_token: "${SYNOLOGY_BOT_TOKEN}",
+            api_base: "https://nas.local:5001", incoming_url: "${SYNOLOGY_INCOMING_URL:-}",
+            allow_users: ["4", "5"], verify_tls: true}
+    channels:
+      - {name: nas-image, match: {platform: nas, prefix: ["img:", "图片：", "生成图片："]}, providers: [paint]}
+      - {name: nas-chat,  match: {platform: nas, prefix: ["ai:", "gpt:"]}, providers: [gpt]}
+      - {name: nas-rest,  match: {platform: nas}, providers: [gpt]}
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -21,7 +44,7 @@ from urllib.parse import parse_qs, quote
 
 import aiohttp
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from proxy.contracts import AdapterConfig, Answer, Platform
 from proxy.errors import DeliveryError, RequestError, VerificationError
@@ -29,33 +52,60 @@ from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
 log = logging.getLogger("switchboard.synology")
-CODE_PREFIX = re.compile(r"^\s*(python|bash|sh|shell)\s*[:：]", re.IGNORECASE)
+CODE_PREFIX = re.compile(r"^\s*(python|bash)\s*[:：]", re.IGNORECASE)
 NO_CODE = "Switchboard does not run code from chat messages."
+NO_IMAGE_URL = "(An image was generated, but it has no URL Synology Chat could fetch.)"
 ACK = WebResponse(200, b"{}", "application/json")
 
 
 class SynologyConfig(AdapterConfig):
     kind: Literal["synology"] = "synology"
-    #: Tokens of the outgoing webhooks / bots allowed to call us.
-    tokens: list[str] = Field(min_length=1)
+    #: Token of the outgoing webhook / bot allowed to call us (or several in `tokens`).
+    token: str | None = None
+    tokens: list[str] = Field(default_factory=list)
     #: NAS base URL for the bot API, e.g. https://nas.example:5001.
     api_base: str | None = None
     bot_token: str | None = None
     #: Incoming-webhook URL for channel replies (it carries its own token).
     incoming_url: str | None = None
+    #: Per channel_id incoming-webhook URLs, when several channels post to us.
+    incoming_urls: dict[str, str] = Field(default_factory=dict)
     allow_users: list[str] | None = None
     verify_tls: bool = True
     text_limit: int = Field(2000, ge=100)
+    #: Pause between the parts of a split answer (Synology throttles quick successive posts).
+    send_interval: float = Field(0.5, ge=0, le=10)
+
+    @field_validator("token", "api_base", "bot_token", "incoming_url")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    @model_validator(mode="after")
+    def _needs_a_token(self) -> SynologyConfig:
+        if not self.accepted_tokens:
+            raise ValueError("set `token` (or a list `tokens`): the token Synology sends with each message")
+        return self
+
+    @property
+    def accepted_tokens(self) -> list[str]:
+        return [t for t in [self.token, *self.tokens] if t]
 
 
 class SynologyPlatform(Platform):
     config_model = SynologyConfig
+    text_limit = 2000
 
     def _verify(self, token: str) -> None:
-        if not token or not any(hmac.compare_digest(token.encode(), t.encode()) for t in self.config.tokens if t):
+        given = token.encode()
+        # Compare against every configured token (no early exit) so timing says nothing.
+        matches = [hmac.compare_digest(given, t.encode()) for t in self.config.accepted_tokens]
+        if not token or not any(matches):
             raise VerificationError("token mismatch")
 
     async def handle(self, request: WebRequest) -> WebResponse:
+        if request.method != "POST":
+            raise RequestError("Synology Chat posts forms", status=405)
         try:
             form = {k: v[0] for k, v in parse_qs(request.body.decode(), keep_blank_values=True).items()}
         except UnicodeDecodeError:
@@ -65,61 +115,81 @@ class SynologyPlatform(Platform):
         if not user:
             raise RequestError("form has no user_id")
         if self.config.allow_users is not None and user not in self.config.allow_users:
-            log.info("synology %s: user %s is not allowed", self.name, user)
+            log.info("synology %s: user %s is not in allow_users; ignored", self.name, user)
             return ACK
         post_id = form.get("post_id") or f"{user}:{form.get('timestamp', '')}"
         if not await self.ctx.claim(post_id):
             return ACK
+        msg = self._inbound(form, post_id, user)
+        if CODE_PREFIX.match(msg.text):
+            self.ctx.spawn(self._send(msg, {"text": NO_CODE}), f"refuse:{post_id}")
+        else:
+            self.ctx.submit(self, msg)
+        return ACK
+
+    def _inbound(self, form: dict[str, str], post_id: str, user: str) -> Inbound:
         channel = form.get("channel_id") or None
-        text = form.get("text", "")
-        if form.get("trigger_word") and text.startswith(form["trigger_word"]):
-            text = text[len(form["trigger_word"]) :]
-        msg = Inbound(
+        text, trigger = form.get("text", ""), form.get("trigger_word", "")
+        if trigger and text.casefold().startswith(trigger.casefold()):
+            text = text[len(trigger) :]
+        return Inbound(
             self.name,
             post_id,
             channel or f"dm:{user}",
             user,
             text.strip(),
             direct=channel is None,
-            user_name=form.get("username"),
+            user_name=form.get("username") or None,
             reply_to={"channel": channel, "user": user},
         )
-        if CODE_PREFIX.match(text):
-            self.ctx.spawn(self._send_text(msg, NO_CODE), f"refuse:{post_id}")
-            return ACK
-        self.ctx.submit(self, msg)
-        return ACK
 
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
         async for _ in answer:
-            pass  # Synology cannot edit messages: send the whole answer
-        for part in split_text(answer.text, self.config.text_limit) if answer.text.strip() else []:
-            await self._send(msg, {"text": part})
+            pass  # Synology cannot edit messages: send the whole answer once it is complete
+        payloads: list[dict[str, Any]] = [
+            {"text": part} for part in split_text(answer.text.strip(), self.config.text_limit)
+        ]
         for url in answer.images:
-            await self._send(msg, {"text": "", "file_url": url})
+            if url.startswith(("https://", "http://")):
+                payloads.append({"text": "", "file_url": url})
+            else:  # an inline (data:) image: the NAS can only fetch URLs
+                payloads.append({"text": NO_IMAGE_URL})
+        for i, payload in enumerate(payloads):
+            if i and self.config.send_interval:
+                await asyncio.sleep(self.config.send_interval)
+            await self._send(msg, payload)
 
-    async def _send_text(self, msg: Inbound, text: str) -> None:
-        await self._send(msg, {"text": text})
-
-    async def _send(self, msg: Inbound, payload: dict[str, Any]) -> None:
-        c = self.config
-        if msg.reply_to["channel"] is None and c.api_base and c.bot_token:
+    def _target(self, msg: Inbound, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """(URL, payload) for replying to `msg`. The URL holds a token: never log it."""
+        c, channel = self.config, msg.reply_to["channel"]
+        if channel is None and c.api_base and c.bot_token:
+            try:
+                user_id = int(msg.reply_to["user"])
+            except ValueError:
+                raise DeliveryError("synology: user_id is not a number; the bot API needs one") from None
             token = quote(f'"{c.bot_token}"', safe="")
             query = f"api=SYNO.Chat.External&method=chatbot&version=2&token={token}"
-            url = f"{c.api_base.rstrip('/')}/webapi/entry.cgi?{query}"
-            payload = {**payload, "user_ids": [int(msg.reply_to["user"])]}
-        elif c.incoming_url:
-            url = c.incoming_url
-        else:
+            return f"{c.api_base.rstrip('/')}/webapi/entry.cgi?{query}", {**payload, "user_ids": [user_id]}
+        url = c.incoming_urls.get(channel or "") or c.incoming_url
+        if not url:
             raise DeliveryError("synology: no way to reply (set api_base + bot_token, or incoming_url)")
+        return url, payload
+
+    async def _send(self, msg: Inbound, payload: dict[str, Any]) -> None:
+        url, payload = self._target(msg, payload)
         form = {"payload": orjson.dumps(payload).decode()}
-        async with self.ctx.http.post(
-            url, data=form, ssl=c.verify_tls, timeout=aiohttp.ClientTimeout(total=30)
-        ) as resp:
-            raw = await resp.read()
         try:
-            ok = bool(orjson.loads(raw).get("success"))
-        except (orjson.JSONDecodeError, AttributeError):
-            ok = False
-        if resp.status != 200 or not ok:
-            raise DeliveryError(f"synology send failed: HTTP {resp.status}")  # never the URL: it holds a token
+            async with self.ctx.http.post(
+                url, data=form, ssl=self.config.verify_tls, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp:
+                raw, status = await resp.read(), resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:  # str(e) may hold the URL: only the type
+            raise DeliveryError(f"synology send failed: {type(e).__name__}") from None
+        try:
+            out = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            out = None
+        if status != 200 or not isinstance(out, dict) or not out.get("success"):
+            error = out.get("error") if isinstance(out, dict) else None
+            code = error.get("code") if isinstance(error, dict) else None
+            raise DeliveryError(f"synology send failed: HTTP {status}, error code {code}")

@@ -3,236 +3,239 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from aiohttp import web
+from starlette.applications import Starlette
 
-from platforms.feishu_crypto import decrypt, encrypt, signature
 from proxy.app import create_app
 from proxy.config import parse_config
-from tests.servers import serve_aiohttp, serve_asgi
+from tests.platforms.feishu.feishu_kit import (
+    APP_ID,
+    APP_SECRET,
+    KEY,
+    Call,
+    FakeFeishu,
+    card_text,
+    encrypted_body,
+    lark_headers,
+    payload,
+    variant,
+)
+from tests.servers import serve_asgi
 
-TOKEN, KEY = "v-token-123", "encrypt-key-456"
-
-
-class FakeFeishu:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, Any, str | None]] = []
-        self.token_n = 0
-        self.invalidate_next = False
-
-    async def __aenter__(self) -> FakeFeishu:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._any)
-        self._cm = serve_aiohttp(app)
-        self.base = await self._cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._cm.__aexit__(*exc)
-
-    def of(self, method: str, fragment: str) -> list[Any]:
-        return [b for m, p, b, _ in self.calls if m == method and fragment in p]
-
-    async def _any(self, request: web.Request) -> web.Response:
-        body = await request.json() if request.can_read_body else None
-        auth = request.headers.get("Authorization")
-        if request.path.endswith("/tenant_access_token/internal"):
-            assert body == {"app_id": "cli_1", "app_secret": "s3cret"}
-            self.token_n += 1
-            return web.json_response(
-                {"code": 0, "msg": "ok", "tenant_access_token": f"t-{self.token_n}", "expire": 7200}
-            )
-        if auth != f"Bearer t-{self.token_n}" or self.invalidate_next:
-            self.invalidate_next = False
-            self.calls.append((request.method + " rejected", request.path, body, auth))
-            return web.json_response({"code": 99991663, "msg": "Invalid access token"}, status=400)
-        self.calls.append((request.method, request.path, body, auth))
-        if request.path == "/open-apis/bot/v3/info":
-            return web.json_response({"code": 0, "bot": {"open_id": "ou_bot"}})
-        if request.path.endswith("/reply"):
-            return web.json_response({"code": 0, "data": {"message_id": f"om_reply_{len(self.calls)}"}})
-        return web.json_response({"code": 0, "data": {}})
-
-
-def event(
-    text: str,
-    event_id: str,
-    message_id: str,
-    chat_type: str = "p2p",
-    mention_bot: bool = False,
-    sender_type: str = "user",
-    token: str = TOKEN,
-) -> dict[str, Any]:
-    mentions = [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": "Bot"}] if mention_bot else []
-    return {
-        "schema": "2.0",
-        "header": {
-            "event_id": event_id,
-            "event_type": "im.message.receive_v1",
-            "create_time": "1",
-            "token": token,
-            "app_id": "cli_1",
-            "tenant_key": "tk",
-        },
-        "event": {
-            "sender": {"sender_id": {"open_id": "ou_user"}, "sender_type": sender_type},
-            "message": {
-                "message_id": message_id,
-                "chat_id": "oc_chat",
-                "chat_type": chat_type,
-                "message_type": "text",
-                "content": orjson.dumps({"text": text}).decode(),
-                "mentions": mentions,
-            },
-        },
-    }
+P2P = payload("text_p2p")
+SOURCE = "om_dc13264520392913993dd051dba21dcf"
 
 
 @pytest.fixture
 async def rig(tmp_path):
     async with FakeFeishu() as api:
 
-        def make(encrypt_key: str | None = None, stream: bool = False):
+        def make(encrypt_key: str | None = None, stream: bool = False, delay: float = 0.0, **extra: Any) -> Starlette:
+            platform = {
+                "kind": "feishu",
+                "app_id": APP_ID,
+                "app_secret": APP_SECRET,
+                "verification_token": "${FEISHU_TOKEN}",
+                "encrypt_key": "${FEISHU_KEY:-}",
+                "api_base": api.base,
+                "stream": stream,
+                "update_interval": 0.05,
+                **extra,
+            }
+            env = {"FEISHU_TOKEN": "v-tok-8f4c2a9d1e", **({"FEISHU_KEY": encrypt_key} if encrypt_key else {})}
             return create_app(
                 parse_config(
                     {
                         "store": {"url": f"sqlite:///{tmp_path}/f.db"},
-                        "providers": {"echo": {"kind": "echo", "delay": 0.05 if stream else 0}},
-                        "platforms": {
-                            "lark": {
-                                "kind": "feishu",
-                                "app_id": "cli_1",
-                                "app_secret": "s3cret",
-                                "verification_token": TOKEN,
-                                "encrypt_key": encrypt_key,
-                                "api_base": api.base,
-                                "stream": stream,
-                                "update_interval": 0.05,
-                            }
-                        },
+                        "providers": {"echo": {"kind": "echo", "delay": delay}},
+                        "platforms": {"lark": platform},
                         "channels": [{"name": "c", "match": {"platform": "lark"}, "providers": ["echo"]}],
                     },
-                    {},
+                    env,
                 )
             )
 
         yield api, make
 
 
-async def replies(api: FakeFeishu, n: int, patience: float = 5.0) -> list[Any]:
+async def until(check: Callable[[], bool], patience: float = 5.0) -> None:
     for _ in range(int(patience / 0.02)):
-        if len(api.of("POST", "/reply")) >= n:
+        if check():
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
-    return api.of("POST", "/reply")
+    await asyncio.sleep(0.15)  # and nothing more arrives
 
 
-def test_crypto_matches_the_documented_scheme():
-    blob = encrypt(KEY, b'{"a":1}')
-    assert decrypt(KEY, blob) == b'{"a":1}'
-    assert signature("1", "n", KEY, b"body") == hashlib.sha256(b"1n" + KEY.encode() + b"body").hexdigest()
+async def replies(api: FakeFeishu, n: int) -> list[Call]:
+    await until(lambda: len(api.replies) >= n)
+    return api.replies
+
+
+def texts(calls: list[Call]) -> list[str]:
+    return [c.content()["text"] for c in calls]
 
 
 async def test_url_verification_plain_and_encrypted(rig):
-    _api, make = rig
+    api, make = rig
+    challenge = payload("url_verification")
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        r = await c.post(f"{url}/hooks/lark", json={"type": "url_verification", "challenge": "ch1", "token": TOKEN})
-        assert r.json() == {"challenge": "ch1"}
-        assert (
-            await c.post(f"{url}/hooks/lark", json={"type": "url_verification", "challenge": "x", "token": "bad"})
-        ).status_code == 401
+        r = await c.post(f"{url}/hooks/lark", json=challenge)
+        assert (r.status_code, r.json()) == (200, {"challenge": "ajls384kdjx98XX"})
+        r = await c.post(f"{url}/hooks/lark", json={**challenge, "token": "forged"})
+        assert (r.status_code, r.text) == (401, "unauthorized")
     async with serve_asgi(make(KEY)) as url, httpx.AsyncClient() as c:
-        body = {"encrypt": encrypt(KEY, orjson.dumps({"type": "url_verification", "challenge": "ch2", "token": TOKEN}))}
-        assert (await c.post(f"{url}/hooks/lark", json=body)).json() == {"challenge": "ch2"}
-
-
-async def test_p2p_message_answered_once_with_uuid_and_one_token_fetch(rig):
-    api, make = rig
-    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        for eid, mid in (("e1", "om_1"), ("e1", "om_1"), ("e2", "om_1"), ("e3", "om_3")):  # retry, re-delivery, new
-            assert (await c.post(f"{url}/hooks/lark", json=event(f"hello {mid}", eid, mid))).json() == {
-                "msg": "success"
-            }
-        sent = await replies(api, 3, patience=2)
-    assert len(sent) == 2
-    assert orjson.loads(sent[0]["content"]) == {"text": "echo: hello om_1"} and sent[0]["uuid"] == "om_1-0"
-    assert api.token_n == 1  # cached across replies
-
-
-async def test_group_needs_mention_and_placeholder_is_stripped(rig):
-    api, make = rig
-    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await c.post(
-            f"{url}/hooks/lark", json=event("@_user_1 group q", "g1", "om_g1", chat_type="group", mention_bot=True)
-        )
-        await c.post(f"{url}/hooks/lark", json=event("chatter", "g2", "om_g2", chat_type="group"))
-        await c.post(f"{url}/hooks/lark", json=event("from an app", "g3", "om_g3", sender_type="app"))
-        sent = await replies(api, 2, patience=1)
-    assert [orjson.loads(s["content"])["text"] for s in sent] == ["echo: group q"]
-
-
-async def test_encrypted_signed_event_and_tampering(rig):
-    api, make = rig
-    async with serve_asgi(make(KEY)) as url, httpx.AsyncClient() as c:
-        body = orjson.dumps({"encrypt": encrypt(KEY, orjson.dumps(event("secret hi", "s1", "om_s1")))})
-        ts, nonce = str(int(time.time())), "nonce-1"
-        good = {
-            "X-Lark-Request-Timestamp": ts,
-            "X-Lark-Request-Nonce": nonce,
-            "X-Lark-Signature": signature(ts, nonce, KEY, body),
-            "Content-Type": "application/json",
-        }
-        assert (await c.post(f"{url}/hooks/lark", content=body, headers=good)).status_code == 200
-        bad = {**good, "X-Lark-Signature": signature(ts, nonce, "other-key", body)}
-        assert (await c.post(f"{url}/hooks/lark", content=body, headers=bad)).status_code == 401
-        stale_ts = str(int(time.time()) - 600)
-        stale = {
-            **good,
-            "X-Lark-Request-Timestamp": stale_ts,
-            "X-Lark-Signature": signature(stale_ts, nonce, KEY, body),
-        }
-        assert (await c.post(f"{url}/hooks/lark", content=body, headers=stale)).status_code == 401
-        wrong = orjson.dumps({"encrypt": encrypt("not-the-key", orjson.dumps(event("x", "s2", "om_s2")))})
-        assert (await c.post(f"{url}/hooks/lark", content=wrong, headers=good)).status_code == 400
-        sent = await replies(api, 2, patience=1)
-    assert [orjson.loads(s["content"])["text"] for s in sent] == ["echo: secret hi"]
-
-
-async def test_plain_mode_token_checked(rig):
-    api, make = rig
-    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        r = await c.post(f"{url}/hooks/lark", json=event("x", "t1", "om_t1", token="forged"))
+        r = await c.post(f"{url}/hooks/lark", content=encrypted_body(challenge))
+        assert r.json() == {"challenge": "ajls384kdjx98XX"}
+        r = await c.post(f"{url}/hooks/lark", content=encrypted_body({**challenge, "token": "forged"}))
         assert r.status_code == 401
-        assert await replies(api, 1, patience=0.3) == []
+    assert api.replies == []
+
+
+async def test_p2p_answered_once_duplicates_ignored_token_fetched_once(rig):
+    api, make = rig
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        for body in (
+            P2P,
+            P2P,  # Feishu's retry: same event_id
+            variant(P2P, "ev-redelivered", SOURCE),  # same message under a new event id
+            variant(P2P, "ev-2", "om_second", text="and Germany?"),
+        ):
+            r = await c.post(f"{url}/hooks/lark", json=body)
+            assert (r.status_code, r.json()) == (200, {"msg": "success"})
+        sent = sorted(await replies(api, 2), key=lambda s: s.body["uuid"])
+    assert texts(sent) == ["echo: What is the capital of France?", "echo: and Germany?"]
+    assert [s.path for s in sent] == [
+        f"/open-apis/im/v1/messages/{SOURCE}/reply",
+        "/open-apis/im/v1/messages/om_second/reply",
+    ]
+    assert [(s.body["msg_type"], s.body["uuid"]) for s in sent] == [("text", f"{SOURCE}-0"), ("text", "om_second-0")]
+    assert all(s.auth == "Bearer t-1" for s in api.calls) and api.token_fetches == 1  # bot info + 2 replies
+
+
+async def test_group_needs_our_mention_and_app_senders_are_ignored(rig):
+    api, make = rig
+    group = payload("text_group_mention")
+    not_us = variant(group, "ev-g2", "om_g2")
+    not_us["event"]["message"]["mentions"] = group["event"]["message"]["mentions"][1:]
+    from_app = variant(P2P, "ev-app", "om_app")
+    from_app["event"]["sender"]["sender_type"] = "app"
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        for body in (group, not_us, from_app):
+            assert (await c.post(f"{url}/hooks/lark", json=body)).status_code == 200
+        sent = await replies(api, 1)
+    assert texts(sent) == ["echo: please summarise what @Grace wrote"]
+
+
+async def test_bot_info_failure_is_tolerated(rig):
+    api, make = rig
+    api.bot_info_down = True
+    group = payload("text_group_mention")
+    group["event"]["message"]["mentions"] = []  # whatever reached us is for us now
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        await c.post(f"{url}/hooks/lark", json=group)
+        sent = await replies(api, 1)
+    assert texts(sent) == ["echo: please summarise what wrote"]  # no names known: placeholders dropped
+
+
+async def test_encrypted_signed_event_answered_tampering_refused(rig):
+    api, make = rig
+    async with serve_asgi(make(KEY)) as url, httpx.AsyncClient() as c:
+        body = encrypted_body(P2P)
+        good = lark_headers(body)
+        assert (await c.post(f"{url}/hooks/lark", content=body, headers=good)).json() == {"msg": "success"}
+        other = encrypted_body(variant(P2P, "ev-t", "om_t", text="tampered"))
+        for content, headers in (
+            (body, lark_headers(body, key="other-key")),
+            (other, good),  # a signature from another body
+            (body, lark_headers(body, ts=int(time.time()) - 600)),  # replayed 10 minutes later
+            (other, {}),  # unsigned
+        ):
+            r = await c.post(f"{url}/hooks/lark", content=content, headers=headers)
+            assert (r.status_code, r.text) == (401, "unauthorized")
+        wrong_key = encrypted_body(variant(P2P, "ev-w", "om_w"), key="not-our-key")
+        r = await c.post(f"{url}/hooks/lark", content=wrong_key, headers=lark_headers(wrong_key))
+        assert r.status_code == 400 and "decrypt" in r.text
+        sent = await replies(api, 1)
+    assert texts(sent) == ["echo: What is the capital of France?"]
+
+
+async def test_plain_mode_forged_token_is_401(rig):
+    api, make = rig
+    forged = variant(P2P, "ev-f", "om_f")
+    forged["header"]["token"] = "v-tok-forged"
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        assert (await c.post(f"{url}/hooks/lark", json=forged)).status_code == 401
+        await until(lambda: False, patience=0.2)
+    assert api.replies == []
 
 
 async def test_token_refreshed_once_on_invalid_token(rig):
     api, make = rig
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await c.post(f"{url}/hooks/lark", json=event("a", "r1", "om_r1"))
+        await c.post(f"{url}/hooks/lark", json=P2P)
         await replies(api, 1)
         api.invalidate_next = True
-        await c.post(f"{url}/hooks/lark", json=event("b", "r2", "om_r2"))
+        await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-2", "om_2", text="again"))
         sent = await replies(api, 2)
-    assert [orjson.loads(s["content"])["text"] for s in sent] == ["echo: a", "echo: b"]
-    assert api.token_n == 2 and len(api.of("POST rejected", "/reply")) == 1
+    assert texts(sent) == ["echo: What is the capital of France?", "echo: again"]
+    refused = [x for x in api.calls if x.refused]
+    assert [(x.path, x.auth) for x in refused] == [("/open-apis/im/v1/messages/om_2/reply", "Bearer t-1")]
+    assert api.token_fetches == 2 and sent[-1].auth == "Bearer t-2"
 
 
-async def test_streaming_sends_early_then_edits_to_the_full_answer(rig):
+async def test_non_text_message_gets_the_polite_answer(rig):
     api, make = rig
-    async with serve_asgi(make(stream=True)) as url, httpx.AsyncClient() as c:
-        await c.post(f"{url}/hooks/lark", json=event("one two three four five", "st1", "om_st1"))
-        for _ in range(200):
-            edits = api.of("PUT", "/messages/")
-            if edits and orjson.loads(edits[-1]["content"])["text"] == "echo: one two three four five":
-                break
-            await asyncio.sleep(0.02)
-    assert len(api.of("POST", "/reply")) == 1
-    assert orjson.loads(api.of("PUT", "/messages/")[-1]["content"])["text"] == "echo: one two three four five"
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        await c.post(f"{url}/hooks/lark", json=payload("image_p2p"))
+        sent = await replies(api, 1)
+    assert texts(sent) == ["Sorry, I can only read text messages for now. Please send your question as text."]
+
+
+async def test_long_answer_split_into_parts_with_their_own_uuid(rig):
+    api, make = rig
+    words = " ".join(f"w{i:03d}" for i in range(60))  # 299 characters, limit 120
+    async with serve_asgi(make(text_limit=120)) as url, httpx.AsyncClient() as c:
+        await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-l", "om_l", text=words))
+        sent = await replies(api, 3)
+    assert len(sent) == 3 and " ".join(texts(sent)) == "echo: " + words
+    assert [s.body["uuid"] for s in sent] == ["om_l-0", "om_l-1", "om_l-2"]
+
+
+async def test_streaming_card_sent_early_then_patched_to_the_full_answer(rig):
+    api, make = rig
+    question = "one two three four five six"
+    async with serve_asgi(make(stream=True, delay=0.08)) as url, httpx.AsyncClient() as c:
+        await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-s", "om_s", text=question))
+        await until(lambda: bool(api.of("PATCH")) and card_text(api.of("PATCH")[-1]) == "echo: " + question)
+    (first,) = api.replies
+    assert (first.body["msg_type"], first.body["uuid"]) == ("interactive", "om_s-0")
+    assert card_text(first).endswith(" ▍") and card_text(first) != "echo: " + question + " ▍"  # early, partial
+    patches = api.of("PATCH")
+    assert {p.path for p in patches} == {"/open-apis/im/v1/messages/om_r2"}  # our card's id
+    assert card_text(patches[-1]) == "echo: " + question and len(patches) <= 7  # one per word at most
+
+
+async def test_final_card_update_refused_falls_back_to_a_text_reply(rig):
+    api, make = rig
+    api.fail_patches = 100
+    async with serve_asgi(make(stream=True, delay=0.08)) as url, httpx.AsyncClient() as c:
+        await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-x", "om_x", text="a b c"))
+        await until(lambda: any(r.body["msg_type"] == "text" for r in api.replies))
+    card, text = api.replies
+    assert card.body["msg_type"] == "interactive" and text.body["uuid"] == "om_x-0-final"
+    assert text.content() == {"text": "echo: a b c"}
+
+
+async def test_stream_false_sends_once_when_complete(rig):
+    api, make = rig
+    async with serve_asgi(make(stream=False, delay=0.05)) as url, httpx.AsyncClient() as c:
+        await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-o", "om_o", text="x y z"))
+        sent = await replies(api, 1)
+    assert texts(sent) == ["echo: x y z"] and api.of("PATCH") == [] and api.of("PUT") == []
+    assert orjson.loads(sent[0].body["content"]) == {"text": "echo: x y z"}

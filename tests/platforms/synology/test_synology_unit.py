@@ -1,0 +1,149 @@
+"""Synology adapter on recorded form bodies with a tiny fake ctx: token, allowlist, dedupe, parse,
+code refusal, and where a reply would go."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+import pydantic
+import pytest
+
+from platforms.synology import NO_CODE, SynologyConfig, SynologyPlatform
+from proxy.errors import DeliveryError, RequestError, VerificationError
+from proxy.types import Inbound, WebRequest
+from tests.platforms.synology.synology_kit import BOT_TOKEN, HOOK_TOKEN, form
+
+
+class FakeCtx:
+    def __init__(self) -> None:
+        self.claimed: set[str] = set()
+        self.submitted: list[Inbound] = []
+        self.spawned: list[str] = []
+
+    async def claim(self, key: str) -> bool:
+        first = key not in self.claimed
+        self.claimed.add(key)
+        return first
+
+    def submit(self, platform: Any, msg: Inbound) -> None:
+        self.submitted.append(msg)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self.spawned.append(name)
+        coro.close()
+
+
+def adapter(**config: Any) -> tuple[SynologyPlatform, FakeCtx]:
+    ctx = FakeCtx()
+    settings = {"tokens": [BOT_TOKEN, HOOK_TOKEN], "api_base": "https://nas.local:5001", "bot_token": BOT_TOKEN}
+    return SynologyPlatform("nas", SynologyConfig(**{**settings, **config}), ctx), ctx  # type: ignore[arg-type]
+
+
+def request(body: bytes, method: str = "POST") -> WebRequest:
+    return WebRequest(method, "/hooks/nas", {"content-type": "application/x-www-form-urlencoded"}, {}, body)
+
+
+async def test_bot_dm_is_parsed_and_acked_with_empty_json():
+    syno, ctx = adapter()
+    resp = await syno.handle(request(form("bot_dm")))
+    assert (resp.status, resp.body, resp.content_type) == (200, b"{}", "application/json")
+    (msg,) = ctx.submitted
+    assert (msg.event_id, msg.chat_id, msg.user_id, msg.user_name, msg.direct) == (
+        "21474836481",
+        "dm:4",
+        "4",
+        "ada",
+        True,
+    )
+    assert msg.text == "gpt: what is a NAS?" and msg.reply_to == {"channel": None, "user": "4"}
+
+
+async def test_outgoing_webhook_loses_its_trigger_word():
+    syno, ctx = adapter()
+    await syno.handle(request(form("outgoing_webhook")))
+    (msg,) = ctx.submitted
+    assert (msg.text, msg.chat_id, msg.direct) == ("图片：一只狐狸", "3", False)
+
+
+@pytest.mark.parametrize("token", ["", "x", BOT_TOKEN[:-1], BOT_TOKEN + "x", BOT_TOKEN.lower()])
+async def test_wrong_token_is_refused_and_nothing_recorded(token):
+    syno, ctx = adapter()
+    with pytest.raises(VerificationError):
+        await syno.handle(request(form("bot_dm", token=token)))
+    assert ctx.claimed == set() and ctx.submitted == []
+
+
+async def test_single_token_config_and_a_token_is_required():
+    syno, ctx = adapter(tokens=[], token=HOOK_TOKEN)
+    await syno.handle(request(form("outgoing_webhook")))
+    with pytest.raises(VerificationError):
+        await syno.handle(request(form("bot_dm")))
+    assert len(ctx.submitted) == 1
+    with pytest.raises(pydantic.ValidationError, match="set `token`"):
+        SynologyConfig(token="", tokens=[])
+
+
+async def test_allow_users_ignores_others_quietly():
+    syno, ctx = adapter(allow_users=["5"])
+    assert (await syno.handle(request(form("bot_dm")))).status == 200
+    await syno.handle(request(form("outgoing_webhook")))
+    assert [m.user_id for m in ctx.submitted] == ["5"]
+
+
+async def test_dedupe_on_post_id_else_user_and_timestamp():
+    syno, ctx = adapter()
+    await syno.handle(request(form("bot_dm")))
+    await syno.handle(request(form("bot_dm")))
+    await syno.handle(request(form("bot_dm", post_id="", timestamp="1700000000999")))
+    await syno.handle(request(form("bot_dm", post_id="", timestamp="1700000000999")))
+    assert [m.event_id for m in ctx.submitted] == ["21474836481", "4:1700000000999"]
+
+
+@pytest.mark.parametrize("text", ["python: print(1)", "  PYTHON : 1", "bash:ls", "Bash：rm -rf /", "python：x"])
+async def test_code_is_refused_not_submitted(text):
+    syno, ctx = adapter()
+    await syno.handle(request(form("bot_dm", text=text)))
+    assert ctx.submitted == [] and ctx.spawned == ["refuse:21474836481"]
+    assert NO_CODE == "Switchboard does not run code from chat messages."
+
+
+async def test_text_that_merely_mentions_python_is_answered():
+    syno, ctx = adapter()
+    await syno.handle(request(form("bot_dm", text="how do I learn python: any tips?")))
+    assert len(ctx.submitted) == 1 and ctx.spawned == []
+
+
+async def test_malformed_requests():
+    syno, _ = adapter()
+    with pytest.raises(RequestError):
+        await syno.handle(request(b"\xff\xfe token"))
+    with pytest.raises(RequestError):
+        await syno.handle(request(form("bot_dm", user_id="")))
+    with pytest.raises(RequestError) as e:
+        await syno.handle(request(b"", method="GET"))
+    assert e.value.status == 405
+
+
+async def test_reply_targets_bot_api_with_quoted_token_or_the_channel_webhook():
+    syno, ctx = adapter(incoming_url="https://nas.local:5001/hook-default", incoming_urls={"3": "https://nas/hook-3"})
+    await syno.handle(request(form("bot_dm")))
+    await syno.handle(request(form("outgoing_webhook")))
+    dm, channel = ctx.submitted
+    url, payload = syno._target(dm, {"text": "hi"})
+    assert url == (
+        "https://nas.local:5001/webapi/entry.cgi?api=SYNO.Chat.External&method=chatbot&version=2"
+        f"&token=%22{BOT_TOKEN}%22"
+    )
+    assert payload == {"text": "hi", "user_ids": [4]}
+    assert syno._target(channel, {"text": "hi"}) == ("https://nas/hook-3", {"text": "hi"})
+    other = Inbound("nas", "p", "9", "5", "x", direct=False, reply_to={"channel": "9", "user": "5"})
+    assert syno._target(other, {"text": "hi"})[0] == "https://nas.local:5001/hook-default"
+
+
+async def test_no_reply_route_is_a_delivery_error_without_secrets():
+    syno, ctx = adapter(api_base="", bot_token="")
+    await syno.handle(request(form("bot_dm")))
+    with pytest.raises(DeliveryError) as e:
+        syno._target(ctx.submitted[0], {"text": "hi"})
+    assert BOT_TOKEN not in str(e.value)
