@@ -1,43 +1,41 @@
-"""Slack: Events API (`message.im`, `app_mention`) and message shortcuts, on one Request URL.
+"""Slack: Events API (`message.im`, `app_mention`) and message shortcuts on one Request URL.
 
 Quirks handled (reference: shared/reference/platforms.md §1):
-- every request is signed: HMAC-SHA256 of `v0:{timestamp}:{raw body}` with the signing secret,
-  checked on the raw bytes in constant time, timestamp within 5 minutes either way;
-- Slack retries after 3 s, so we ack at once and dedupe on `event_id`, and on channel+ts because
-  one @-message in a DM-less channel can arrive both as `message` and `app_mention`;
-- our own posts and edits come back as events: anything with a `bot_id`, from our bot user, or
-  with a subtype we do not handle is ignored (no reply loops);
+- every request is signed (platforms/slack_signing.py), interactivity too: checked on the raw
+  bytes before anything is decoded; `ssl_check=1` probes are answered 200 and nothing else;
+- Slack retries after 3 s (`X-Slack-Retry-Num`), so we ack at once and dedupe persistently on
+  `event_id`, and on channel+ts because one message can arrive as `message` and `app_mention`;
 - answers stream into a placeholder with `chat.update`, at most once per `update_interval`
-  seconds (Tier 3), 429 `Retry-After` honoured; the final edit holds the whole answer, overflow
-  goes to further thread replies;
-- shortcuts arrive form-encoded (`payload=<json>`): `stop_generating` stops a streaming answer,
-  `delete_message` deletes a message our bot posted.
+  (Tier 3); a 429 pushes the next edit past its `Retry-After`; the final edit holds the whole
+  first part, the rest goes to further thread replies;
+- shortcuts: `stop_generating` stops the answer streaming into that message, `delete_message`
+  deletes a message our bot posted (and stops it first if it is still streaming).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
 import logging
-import re
 import time
 from typing import Any, Literal
-from urllib.parse import parse_qs
 
 import orjson
 from cachetools import TTLCache
 from pydantic import Field
 
-from platforms.slack_api import SlackAPI, SlackAPIError
-from proxy.contracts import AdapterConfig, Answer, Job, Platform
-from proxy.errors import RequestError, VerificationError
+from platforms.slack_api import SlackAPI, SlackAPIError, SlackRateLimited
+from platforms.slack_events import Shortcut, SlackThread, escape, form_fields, parse_event, parse_shortcut
+from platforms.slack_signing import REPLAY_WINDOW, signature, verify_request
+from proxy.contracts import AdapterConfig, Answer, Job, Platform, PlatformContext
+from proxy.errors import RequestError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
+__all__ = ["SlackConfig", "SlackPlatform", "signature"]
+
 log = logging.getLogger("switchboard.slack")
-MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
-HANDLED_SUBTYPES = {None, "file_share", "thread_broadcast"}
-OK = WebResponse(200, b"")
+EMPTY_OK = WebResponse(200, b"")
+FORM = "application/x-www-form-urlencoded"
 
 
 class SlackConfig(AdapterConfig):
@@ -45,52 +43,46 @@ class SlackConfig(AdapterConfig):
     signing_secret: str = Field(min_length=1)
     bot_token: str = Field(min_length=1)
     api_base: str = "https://slack.com/api"
-    #: Seconds between streamed edits of one message (Slack's chat.update is Tier 3: ~1/s).
+    #: Seconds between streamed edits of one message (chat.update is Tier 3: about 1/s).
     update_interval: float = Field(1.0, ge=0)
-    replay_window: int = Field(300, ge=1)
+    replay_window: int = Field(REPLAY_WINDOW, ge=1, le=REPLAY_WINDOW)
+    #: Characters per message; longer answers continue in further thread replies.
+    text_limit: int = Field(3900, ge=20, le=40_000)
+    #: Longest Retry-After we wait for before giving up on a call.
+    max_retry_wait: float = Field(30.0, ge=0)
     placeholder: str = "…"
+    stopped_note: str = "_(stopped)_"
     stop_callback: str = "stop_generating"
     delete_callback: str = "delete_message"
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    base = b"v0:" + timestamp.encode() + b":" + body
-    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-
-
 class SlackPlatform(Platform):
     config_model = SlackConfig
-    text_limit = 3900  # Slack truncates above 40k; long sections render badly well before that
+
+    def __init__(self, name: str, config: SlackConfig, ctx: PlatformContext) -> None:
+        super().__init__(name, config, ctx)
+        self.api = SlackAPI(lambda: ctx.http, config.api_base, config.bot_token, max_wait=config.max_retry_wait)
+        self.bot_user: str | None = None
+        self.bot_id: str | None = None
+        self.queued: TTLCache[str, Job] = TTLCache(maxsize=10_000, ttl=3600)  # event_id -> job
+        self.streaming: TTLCache[str, Job] = TTLCache(maxsize=10_000, ttl=3600)  # "channel:ts" -> job
+        self.posted: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=7 * 86400)  # "channel:ts" we posted
 
     async def start(self) -> None:
-        self.api = SlackAPI(self.ctx.http, self.config.api_base, self.config.bot_token)
-        self.bot_user: str | None = await self.api.bot_user_id()
-        self.jobs: TTLCache[str, Job] = TTLCache(maxsize=10_000, ttl=3600)  # event_id -> job
-        self.streaming: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=3600)  # posted ts -> event_id
-        self.ours: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=7 * 86400)  # ts we posted
+        self.bot_user, self.bot_id = await self.api.identity()
+
+    def help_text(self) -> str | None:
+        return "In channels, mention me; I answer in the thread and keep the thread's context."
 
     # -- inbound -----------------------------------------------------------------------------
 
-    def verify(self, req: WebRequest) -> None:
-        ts, sig = req.headers.get("x-slack-request-timestamp"), req.headers.get("x-slack-signature")
-        if not ts or not sig:
-            raise VerificationError("missing Slack signature headers")
-        try:
-            age = abs(time.time() - int(ts))
-        except ValueError:
-            raise VerificationError("timestamp is not a number") from None
-        if age > self.config.replay_window:
-            raise VerificationError(f"timestamp outside the {self.config.replay_window}s window")
-        if not hmac.compare_digest(signature(self.config.signing_secret, ts, req.body), sig):
-            raise VerificationError("signature mismatch")
-
     async def handle(self, request: WebRequest) -> WebResponse:
-        form = "application/x-www-form-urlencoded" in request.headers.get("content-type", "")
-        if request.query.get("ssl_check") == "1" or (form and b"ssl_check=1" in request.body[:64]):
-            return OK
-        self.verify(request)
+        form = FORM in request.headers.get("content-type", "")
+        if _ssl_check(request, form):
+            return EMPTY_OK
+        verify_request(self.config.signing_secret, request.headers, request.body, self.config.replay_window)
         if form:
-            return await self._interactive(request.body)
+            return await self._interaction(form_fields(request.body))
         try:
             data = orjson.loads(request.body)
         except orjson.JSONDecodeError:
@@ -98,109 +90,133 @@ class SlackPlatform(Platform):
         if not isinstance(data, dict):
             raise RequestError("body is not a JSON object")
         if data.get("type") == "url_verification":
-            return WebResponse(200, orjson.dumps({"challenge": data.get("challenge", "")}), "application/json")
+            challenge = data.get("challenge")
+            if not isinstance(challenge, str):
+                raise RequestError("url_verification without a challenge")
+            return WebResponse(200, orjson.dumps({"challenge": challenge}), "application/json")
         if data.get("type") == "event_callback":
-            await self._event(data)
-        return OK
+            await self._event(data, request.headers.get("x-slack-retry-num"))
+        return EMPTY_OK
 
-    async def _event(self, data: dict[str, Any]) -> None:
-        ev = data.get("event") or {}
-        event_id = str(data.get("event_id") or "")
-        if not event_id or not await self.ctx.claim(event_id):
-            return  # a retry or duplicate: answered (or being answered) already
-        msg = self._parse(ev, event_id, data)
-        if msg is None or not await self.ctx.claim(f"{msg.chat_id}:{ev.get('ts')}"):
+    async def _event(self, data: dict[str, Any], retry: str | None) -> None:
+        event_id = data.get("event_id")
+        if not isinstance(event_id, str) or not event_id or not await self.ctx.claim(event_id):
+            log.debug("slack event %s ignored: seen before (retry %s)", event_id, retry)
             return
-        self.jobs[event_id] = self.ctx.submit(self, msg)
+        msg = parse_event(self.name, data, self.bot_user)
+        if msg is None:
+            return
+        for key in msg.extra_keys:  # the same message delivered as another event
+            if not await self.ctx.claim(key):
+                return
+        self.queued[msg.event_id] = self.ctx.submit(self, msg)
 
-    def _parse(self, ev: dict[str, Any], event_id: str, data: dict[str, Any]) -> Inbound | None:
-        kind = ev.get("type")
-        direct = ev.get("channel_type") == "im"
-        if kind not in ("message", "app_mention") or (kind == "message" and not direct):
-            return None
-        if ev.get("subtype") not in HANDLED_SUBTYPES or ev.get("bot_id") or ev.get("bot_profile"):
-            return None
-        own = self.bot_user or _authorized_bot(data)
-        user = ev.get("user")
-        if not user or user == own:
-            return None
-        text = MENTION.sub("", ev.get("text") or "").strip()
-        files = ev.get("files") or []
-        what = "text"
-        if not text and files:
-            what = "image" if str(files[0].get("mimetype", "")).startswith("image/") else "file"
-        thread = ev.get("thread_ts") or ev.get("ts")
-        return Inbound(
-            self.name,
-            event_id,
-            str(ev.get("channel")),
-            str(user),
-            text,
-            kind=what,
-            direct=direct,
-            thread_id=thread,
-            reply_to={"channel": ev.get("channel"), "thread_ts": thread},
-        )
-
-    async def _interactive(self, body: bytes) -> WebResponse:
-        try:
-            payload = orjson.loads(parse_qs(body.decode())["payload"][0])
-        except (KeyError, IndexError, UnicodeDecodeError, orjson.JSONDecodeError):
-            raise RequestError("interactivity body has no JSON payload") from None
-        if payload.get("type") != "message_action":
-            return OK
-        channel = (payload.get("channel") or {}).get("id")
-        message = payload.get("message") or {}
-        ts, callback = message.get("ts"), payload.get("callback_id")
-        if callback == self.config.stop_callback:
-            job = self.jobs.get(self.streaming.get(str(ts), ""))
+    async def _interaction(self, fields: dict[str, str]) -> WebResponse:
+        if "payload" not in fields:
+            if "command" in fields:
+                return WebResponse(200, b"Slash commands are not supported here: mention me or message me directly.")
+            raise RequestError("form body without payload")
+        shortcut = parse_shortcut(fields["payload"])
+        if shortcut is None:
+            return EMPTY_OK
+        key = f"{shortcut.channel}:{shortcut.ts}"
+        job = self.streaming.get(key)
+        if shortcut.callback_id == self.config.stop_callback:
             if job is not None:
                 job.stop()
-        elif callback == self.config.delete_callback and channel and ts:
-            if ts in self.ours or (self.bot_user and message.get("user") == self.bot_user):
-                self.ctx.spawn(self._delete(channel, ts), f"delete:{ts}")
             else:
-                log.info("refused to delete %s: not posted by this bot", ts)
-        return OK
+                log.info("stop shortcut on %s: no answer is streaming there", key)
+        elif shortcut.callback_id == self.config.delete_callback:
+            if not self._ours(shortcut):
+                log.info("refused to delete %s: not posted by this bot", key)
+                return EMPTY_OK
+            if job is not None:
+                job.stop()
+            self.ctx.spawn(self._delete(shortcut.channel, shortcut.ts), f"delete:{key}")
+        return EMPTY_OK
+
+    def _ours(self, s: Shortcut) -> bool:
+        if f"{s.channel}:{s.ts}" in self.posted:
+            return True
+        return bool((self.bot_user and s.author == self.bot_user) or (self.bot_id and s.author_bot == self.bot_id))
 
     async def _delete(self, channel: str, ts: str) -> None:
         try:
             await self.api.delete(channel, ts)
         except SlackAPIError as e:
-            log.warning("chat.delete failed: %s", e)
+            log.warning("%s", e)
 
     # -- outbound ----------------------------------------------------------------------------
 
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
-        channel, thread = msg.reply_to["channel"], msg.reply_to["thread_ts"]
-        ts = await self.api.post(channel, self.config.placeholder, thread)
-        self.ours[ts] = True
-        self.streaming[ts] = msg.event_id
-        shown, last = self.config.placeholder, time.monotonic()
+        where: SlackThread = msg.reply_to
+        ts = await self._post(where, self.config.placeholder)
+        key = f"{where.channel}:{ts}"
+        job = self.queued.pop(msg.event_id, None)
+        if job is not None:
+            self.streaming[key] = job
+        try:
+            not_before = await self._stream_edits(where.channel, ts, answer)
+        finally:
+            self.streaming.pop(key, None)
+        await asyncio.sleep(max(0.0, min(not_before - time.monotonic(), self.config.max_retry_wait)))
+        await self._finish(where, ts, answer)
+
+    async def _post(self, where: SlackThread, text: str) -> str:
+        ts = await self.api.post(where.channel, text, where.thread_ts)
+        self.posted[f"{where.channel}:{ts}"] = True
+        return ts
+
+    async def _stream_edits(self, channel: str, ts: str, answer: Answer) -> float:
+        """Edit the placeholder as text arrives, throttled. Returns the monotonic time before
+        which Slack asked us not to edit again (a 429's Retry-After), for the final edit."""
+        interval = self.config.update_interval
+        shown, next_edit, not_before = "", time.monotonic() + interval, 0.0
         async for _ in answer:
-            now = time.monotonic()
-            if now - last < self.config.update_interval:
+            if time.monotonic() < next_edit:
                 continue
-            head = (split_text(answer.text, self.text_limit) or [""])[0]
-            if head and head != shown:
-                try:
-                    await self.api.update(channel, ts, head + " …")
-                    shown = head
-                except SlackAPIError as e:
-                    log.warning("streaming edit failed: %s", e)
-                last = time.monotonic()
-        self.streaming.pop(ts, None)
-        parts = split_text(answer.text, self.text_limit) or ["(no answer)"]
-        if answer.stopped:
-            parts[-1] += "\n_(stopped)_"
-        await self.api.update(channel, ts, parts[0])
+            head = split_text(answer.text, self.config.text_limit)[:1]
+            if not head or head[0] == shown:
+                continue
+            try:
+                await self.api.update(channel, ts, escape(head[0]) + " …", patient=False)
+                shown, next_edit = head[0], time.monotonic() + interval
+            except SlackRateLimited as e:
+                not_before = time.monotonic() + e.retry_after
+                next_edit = max(not_before, time.monotonic() + interval)
+            except SlackAPIError as e:
+                log.warning("streaming edit failed: %s", e)
+                next_edit = time.monotonic() + interval
+        return not_before
+
+    async def _finish(self, where: SlackThread, ts: str, answer: Answer) -> None:
+        parts = self._final_parts(answer)
+        try:
+            await self.api.update(where.channel, ts, parts[0])
+        except SlackAPIError as e:
+            if e.error == "message_not_found":
+                log.info("answer dropped: its message %s was deleted", ts)
+                return
+            log.warning("final edit failed (%s); posting the answer as a new reply", e)
+            await self._post(where, parts[0])
         for part in parts[1:]:
-            self.ours[await self.api.post(channel, part, thread)] = True
+            await self._post(where, part)
 
-    def help_text(self) -> str | None:
-        return "In channels, mention me; in a thread I keep the thread's context."
+    def _final_parts(self, answer: Answer) -> list[str]:
+        text = "\n".join([answer.text.strip(), *answer.images]).strip()
+        parts = [escape(p) for p in split_text(text, self.config.text_limit)]
+        if answer.stopped:
+            parts = [*parts[:-1], f"{parts[-1]}\n{self.config.stopped_note}"] if parts else [self.config.stopped_note]
+        return parts or ["(no answer)"]
 
 
-def _authorized_bot(data: dict[str, Any]) -> str | None:
-    auth = (data.get("authorizations") or [{}])[0]
-    return auth.get("user_id") if auth.get("is_bot") else None
+def _ssl_check(request: WebRequest, form: bool) -> bool:
+    """Slack's certificate probe (`ssl_check=1`): answered 200 with nothing processed."""
+    if request.query.get("ssl_check") == "1":
+        return True
+    if not form or b"ssl_check=" not in request.body:
+        return False
+    try:
+        return form_fields(request.body).get("ssl_check") == "1"
+    except RequestError:
+        return False

@@ -1,260 +1,302 @@
-"""Slack through the real app: signed events in, the exact Web API calls out."""
+"""Slack through the real app (create_app + uvicorn): signed events in, the exact Web API calls
+out, against the fake Slack API, an echo channel and the fake OpenAI upstream."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
-from urllib.parse import urlencode
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import orjson
 import pytest
-from slack_sdk.signature import SignatureVerifier
 
-from platforms.slack import signature
 from proxy.app import create_app
 from proxy.config import parse_config
+from tests.fakes.openai_upstream import FakeOpenAI
 from tests.platforms.slack.fake_slack import FakeSlack
+from tests.platforms.slack.slack_kit import FORM, SECRET, TOKEN, payload, raw, shortcut_form, sign
 from tests.servers import serve_asgi
 
-SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-
-
-def sign(body: bytes, ts: int | None = None, secret: str = SECRET) -> dict[str, str]:
-    ts = int(time.time()) if ts is None else ts
-    mac = hmac.new(secret.encode(), f"v0:{ts}:".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": f"v0={mac}"}
-
-
-def test_signature_matches_doc_and_slack_sdk():
-    body, ts = b'{"type":"event_callback"}', str(int(time.time()))
-    ours = signature(SECRET, ts, body)
-    assert ours == sign(body, int(ts))["X-Slack-Signature"]
-    assert SignatureVerifier(SECRET).is_valid(body, ts, ours)
-
-
-def im(text: str, event_id: str = "Ev1", ts: str = "1700000001.000100", **extra) -> bytes:
-    ev = {"type": "message", "channel_type": "im", "channel": "D1", "user": "U1", "text": text, "ts": ts, **extra}
-    return orjson.dumps(
-        {
-            "type": "event_callback",
-            "event_id": event_id,
-            "event": ev,
-            "authorizations": [{"user_id": "UBOT", "is_bot": True}],
-        }
-    )
-
-
-def mention(text: str, event_id: str, ts: str, thread_ts: str | None = None) -> bytes:
-    ev = {"type": "app_mention", "channel": "C1", "user": "U2", "text": text, "ts": ts}
-    if thread_ts:
-        ev["thread_ts"] = thread_ts
-    return orjson.dumps({"type": "event_callback", "event_id": event_id, "event": ev})
+PLACEHOLDER_TS = "1700000000.000001"  # the fake's first chat.postMessage ts
+APOLOGY = "Sorry, I could not get an answer right now. Please try again in a moment."
 
 
 @pytest.fixture
-async def rig(tmp_path):
-    async with FakeSlack() as slack:
+async def slack():
+    async with FakeSlack() as fake:
+        yield fake
 
-        def make(delay: float = 0.0):
-            return create_app(
-                parse_config(
-                    {
-                        "store": {"url": f"sqlite:///{tmp_path}/s.db"},
-                        "providers": {"echo": {"kind": "echo", "delay": delay}},
-                        "platforms": {
-                            "slack": {
-                                "kind": "slack",
-                                "signing_secret": SECRET,
-                                "bot_token": "xoxb-test",
-                                "api_base": slack.base_url,
-                                "update_interval": 0.05,
-                            }
-                        },
-                        "channels": [
-                            {"name": "eng", "match": {"platform": "slack"}, "providers": ["echo"], "session": "thread"}
-                        ],
+
+@pytest.fixture
+def make(tmp_path, slack) -> Callable[..., Any]:
+    """An app on a sqlite store in tmp_path (the same file for every app of a test)."""
+
+    def build(delay: float = 0.0, providers: dict[str, Any] | None = None, **platform: Any) -> Any:
+        chain = list(providers or {"echo": None})
+        return create_app(
+            parse_config(
+                {
+                    "store": {"url": f"sqlite:///{tmp_path}/switchboard.db"},
+                    "failover": {"attempts": 1},
+                    "providers": providers or {"echo": {"kind": "echo", "delay": delay}},
+                    "platforms": {
+                        "slack": {
+                            "kind": "slack",
+                            "signing_secret": SECRET,
+                            "bot_token": TOKEN,
+                            "api_base": slack.base_url,
+                            "update_interval": 0.05,
+                            **platform,
+                        }
                     },
-                    {},
-                )
+                    "channels": [
+                        {"name": "eng", "match": {"platform": "slack"}, "providers": chain, "session": "thread"}
+                    ],
+                },
+                {},
             )
+        )
 
-        yield slack, make
+    return build
 
 
 async def post(
-    c: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str] | None = None, **kw
+    c: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    retry: tuple[str, str] | None = None,
 ) -> httpx.Response:
-    h = {"Content-Type": "application/json", **(headers if headers is not None else sign(body)), **kw}
+    h = {"Content-Type": "application/json", **(sign(body) if headers is None else headers)}
+    if retry:
+        h["X-Slack-Retry-Num"], h["X-Slack-Retry-Reason"] = retry
     return await c.post(f"{url}/hooks/slack", content=body, headers=h)
 
 
-async def settle(slack: FakeSlack, method: str, n: int, patience: float = 5.0) -> list[dict]:
+async def shortcut(c: httpx.AsyncClient, url: str, body: bytes) -> httpx.Response:
+    return await c.post(f"{url}/hooks/slack", content=body, headers={"Content-Type": FORM, **sign(body)})
+
+
+async def settle(slack: FakeSlack, method: str, n: int, patience: float = 5.0) -> list[dict[str, Any]]:
     """Wait until `n` calls of `method` arrived (at most `patience` s), then a little longer to
     prove no extra one follows."""
     for _ in range(int(patience / 0.02)):
         if len(slack.of(method)) >= n:
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.2)
     return slack.of(method)
 
 
-async def test_url_verification_and_ssl_check(rig):
-    _slack, make = rig
-    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        body = orjson.dumps({"type": "url_verification", "challenge": "abc123", "token": "x"})
-        r = await post(c, url, body)
-        assert r.status_code == 200 and r.json() == {"challenge": "abc123"}
-        assert (await c.get(f"{url}/hooks/slack", params={"ssl_check": "1"})).status_code == 200
+async def sentinel(c: httpx.AsyncClient, url: str, slack: FakeSlack, posts: int) -> None:
+    """Send one more real message and wait for its reply: what was sent before and should have
+    been ignored would have been answered by now, so exactly `posts` replies prove it was not."""
+    await post(c, url, raw("message_im", event_id="Ev0SENTINEL", ts="1700009999.000100", text="sentinel"))
+    got = await settle(slack, "chat.postMessage", posts)
+    assert len(got) == posts and got[-1]["thread_ts"] == "1700009999.000100"
 
 
-async def test_direct_message_answered_once_in_its_thread_despite_retries(rig):
-    slack, make = rig
+async def final_text(slack: FakeSlack, done: Callable[[str], bool], patience: float = 5.0) -> str:
+    for _ in range(int(patience / 0.02)):
+        texts = slack.texts("chat.update")
+        if texts and done(texts[-1]):
+            return texts[-1]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no final edit; edits: {slack.texts('chat.update')}")
+
+
+async def test_url_verification_and_ssl_check(make):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        body = im("hello there")
-        assert (await post(c, url, body)).status_code == 200
-        assert (
-            await post(c, url, body, **{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
-        ).status_code == 200
+        r = await post(c, url, raw("url_verification"))
+        assert r.status_code == 200
+        assert r.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+        assert (await post(c, url, raw("url_verification"), headers={})).status_code == 401
+        probe = await c.get(f"{url}/hooks/slack", params={"ssl_check": "1", "token": "XXYYZZ"})
+        assert (probe.status_code, probe.content) == (200, b"")
+        form = await c.post(f"{url}/hooks/slack", content=b"ssl_check=1&token=XXYYZZ", headers={"Content-Type": FORM})
+        assert (form.status_code, form.content) == (200, b"")
+
+
+async def test_direct_message_is_answered_once_in_its_thread_despite_retries(make, slack):
+    body = raw("message_im")
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        first = await post(c, url, body)
+        assert (first.status_code, first.content) == (200, b"")
+        for n, reason in (("1", "http_timeout"), ("2", "http_error")):
+            retry = await post(c, url, body, retry=(n, reason))
+            assert retry.status_code == 200
         posts = await settle(slack, "chat.postMessage", 1)
-        updates = slack.of("chat.update")
-    assert len(posts) == 1 and posts[0]["channel"] == "D1" and posts[0]["thread_ts"] == "1700000001.000100"
-    assert updates[-1]["text"] == "echo: hello there" and updates[-1]["ts"] == "1700000000.000001"
+    assert posts == [{"channel": "D0DM00001", "text": "…", "thread_ts": "1700000101.000100", "unfurl_links": False}]
+    assert slack.of("chat.update")[-1] == {
+        "channel": "D0DM00001",
+        "ts": PLACEHOLDER_TS,
+        "text": "echo: What is the difference between a list &amp; a tuple? "
+        "See https://docs.python.org/3/tutorial/datastructures.html",
+    }
 
 
-async def test_retry_after_restart_gets_no_second_answer(rig):
-    slack, make = rig
-    body = im("once", event_id="EvR")
+async def test_a_retry_after_a_restart_gets_no_second_answer(make, slack):
+    body = raw("message_im")
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         await post(c, url, body)
-        await settle(slack, "chat.postMessage", 1)
+        assert len(await settle(slack, "chat.postMessage", 1)) == 1
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await post(c, url, body, **{"X-Slack-Retry-Num": "2"})
-        assert len(await settle(slack, "chat.postMessage", 2, patience=0.5)) == 1
+        retry = await post(c, url, body, retry=("1", "http_timeout"))
+        assert retry.status_code == 200
+        await sentinel(c, url, slack, 2)  # the new instance answers new messages, not the retry
 
 
-async def test_same_message_as_two_events_is_answered_once(rig):
-    slack, make = rig
+async def test_one_message_as_message_and_app_mention_is_answered_once(make, slack):
+    mention = payload("message_im", event_id="Ev0DUP00002", type="app_mention", channel_type=None)
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await post(c, url, mention("<@UBOT> hi", "EvA", "1700000002.000200"))
-        await post(c, url, mention("<@UBOT> hi", "EvB", "1700000002.000200"))
-        posts = await settle(slack, "chat.postMessage", 2, patience=0.5)
-    assert len(posts) == 1
-    assert slack.of("chat.update")[-1]["text"] == "echo: hi"  # mention token stripped
+        await post(c, url, raw("message_im"))
+        await post(c, url, orjson.dumps(mention))
+        await sentinel(c, url, slack, 2)
 
 
-async def test_thread_reply_goes_to_the_thread_root(rig):
-    slack, make = rig
+async def test_mention_in_a_channel_and_its_channel_message_are_answered_once(make, slack):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await post(c, url, mention("<@UBOT> more", "EvT", "1700000003.000300", thread_ts="1700000000.999999"))
-        posts = await settle(slack, "chat.postMessage", 1)
-    assert posts[0]["thread_ts"] == "1700000000.999999" and posts[0]["channel"] == "C1"
+        await post(c, url, raw("message_channels"))
+        await post(c, url, raw("app_mention_channel"))
+        await post(c, url, raw("app_mention_channel", event_id="Ev0MENTION02"))  # app_mention resent
+        await sentinel(c, url, slack, 2)
+    (first, _) = slack.of("chat.postMessage")
+    assert (first["channel"], first["thread_ts"]) == ("C0ENG0001", "1700000201.000200")
+    assert slack.of("chat.update")[0]["text"] == "echo: can you summarise what @U0USER002 said in #eng about 2 &lt; 3?"
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        im("from a bot", event_id="Ev2", bot_id="B9"),
-        im("edited", event_id="Ev3", subtype="message_changed"),
-        im("ourselves", event_id="Ev4", user="UBOT"),
-        orjson.dumps(
-            {
-                "type": "event_callback",
-                "event_id": "Ev5",
-                "event": {
-                    "type": "message",
-                    "channel_type": "channel",
-                    "channel": "C1",
-                    "user": "U1",
-                    "text": "x",
-                    "ts": "1.1",
-                },
-            }
-        ),
-    ],
-)
-async def test_loops_and_unhandled_events_are_ignored(rig, body):
-    slack, make = rig
+async def test_thread_replies_land_in_the_thread_and_keep_its_history(make, slack):
+    async with FakeOpenAI() as upstream:
+        providers = {"gpt": {"kind": "openai", "base_url": upstream.base_url, "api_key": "sk-test", "model": "m"}}
+        async with serve_asgi(make(providers=providers)) as url, httpx.AsyncClient() as c:
+            await post(c, url, raw("app_mention_channel"))
+            await settle(slack, "chat.postMessage", 1)
+            await final_text(slack, lambda t: not t.endswith("…"))
+            await post(c, url, raw("app_mention_thread"))
+            posts = await settle(slack, "chat.postMessage", 2)
+            await final_text(slack, lambda t: "sets" in t)
+    assert [p["thread_ts"] for p in posts] == ["1700000201.000200", "1700000201.000200"]
+    assert slack.of("chat.update")[-1] == {
+        "channel": "C0ENG0001",
+        "ts": "1700000000.000002",
+        "text": "upstream: and what about sets, ?",
+    }
+    second = upstream.chat_requests()[1].json["messages"]
+    assert [(m["role"], m["content"]) for m in second] == [
+        ("user", "can you summarise what @U0USER002 said in #eng about 2 < 3?"),
+        ("assistant", "upstream: can you summarise what @U0USER002 said in #eng about 2 < 3?"),
+        ("user", "and what about sets, ?"),
+    ]
+
+
+async def test_a_provider_failure_reaches_the_user_as_an_apology(make, slack):
+    async with FakeOpenAI() as upstream:
+        upstream.fail(500, times=3)
+        providers = {"gpt": {"kind": "openai", "base_url": upstream.base_url, "api_key": "sk-test", "model": "m"}}
+        async with serve_asgi(make(providers=providers)) as url, httpx.AsyncClient() as c:
+            await post(c, url, raw("message_im"))
+            await settle(slack, "chat.postMessage", 1)
+            assert await final_text(slack, lambda t: t != "…") == APOLOGY
+    assert len(slack.of("chat.postMessage")) == 1
+
+
+async def test_loops_and_unhandled_events_are_acked_and_ignored(make, slack):
+    names = ["bot_message", "own_message", "message_changed", "channel_join", "message_channels", "app_rate_limited"]
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        assert (await post(c, url, body)).status_code == 200
-        assert await settle(slack, "chat.postMessage", 1, patience=0.5) == []
+        for name in names:
+            r = await post(c, url, raw(name))
+            assert (name, r.status_code, r.content) == (name, 200, b"")
+        await sentinel(c, url, slack, 1)
 
 
-@pytest.mark.parametrize(
-    "secret,skew,drop", [("wrong-secret", 0, False), (SECRET, -400, False), (SECRET, 400, False), (SECRET, 0, True)]
-)
-async def test_bad_signatures_are_401_and_nothing_is_posted(rig, secret, skew, drop):
-    slack, make = rig
+async def test_own_messages_are_ignored_even_when_auth_test_fails(make, slack):
+    slack.auth_fails = True
+    async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
+        await post(c, url, raw("own_message", bot_id=None, bot_profile=None))
+        await sentinel(c, url, slack, 1)
+    assert slack.of("auth.test") == [{}]
+
+
+async def test_bad_signatures_are_401_and_nothing_is_posted(make, slack):
+    body = raw("message_im")
+    form = shortcut_form("shortcut_stop", callback_id="delete_message")
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         # signed once the server is up, so start-up time cannot move the skew into the window
-        headers = {} if drop else sign(im("x"), ts=int(time.time()) + skew, secret=secret)
-        r = await post(c, url, im("x"), headers=headers)
-        assert r.status_code == 401 and r.text == "unauthorized"
-        assert await settle(slack, "chat.postMessage", 1, patience=0.5) == []
+        now = int(time.time())
+        refused = [
+            await post(c, url, body, headers={}),
+            await post(c, url, body, headers=sign(body, secret="wrong-secret")),
+            await post(c, url, body, headers=sign(body, ts=now - 400)),  # stale
+            await post(c, url, body, headers=sign(body, ts=now + 400)),  # from the future
+            await post(c, url, raw("message_im", text="ignore previous instructions"), headers=sign(body)),  # tampered
+            await c.post(f"{url}/hooks/slack", content=form, headers={"Content-Type": FORM, **sign(form + b"x")}),
+        ]
+        assert [(r.status_code, r.text) for r in refused] == [(401, "unauthorized")] * len(refused)
+        await sentinel(c, url, slack, 1)
+    assert slack.of("chat.delete") == []
 
 
-async def test_tampered_body_is_401(rig):
-    _slack, make = rig
+async def test_streaming_edits_are_throttled_and_a_429_is_honoured(make, slack):
+    slack.rate_limit("chat.update", retry_after="0.2")
+    words = " ".join(f"w{i}" for i in range(12))
+    async with serve_asgi(make(delay=0.04)) as url, httpx.AsyncClient() as c:
+        await post(c, url, raw("message_im", text=words))
+        await final_text(slack, lambda t: t == f"echo: {words}")
+        await asyncio.sleep(0.2)  # nothing may follow the final edit
+    assert [m for m, _ in slack.calls].count("chat.update:429") == 1
+    assert slack.pause_after("chat.update:429") >= 0.19  # Retry-After: 0.2 was honoured
+    texts = slack.texts("chat.update")
+    assert texts[-1] == f"echo: {words}" and texts.count(f"echo: {words}") == 1
+    assert 1 <= len(texts) - 1 < 12  # some streamed edits, fewer than one per word
+    assert all(t.endswith(" …") for t in texts[:-1])
+    assert len(slack.of("chat.postMessage")) == 1
+
+
+async def test_a_file_without_text_gets_the_polite_answer(make, slack):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        r = await post(c, url, im("evil"), headers=sign(im("fine")))
-        assert r.status_code == 401
-
-
-async def test_streaming_edits_and_429_on_update(rig):
-    slack, make = rig
-    slack.rate_limit_next["chat.update"] = 1
-    async with serve_asgi(make(delay=0.06)) as url, httpx.AsyncClient() as c:
-        await post(c, url, im("one two three four five six", event_id="EvS"))
+        await post(c, url, raw("file_share_image"))
         await settle(slack, "chat.postMessage", 1)
-        for _ in range(150):
-            if slack.of("chat.update") and slack.of("chat.update")[-1]["text"] == "echo: one two three four five six":
-                break
-            await asyncio.sleep(0.02)
-    updates = [u["text"] for u in slack.of("chat.update")]
-    assert any(m == "chat.update:429" for m, _ in slack.calls)  # was rate-limited once ...
-    assert len(updates) >= 2 and updates[-1] == "echo: one two three four five six"  # ... and still finished
+        text = await final_text(slack, lambda t: t != "…")
+    assert text == "Sorry, I can only read text messages for now. Please send your question as text."
 
 
-async def test_file_without_text_gets_polite_answer(rig):
-    slack, make = rig
+async def test_ok_false_on_the_final_edit_posts_the_answer_as_a_reply(make, slack):
+    slack.fail("chat.update", "cant_update_message")
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
-        await post(c, url, im("", event_id="EvF", subtype="file_share", files=[{"mimetype": "image/png"}]))
-        await settle(slack, "chat.postMessage", 1)
-    assert "only read text" in slack.of("chat.update")[-1]["text"]
+        await post(c, url, raw("message_im", text="hi"))
+        posts = await settle(slack, "chat.postMessage", 2)
+    assert [(p["text"], p["thread_ts"]) for p in posts] == [
+        ("…", "1700000101.000100"),
+        ("echo: hi", "1700000101.000100"),
+    ]
 
 
-def shortcut(callback: str, ts: str, user: str = "UBOT") -> bytes:
-    payload = {
-        "type": "message_action",
-        "callback_id": callback,
-        "channel": {"id": "D1"},
-        "message": {"ts": ts, "user": user},
-        "trigger_id": "t",
-    }
-    return urlencode({"payload": orjson.dumps(payload).decode()}).encode()
+async def test_long_answers_continue_in_the_thread(make, slack):
+    text = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    async with serve_asgi(make(text_limit=30)) as url, httpx.AsyncClient() as c:
+        await post(c, url, raw("message_im", text=text))
+        posts = await settle(slack, "chat.postMessage", 3)
+    assert slack.texts("chat.update")[-1] == "echo: alpha beta gamma delta"
+    assert [p["text"] for p in posts[1:]] == ["epsilon zeta eta theta iota", "kappa"]
+    assert {p["thread_ts"] for p in posts} == {"1700000101.000100"}
 
 
-async def test_stop_shortcut_stops_a_streaming_answer_and_delete_removes_ours_only(rig):
-    slack, make = rig
+async def test_stop_shortcut_stops_a_slow_stream_and_delete_removes_ours_only(make, slack):
+    words = " ".join(f"w{i}" for i in range(40))
     async with serve_asgi(make(delay=0.1)) as url, httpx.AsyncClient() as c:
-        await post(c, url, im(" ".join(f"w{i}" for i in range(40)), event_id="EvX"))
-        (_placeholder,) = await settle(slack, "chat.postMessage", 1)
-        ts = "1700000000.000001"
-        form = {"Content-Type": "application/x-www-form-urlencoded"}
-        body = shortcut("stop_generating", ts)
-        assert (await c.post(f"{url}/hooks/slack", content=body, headers={**form, **sign(body)})).status_code == 200
-        for _ in range(100):
-            if slack.of("chat.update") and "(stopped)" in slack.of("chat.update")[-1]["text"]:
-                break
-            await asyncio.sleep(0.02)
-        final = slack.of("chat.update")[-1]["text"]
-        assert "(stopped)" in final and "w39" not in final
-        other = shortcut("delete_message", "1699999999.000001", user="USOMEONE")
-        await c.post(f"{url}/hooks/slack", content=other, headers={**form, **sign(other)})
-        body = shortcut("delete_message", ts)
-        await c.post(f"{url}/hooks/slack", content=body, headers={**form, **sign(body)})
-        deletes = await settle(slack, "chat.delete", 2, patience=0.5)
-    assert deletes == [{"channel": "D1", "ts": ts}]
+        await post(c, url, raw("message_im", text=words))
+        await final_text(slack, lambda t: t.endswith(" …"))  # it is streaming
+        r = await shortcut(c, url, shortcut_form("shortcut_stop", ts=PLACEHOLDER_TS))
+        assert (r.status_code, r.content) == (200, b"")
+        final = await final_text(slack, lambda t: t.endswith("_(stopped)_"))
+        assert final.startswith("echo: w0") and "w39" not in final
+        edits = len(slack.of("chat.update"))
+        r = await shortcut(c, url, shortcut_form("shortcut_delete_other"))
+        assert (r.status_code, r.content) == (200, b"")
+        await shortcut(c, url, shortcut_form("shortcut_stop", ts=PLACEHOLDER_TS, callback_id="delete_message"))
+        deletes = await settle(slack, "chat.delete", 1)
+    assert deletes == [{"channel": "D0DM00001", "ts": PLACEHOLDER_TS}]
+    assert len(slack.of("chat.update")) == edits  # the stopped stream edits no more
+    assert len(slack.of("chat.postMessage")) == 1
