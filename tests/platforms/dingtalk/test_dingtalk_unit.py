@@ -10,22 +10,9 @@ from yarl import URL
 
 from platforms.dingtalk import DingTalkConfig, DingTalkPlatform, parse_webhook, sign
 from proxy.errors import RequestError, VerificationError
-from proxy.types import Inbound, WebRequest
+from proxy.types import WebRequest
 from tests.platforms.dingtalk.dingtalk_kit import REAL_WEBHOOK, SECRET, now_ms, payload, signed_headers
-
-
-class FakeCtx:
-    def __init__(self) -> None:
-        self.claimed: set[str] = set()
-        self.submitted: list[Inbound] = []
-
-    async def claim(self, key: str) -> bool:
-        first = key not in self.claimed
-        self.claimed.add(key)
-        return first
-
-    def submit(self, platform: Any, msg: Inbound) -> None:
-        self.submitted.append(msg)
+from tests.platforms.fake_ctx import FakeCtx
 
 
 def adapter(**config: Any) -> tuple[DingTalkPlatform, FakeCtx]:

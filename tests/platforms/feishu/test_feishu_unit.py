@@ -13,7 +13,8 @@ import pytest
 from platforms.feishu import FeishuConfig, FeishuPlatform
 from platforms.feishu_crypto import DecryptError, decrypt, signature
 from proxy.errors import RequestError, VerificationError
-from proxy.types import Inbound, WebRequest
+from proxy.types import WebRequest
+from tests.platforms.fake_ctx import FakeCtx
 from tests.platforms.feishu.feishu_kit import (
     APP_ID,
     APP_SECRET,
@@ -26,20 +27,6 @@ from tests.platforms.feishu.feishu_kit import (
     payload,
     variant,
 )
-
-
-class FakeCtx:
-    def __init__(self) -> None:
-        self.claimed: set[str] = set()
-        self.submitted: list[Inbound] = []
-
-    async def claim(self, key: str) -> bool:
-        first = key not in self.claimed
-        self.claimed.add(key)
-        return first
-
-    def submit(self, platform: Any, msg: Inbound) -> None:
-        self.submitted.append(msg)
 
 
 def adapter(encrypt_key: str | None = None, bot: str | None = BOT) -> tuple[FeishuPlatform, FakeCtx]:

@@ -3,7 +3,6 @@ code refusal, and where a reply would go."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from typing import Any
 
 import pydantic
@@ -12,26 +11,8 @@ import pytest
 from platforms.synology import NO_CODE, SynologyConfig, SynologyPlatform
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.types import Inbound, WebRequest
+from tests.platforms.fake_ctx import FakeCtx
 from tests.platforms.synology.synology_kit import BOT_TOKEN, HOOK_TOKEN, form
-
-
-class FakeCtx:
-    def __init__(self) -> None:
-        self.claimed: set[str] = set()
-        self.submitted: list[Inbound] = []
-        self.spawned: list[str] = []
-
-    async def claim(self, key: str) -> bool:
-        first = key not in self.claimed
-        self.claimed.add(key)
-        return first
-
-    def submit(self, platform: Any, msg: Inbound) -> None:
-        self.submitted.append(msg)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        self.spawned.append(name)
-        coro.close()
 
 
 def adapter(**config: Any) -> tuple[SynologyPlatform, FakeCtx]:

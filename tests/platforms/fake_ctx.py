@@ -1,0 +1,27 @@
+"""A tiny in-process PlatformContext for adapter unit tests: records claims, submits and spawns."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+from proxy.types import Inbound
+
+
+class FakeCtx:
+    def __init__(self) -> None:
+        self.claimed: set[str] = set()
+        self.submitted: list[Inbound] = []
+        self.spawned: list[str] = []
+
+    async def claim(self, key: str) -> bool:
+        first = key not in self.claimed
+        self.claimed.add(key)
+        return first
+
+    def submit(self, platform: Any, msg: Inbound) -> None:
+        self.submitted.append(msg)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        self.spawned.append(name)
+        coro.close()
