@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.config import Settings
 from proxy.contracts import Platform
@@ -67,7 +69,8 @@ class Hooks:
             return Response(why, 404 if adapter is None else 503)
         status = 500
         try:
-            body = await read_body(request, self.settings.raw.server.max_body_bytes)
+            limit = self.settings.raw.server.max_body_bytes
+            body = await read_body(request.receive, limit, request.headers.get("content-length"))
             req = WebRequest(
                 request.method,
                 request.url.path,
@@ -91,6 +94,25 @@ class Hooks:
             return Response("internal error", 500)
         finally:
             self.metrics.hooks.labels(name, str(status)).inc()
+
+
+class SwitchboardApp(Starlette):
+    """Starlette, with the hot path (`POST /v1/chat/completions`) handed straight to its ASGI
+    app before the middleware stack and the router; it handles its own errors. Everything else,
+    including other methods on that path (405), goes through Starlette."""
+
+    def __init__(self, hot: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hot = hot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == HOT_PATH:
+            await self.hot(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+HOT_PATH = "/v1/chat/completions"
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -147,7 +169,7 @@ def create_app(settings: Settings) -> Starlette:
         return Response(str(exc.detail), exc.status_code)
 
     routes = [
-        Route("/v1/chat/completions", front.chat_completions, methods=["POST"]),
+        Route("/v1/chat/completions", front, methods=["POST"]),
         Route("/v1/models", front.models, methods=["GET"]),
         Route("/v1/models/{model:path}", front.model, methods=["GET"]),
         Route("/hooks/{name}", hooks.handle, methods=["GET", "POST"]),
@@ -155,7 +177,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app = SwitchboardApp(front, routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.engine, app.state.hooks, app.state.runner = engine, hooks, runner
     return app
 

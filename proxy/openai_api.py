@@ -13,22 +13,26 @@ restarts. Without a session name nothing is stored: the messages pass through as
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
 from proxy.engine import Engine
 from proxy.errors import ChainFailed, RequestError, StreamInterrupted
 from proxy.failover import Outcome
-from proxy.http_util import read_body
+from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
 from proxy.types import ChatRequest, Completion, Delta, Message
 
 log = logging.getLogger("switchboard.openai")
@@ -36,6 +40,13 @@ log = logging.getLogger("switchboard.openai")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "user", "n"})
 JSON_TYPE = "application/json"
+WANTED_HEADERS = frozenset({b"authorization", b"content-length", b"x-conversation-id"})
+JSON_HEAD = ((b"content-type", b"application/json"),)
+SSE_HEAD = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
+
+
+def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
 def error_response(
@@ -47,12 +58,12 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return Response(orjson.dumps(body), status, headers=headers, media_type=JSON_TYPE)
+    body = error_body(message, type_, param=param, code=code)
+    return Response(body, status, headers=headers, media_type=JSON_TYPE)
 
 
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+def digest(key: str | bytes) -> str:
+    return hashlib.sha256(key.encode() if isinstance(key, str) else key).hexdigest()
 
 
 def parse_messages(raw: Any) -> list[Message]:
@@ -79,6 +90,9 @@ def parse_messages(raw: Any) -> list[Message]:
 
 
 class OpenAIFrontDoor:
+    """The OpenAI-compatible API. The instance itself is the ASGI app of
+    `POST /v1/chat/completions` (the hot path: no Starlette Request/Response objects)."""
+
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
@@ -87,13 +101,16 @@ class OpenAIFrontDoor:
         }
         self.max_body = settings.raw.server.max_body_bytes
         self.created = int(time.time())
+        # answer ids: a random per-process prefix and a counter (uuid4 is a syscall per answer)
+        self._id_prefix = "chatcmpl-" + secrets.token_hex(8)
+        self._ids = itertools.count(1)
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _auth(self, request: Request) -> tuple[str, KeyConfig]:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        found = self.keys.get(digest(token.strip())) if scheme.lower() == "bearer" and token else None
+    def _auth(self, header: bytes | None) -> tuple[str, KeyConfig]:
+        scheme, _, token = (header or b"").partition(b" ")
+        token = token.strip()
+        found = self.keys.get(digest(token)) if token and scheme.lower() == b"bearer" else None
         if found is None:
             raise RequestError(
                 "Incorrect API key provided. Send 'Authorization: Bearer <key>' with one of the configured keys.",
@@ -115,9 +132,13 @@ class OpenAIFrontDoor:
             )
         return channel
 
-    async def _build(self, request: Request) -> tuple[Channel, ChatRequest, list[Message], bool]:
-        key_name, key = self._auth(request)
-        body = await read_body(request, self.max_body)
+    def _answer_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    async def _build(self, scope: Scope, receive: Receive) -> tuple[Channel, ChatRequest, list[Message], bool]:
+        headers = header_map(scope, WANTED_HEADERS)
+        key_name, key = self._auth(headers.get(b"authorization"))
+        body = await read_body(receive, self.max_body, headers.get(b"content-length"))
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -140,7 +161,8 @@ class OpenAIFrontDoor:
         if user is not None and not isinstance(user, str):
             raise RequestError("'user' must be a string.", param="user")
         params = {k: v for k, v in data.items() if k not in OWN_FIELDS}
-        session = request.headers.get("x-conversation-id") or user
+        named = headers.get(b"x-conversation-id")
+        session = named.decode("latin-1") if named else user
         conversation, stateless, record = "", False, []
         if session:
             conversation = f"{channel.name}|openai|{key_name}|{session}"
@@ -160,30 +182,43 @@ class OpenAIFrontDoor:
 
     # -- endpoints ---------------------------------------------------------------------------
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/chat/completions. Never raises to the server: every failure is an OpenAI
+        error JSON (or, once a stream has started, an error event in it)."""
         try:
-            channel, req, record, usage = await self._build(request)
+            await self.chat_completions(scope, receive, send)
+        except ClientGone:
+            return
+        except Exception:
+            log.exception("chat completion failed")
+            body = error_body("Internal error in Switchboard; see its log.", "server_error", code="internal_error")
+            with contextlib.suppress(Exception):  # fails harmlessly if the response had started
+                await send_bytes(send, 500, body, JSON_HEAD)
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        channel = None
+        try:
+            channel, req, record, usage = await self._build(scope, receive)
             if req.stream:
-                return await self._stream(channel, req, record, usage)
+                return await self._stream(channel, req, record, usage, receive, send)
             provider, result = await self.engine.complete(channel, req)
         except RequestError as e:
-            return error_response(e.status, e.message, "invalid_request_error", param=e.param, code=e.code)
+            body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
+            return await send_bytes(send, e.status, body, JSON_HEAD)
         except ChainFailed as e:
-            return self._chain_failed(channel, e)
+            assert channel is not None
+            return await send_bytes(send, *self._chain_failed(channel, e), JSON_HEAD)
         if record:
-            await self.engine.record(req.conversation, record, result.text)
-        return Response(
-            orjson.dumps(self._completion_body(channel.name, result)),
-            media_type=JSON_TYPE,
-            headers={"x-switchboard-provider": provider},
-        )
+            await asyncio.shield(self.engine.record(req.conversation, record, result.text))
+        body = orjson.dumps(self._completion_body(channel.name, result))
+        await send_bytes(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
 
     def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
         if c.tool_calls:
             message["tool_calls"] = c.tool_calls
         body: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": self._answer_id(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
@@ -197,35 +232,28 @@ class OpenAIFrontDoor:
             }
         return body
 
-    def _chain_failed(self, channel: Channel, e: ChainFailed) -> Response:
+    def _chain_failed(self, channel: Channel, e: ChainFailed) -> tuple[int, bytes]:
         if e.all_rejected:
-            return error_response(
-                400,
-                f"The backend rejected the request: {e.errors[-1].message}",
-                "invalid_request_error",
-                code="upstream_rejected",
-            )
+            message = f"The backend rejected the request: {e.errors[-1].message}"
+            return 400, error_body(message, "invalid_request_error", code="upstream_rejected")
         if e.nothing_tried:
             disabled = [f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped]
             open_ = [p for p, what in e.attempts if "circuit open" in what]
             why = f"No provider of channel '{channel.name}' is available"
             why += f"; circuit open: {', '.join(open_)}" if open_ else ""
             why += f"; disabled: {', '.join(disabled)}" if disabled else ""
-            return error_response(503, why, "server_error", code="no_provider_available")
-        return error_response(502, str(e), "server_error", code="all_providers_failed")
+            return 503, error_body(why, "server_error", code="no_provider_available")
+        return 502, error_body(str(e), "server_error", code="all_providers_failed")
 
-    async def _stream(self, channel: Channel, req: ChatRequest, record: list[Message], usage: bool) -> Response:
+    async def _stream(
+        self, channel: Channel, req: ChatRequest, record: list[Message], usage: bool, receive: Receive, send: Send
+    ) -> None:
         outcome = Outcome()
         source = self.engine.stream(channel, req, outcome)
-        try:
-            first = await source.__anext__()
-        except StopAsyncIteration:
-            first = None
-        return StreamingResponse(
-            self._sse(channel.name, source, first, req, record, usage),
-            media_type="text/event-stream",
-            headers={"x-switchboard-provider": outcome.provider, "cache-control": "no-cache"},
-        )
+        # the first delta decides the provider (failover happens here, before any byte is sent)
+        first = await anext(source, None)
+        headers = [*SSE_HEAD, (b"x-switchboard-provider", outcome.provider.encode())]
+        await send_stream(receive, send, headers, self._sse(channel.name, source, first, req, record, usage))
 
     async def _sse(
         self,
@@ -237,7 +265,7 @@ class OpenAIFrontDoor:
         include_usage: bool,
     ) -> AsyncIterator[bytes]:
         head = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "id": self._answer_id(),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
@@ -299,12 +327,12 @@ class OpenAIFrontDoor:
             }
             out += b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
         yield out + b"data: [DONE]\n\n"
-        if record:
-            await self.engine.record(req.conversation, record, "".join(text))
+        if record:  # a finished answer is recorded even if the client leaves right now
+            await asyncio.shield(self.engine.record(req.conversation, record, "".join(text)))
 
     async def models(self, request: Request) -> Response:
         try:
-            _, key = self._auth(request)
+            _, key = self._auth(_authorization(request))
         except RequestError as e:
             return error_response(e.status, e.message, "invalid_request_error", code=e.code)
         data = [self._model(c) for c in self.settings.channels if key.allows(c.name)]
@@ -312,7 +340,7 @@ class OpenAIFrontDoor:
 
     async def model(self, request: Request) -> Response:
         try:
-            _, key = self._auth(request)
+            _, key = self._auth(_authorization(request))
             channel = self._channel(key, request.path_params["model"])
         except RequestError as e:
             return error_response(e.status, e.message, "invalid_request_error", param=e.param, code=e.code)
@@ -320,3 +348,8 @@ class OpenAIFrontDoor:
 
     def _model(self, c: Channel) -> dict[str, Any]:
         return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}
+
+
+def _authorization(request: Request) -> bytes | None:
+    value = request.headers.get("authorization")
+    return value.encode("latin-1") if value is not None else None

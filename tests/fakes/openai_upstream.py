@@ -73,6 +73,8 @@ class FakeOpenAI:
         self.image_b64 = image_b64
         self.faults: deque[Fault] = deque()
         self.requests: list[Recorded] = []
+        self.streams_done = 0  # streams sent to the end
+        self.streams_cut = 0  # streams whose client (Switchboard) hung up before the end
         self.key_rejected: set[str] = set()
         self.key_rate_limited: set[str] = set()
         self.base_url = ""
@@ -206,6 +208,22 @@ class FakeOpenAI:
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
+        try:
+            return await self._stream_body(resp, request, body, text, send, head, fault)
+        except ConnectionError:
+            self.streams_cut += 1
+            return resp
+
+    async def _stream_body(
+        self,
+        resp: web.StreamResponse,
+        request: web.Request,
+        body: dict[str, Any],
+        text: str,
+        send: Any,
+        head: dict[str, Any],
+        fault: Fault | None,
+    ) -> web.StreamResponse:
         await send({"role": "assistant", "content": ""})
         if fault is not None and fault.kind == "tool":
             return await self._stream_tool(resp, send, *fault.body)
@@ -229,6 +247,7 @@ class FakeOpenAI:
             usage = {"prompt_tokens": 5, "completion_tokens": len(pieces), "total_tokens": 5 + len(pieces)}
             await resp.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
+        self.streams_done += 1
         return resp
 
     async def _stream_tool(self, resp: web.StreamResponse, send: Any, name: str, arguments: str) -> web.StreamResponse:
