@@ -177,22 +177,20 @@ async def sse_deltas(
                     yield Delta(text="".join(text))
                 raise
             for delta in deltas:
-                if delta is _DONE:
-                    if text:
-                        yield Delta(text="".join(text))
-                    return
-                if delta.text and delta.tool_calls is None and delta.finish_reason is None:
-                    text.append(delta.text)
+                if delta.__class__ is str:  # plain text: merged, no Delta built per upstream chunk
+                    text.append(delta)  # type: ignore[arg-type]
                     continue
                 if text:
                     yield Delta(text="".join(text))
                     text = []
-                yield delta
+                if delta is _DONE:
+                    return
+                yield delta  # type: ignore[misc]
         if text:
             yield Delta(text="".join(text))
     for delta in _parse_line(buffer, provider, secrets):  # a last line without a newline
         if delta is not _DONE:
-            yield delta
+            yield Delta(text=delta) if isinstance(delta, str) else delta
 
 
 _DONE = Delta(finish_reason="[DONE]")
@@ -212,7 +210,8 @@ async def iter_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         yield buffer
 
 
-def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> list[Delta]:
+def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> list[Delta | str]:
+    """One SSE line → its deltas; a text-only delta comes back as the bare `str`."""
     line = raw.strip()
     if not line.startswith(b"data:"):
         return []  # blank separators, `:` comments, `event:` lines
@@ -229,13 +228,15 @@ def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> list[Del
         raise BadResponse("stream chunk is not a JSON object", provider=provider)
     if "error" in data:
         raise stream_error(data, provider, secrets)
-    out = []
+    out: list[Delta | str] = []
     for choice in data.get("choices") or ():
         delta = choice.get("delta") or {}
         text = delta.get("content") or delta.get("refusal") or ""
         tools = delta.get("tool_calls")
         finish = choice.get("finish_reason")
-        if text or tools or finish:
+        if text and tools is None and finish is None:
+            out.append(text)
+        elif text or tools or finish:
             out.append(Delta(text=text, tool_calls=tools, finish_reason=finish))
     usage = usage_of(data.get("usage"))
     if usage is not None:

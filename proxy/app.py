@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -115,7 +115,8 @@ class SwitchboardApp(Starlette):
 HOT_PATH = "/v1/chat/completions"
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> Starlette:
+    """The app. `on_ready` runs once start-up (engine, store, platforms) has finished."""
     metrics = Metrics()
     engine = Engine(settings, observe=metrics.observe_attempt)
     runner = Runner(settings.raw.server.max_concurrent_generations)
@@ -133,6 +134,8 @@ def create_app(settings: Settings) -> Starlette:
             len(engine.providers),
             len(hooks.platforms),
         )
+        if on_ready is not None:
+            on_ready()
         try:
             yield
         finally:

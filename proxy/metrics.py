@@ -31,9 +31,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        # labelled children by (channel, provider, outcome): `labels()` takes a lock and hashes
+        # on every call, and this runs on every request. Bounded by the config (channels x
+        # providers x error kinds).
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
     def observe_attempt(self, channel: str, provider: str, outcome: str, seconds: float) -> None:
-        self.attempts.labels(channel, provider, outcome).inc()
-        self.latency.labels(provider).observe(seconds)
+        key = (channel, provider, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.attempts.labels(*key), self.latency.labels(provider))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
