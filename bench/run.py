@@ -4,8 +4,8 @@ Every target runs in its own process on 127.0.0.1 against one fake upstream (ben
 wrk drives them A B A B ... in short interleaved rounds, so drift on a shared machine hits all
 alike; while one target is measured the others are paused (SIGSTOP) so their background work
 cannot steal the CPU. Then: 1,000 slow streams per target, the Slack webhook burst (when the
-adapter exists) and a py-spy profile of Switchboard. Raw numbers go to bench/results/latest.json,
-the summary with the pass/fail targets to BENCHMARKS.md.
+adapter exists) and a py-spy profile of Switchboard. The summary with the pass/fail targets goes
+to BENCHMARKS.md, the raw numbers to BENCHMARKS.json beside it and to bench/results/latest.json.
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (3), BENCH_SLOW_STREAMS (1000),
 BENCH_ONLY (comma-separated target names), BENCH_PROFILE (seconds of py-spy per mode, 6; 0 = off),
@@ -206,9 +206,11 @@ def main() -> int:
     meta["load_after"] = environment.loadavg()
     meta["bench_seconds"] = round(time.monotonic() - started, 1)
     doc = {"meta": meta, "results": results}
-    (paths.out / "latest.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    raw = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    (paths.out / "latest.json").write_bytes(raw)
     report = paths.root / "BENCHMARKS.md" if not os.environ.get("BENCH_OUT") else paths.out / "BENCHMARKS.md"
     report.write_text(summary.render(doc, paths))
+    report.with_suffix(".json").write_bytes(raw)  # the published table's raw numbers, beside it
     log(f"done in {meta['bench_seconds']} s: {report} and {paths.out / 'latest.json'}")
     print(summary.checks_text(doc))
     return 0

@@ -258,7 +258,7 @@ def render(doc: dict[str, Any], paths: Paths) -> str:
         "(`bench/upstream.py`: canned JSON, or 20 SSE chunks). wrk (1 thread) drives them in "
         f"{m['rounds']} interleaved rounds of {m['seconds_per_run']:g} s per cell (A B A B …; the target being "
         "measured runs alone, the others are SIGSTOPped); req/s is over all rounds, p50/p99 the median of the "
-        "rounds. Raw numbers: `bench/results/latest.json` (git-ignored).",
+        "rounds. Raw numbers: `BENCHMARKS.json` (this run), `bench/results/latest.json` (the latest run, git-ignored).",
         "",
     ]
     if m.get("foreign_load"):
