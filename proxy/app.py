@@ -168,8 +168,9 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
                 f"{request.method} {request.url.path}: {exc.detail}",
                 "invalid_request_error",
                 code="not_found" if exc.status_code == 404 else None,
+                headers=exc.headers,
             )
-        return Response(str(exc.detail), exc.status_code)
+        return Response(str(exc.detail), exc.status_code, headers=exc.headers)
 
     routes = [
         Route("/v1/chat/completions", front, methods=["POST"]),

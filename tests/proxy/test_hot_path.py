@@ -5,13 +5,16 @@ errors are OpenAI's JSON. Real uvicorn, real fake upstream, real clients."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import httpx
 import orjson
 import pytest
 
 from proxy.app import create_app
+from proxy.cli import tune_gc
 from proxy.config import parse_config
+from proxy.errors import ConfigError
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import serve_asgi
 
@@ -105,7 +108,7 @@ async def test_garbage_content_length_is_a_400(value):
 async def test_get_on_the_completions_path_is_405_in_openai_json():
     async with FakeOpenAI() as up, serve_asgi(app_for(up)) as url, httpx.AsyncClient() as h:
         r = await h.get(f"{url}/v1/chat/completions", headers=AUTH)
-    assert r.status_code == 405
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
@@ -120,3 +123,21 @@ async def test_answer_ids_are_unique_and_headers_name_the_provider():
     assert s.headers["content-type"].startswith("text/event-stream")
     assert s.headers["x-switchboard-provider"] == "up" and s.text.endswith("data: [DONE]\n\n")
     assert s.text.split("\n\n")[0].removeprefix("data: ").startswith('{"id":"chatcmpl-')
+
+
+def test_serve_tunes_the_collector_only_when_asked():
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before
+        tune_gc(12_345)
+        assert gc.get_threshold()[0] == 12_345 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_gc_threshold_is_validated():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"server": {"gc_threshold": -1}, "providers": {}, "channels": []}, {})
+    assert "server.gc_threshold" in str(e.value)
