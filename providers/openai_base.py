@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC
 from typing import Any, Literal
 
@@ -170,6 +170,8 @@ async def sse_deltas(
         *lines, buffer = buffer.split(b"\n")
         text: list[str] = []
         for line in lines:
+            if len(line) < 2:  # the blank line after each event ("" or a lone "\r")
+                continue
             try:
                 deltas = _parse_line(line, provider, secrets)
             except ProviderError:
@@ -210,38 +212,57 @@ async def iter_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         yield buffer
 
 
-def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> list[Delta | str]:
+def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> Sequence[Delta | str]:
     """One SSE line → its deltas; a text-only delta comes back as the bare `str`."""
-    line = raw.strip()
-    if not line.startswith(b"data:"):
-        return []  # blank separators, `:` comments, `event:` lines
-    payload = line[5:].strip()
+    if not raw.startswith(b"data:"):
+        raw = raw.strip()
+        if not raw.startswith(b"data:"):
+            return ()  # blank separators, `:` comments, `event:` lines
+    payload = raw[5:].strip()
     if payload == b"[DONE]":
-        return [_DONE]
+        return (_DONE,)
     if not payload:
-        return []
+        return ()
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise BadResponse("unparseable stream chunk", provider=provider) from None
-    if not isinstance(data, dict):
+    if data.__class__ is not dict:
         raise BadResponse("stream chunk is not a JSON object", provider=provider)
     if "error" in data:
         raise stream_error(data, provider, secrets)
+    try:
+        return _chunk_deltas(data)
+    except (AttributeError, TypeError):  # `choices` or a `delta` of the wrong shape
+        raise BadResponse("stream chunk is not a chat completion chunk", provider=provider) from None
+
+
+def _chunk_deltas(data: JSON) -> Sequence[Delta | str]:
+    choices = data.get("choices")
+    usage = data.get("usage")
+    if usage is None and choices and len(choices) == 1:  # the usual chunk: one choice, no usage
+        return _choice_delta(choices[0])
     out: list[Delta | str] = []
-    for choice in data.get("choices") or ():
-        delta = choice.get("delta") or {}
-        text = delta.get("content") or delta.get("refusal") or ""
-        tools = delta.get("tool_calls")
-        finish = choice.get("finish_reason")
-        if text and tools is None and finish is None:
-            out.append(text)
-        elif text or tools or finish:
-            out.append(Delta(text=text, tool_calls=tools, finish_reason=finish))
-    usage = usage_of(data.get("usage"))
+    for choice in choices or ():
+        out.extend(_choice_delta(choice))
     if usage is not None:
-        out.append(Delta(usage=usage))
+        out.append(Delta(usage=usage_of(usage)))
     return out
+
+
+def _choice_delta(choice: JSON) -> Sequence[Delta | str]:
+    delta = choice.get("delta") or _NO_DELTA
+    text = delta.get("content") or delta.get("refusal") or ""
+    tools = delta.get("tool_calls")
+    finish = choice.get("finish_reason")
+    if text and tools is None and finish is None:
+        return (text,)
+    if text or tools or finish:
+        return (Delta(text=text, tool_calls=tools, finish_reason=finish),)
+    return ()
+
+
+_NO_DELTA: JSON = {}
 
 
 def transport_error(err: BaseException, provider: str) -> ProviderError:

@@ -255,6 +255,23 @@ async def test_garbage_answers_are_bad_responses(http, fake):
     fake.raw_stream(b"data: {not json\n\n")
     with pytest.raises(BadResponse):
         await collect(provider(http, fake.base_url))
+    for wrong in (b'{"choices": [5]}', b'{"choices": [{"delta": "x"}]}', b'{"choices": 7}'):
+        fake.raw_stream(b"data: " + wrong + b"\n\n")
+        with pytest.raises(BadResponse):
+            await collect(provider(http, fake.base_url))
+
+
+async def test_stream_framing_variants_parse_alike(http, fake):
+    """`data:` with and without a space, CRLF line ends, comments and event lines, a last line
+    without a newline, several choices and a usage chunk."""
+    one = b'{"choices": [{"index": 0, "delta": {"content": "a"}}]}'
+    two = b'{"choices": [{"index": 0, "delta": {"content": "b"}}, {"index": 1, "delta": {"content": "c"}}]}'
+    end = b'{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"total_tokens": 3}}'
+    fake.raw_stream(b": hi\r\nevent: x\r\ndata:" + one + b"\r\n\r\ndata: " + two + b"\n\ndata: " + end)
+    got = await collect(provider(http, fake.base_url))
+    assert "".join(d.text for d in got) == "abc"
+    assert [d.finish_reason for d in got if d.finish_reason] == ["stop"]
+    assert [d.usage.total_tokens for d in got if d.usage] == [3]
 
 
 async def test_describe_has_no_key(http, fake):
