@@ -38,12 +38,15 @@ def _load(path: str) -> Settings:
 
 def tune_gc(threshold: int) -> None:
     """Freeze what start-up allocated (imports, config, clients: never garbage) out of the cyclic
-    collector and collect young objects less often. The heap stays bounded: reference counting
-    frees almost everything; only cycles wait for the (rarer) collection."""
+    collector, and collect young objects less often than Python's default (700). Reference
+    counting frees almost everything a request allocates, so with a threshold a little above
+    what one burst of requests keeps alive, steady traffic triggers almost no collections, while
+    each collection (a pause for every open stream) stays a few milliseconds. Generation 1 is
+    collected every 5 young passes so it stays small too."""
     if threshold:
         gc.collect()
         gc.freeze()
-        gc.set_threshold(threshold, 20, 20)
+        gc.set_threshold(threshold, 5, 20)
 
 
 def serve(args: argparse.Namespace) -> int:

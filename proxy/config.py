@@ -40,10 +40,11 @@ class ServerConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: How long processed platform event ids are remembered (Feishu retries for ~7 h).
     dedupe_ttl: float = Field(48 * 3600, gt=0)
-    #: `serve` only: Python's gen-0 garbage-collection threshold (0 keeps Python's 700). The
-    #: request path allocates many short-lived objects; collecting less often, with the start-up
-    #: heap frozen out of collections, is measurably faster (see BENCHMARKS.md).
-    gc_threshold: int = Field(50_000, ge=0)
+    #: `serve` only: Python's gen-0 garbage-collection threshold (0 keeps Python's defaults).
+    #: With the start-up heap frozen out of collections and this above Python's 700, request
+    #: churn no longer triggers collections; kept small, each pass stays short when many streams
+    #: are open (pause times and throughput measured in BENCHMARKS.md).
+    gc_threshold: int = Field(2_000, ge=0)
 
 
 class StoreConfig(_Strict):
