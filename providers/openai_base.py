@@ -179,15 +179,15 @@ async def sse_deltas(
                     yield Delta(text="".join(text))
                 raise
             for delta in deltas:
-                if delta.__class__ is str:  # plain text: merged, no Delta built per upstream chunk
-                    text.append(delta)  # type: ignore[arg-type]
+                if isinstance(delta, str):  # plain text: merged, no Delta built per upstream chunk
+                    text.append(delta)
                     continue
                 if text:
                     yield Delta(text="".join(text))
                     text = []
                 if delta is _DONE:
                     return
-                yield delta  # type: ignore[misc]
+                yield delta
         if text:
             yield Delta(text="".join(text))
     for delta in _parse_line(buffer, provider, secrets):  # a last line without a newline
@@ -227,7 +227,7 @@ def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> Sequence
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise BadResponse("unparseable stream chunk", provider=provider) from None
-    if data.__class__ is not dict:
+    if not isinstance(data, dict):
         raise BadResponse("stream chunk is not a JSON object", provider=provider)
     if "error" in data:
         raise stream_error(data, provider, secrets)
@@ -237,32 +237,21 @@ def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> Sequence
         raise BadResponse("stream chunk is not a chat completion chunk", provider=provider) from None
 
 
-def _chunk_deltas(data: JSON) -> Sequence[Delta | str]:
-    choices = data.get("choices")
-    usage = data.get("usage")
-    if usage is None and choices and len(choices) == 1:  # the usual chunk: one choice, no usage
-        return _choice_delta(choices[0])
+def _chunk_deltas(data: JSON) -> list[Delta | str]:
     out: list[Delta | str] = []
-    for choice in choices or ():
-        out.extend(_choice_delta(choice))
+    for choice in data.get("choices") or ():
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or delta.get("refusal") or ""
+        tools = delta.get("tool_calls")
+        finish = choice.get("finish_reason")
+        if text and tools is None and finish is None:
+            out.append(text)
+        elif text or tools or finish:
+            out.append(Delta(text=text, tool_calls=tools, finish_reason=finish))
+    usage = usage_of(data.get("usage"))
     if usage is not None:
-        out.append(Delta(usage=usage_of(usage)))
+        out.append(Delta(usage=usage))
     return out
-
-
-def _choice_delta(choice: JSON) -> Sequence[Delta | str]:
-    delta = choice.get("delta") or _NO_DELTA
-    text = delta.get("content") or delta.get("refusal") or ""
-    tools = delta.get("tool_calls")
-    finish = choice.get("finish_reason")
-    if text and tools is None and finish is None:
-        return (text,)
-    if text or tools or finish:
-        return (Delta(text=text, tool_calls=tools, finish_reason=finish),)
-    return ()
-
-
-_NO_DELTA: JSON = {}
 
 
 def transport_error(err: BaseException, provider: str) -> ProviderError:

@@ -96,6 +96,9 @@ class Hooks:
             self.metrics.hooks.labels(name, str(status)).inc()
 
 
+HOT_PATH = "/v1/chat/completions"
+
+
 class SwitchboardApp(Starlette):
     """Starlette, with the hot path (`POST /v1/chat/completions`) handed straight to its ASGI
     app before the middleware stack and the router; it handles its own errors. Everything else,
@@ -110,9 +113,6 @@ class SwitchboardApp(Starlette):
             await self.hot(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
-
-
-HOT_PATH = "/v1/chat/completions"
 
 
 def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> Starlette:
@@ -173,7 +173,7 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         return Response(str(exc.detail), exc.status_code, headers=exc.headers)
 
     routes = [
-        Route("/v1/chat/completions", front, methods=["POST"]),
+        Route(HOT_PATH, front, methods=["POST"]),
         Route("/v1/models", front.models, methods=["GET"]),
         Route("/v1/models/{model:path}", front.model, methods=["GET"]),
         Route("/hooks/{name}", hooks.handle, methods=["GET", "POST"]),

@@ -136,8 +136,10 @@ class Engine:
         return ChatRequest(tuple(messages), merged, channel.config.model, user, channel.name, conversation, stream)
 
     async def record(self, conversation: str, new: Sequence[Message], answer: str) -> None:
+        """Append the exchange. Once started, the write finishes even if the caller is cancelled
+        (a client that leaves as its answer ends must not cut the transcript short)."""
         if conversation:
-            await self.store.append(conversation, [*new, Message("assistant", answer)])
+            await asyncio.shield(self.store.append(conversation, [*new, Message("assistant", answer)]))
 
     # -- answering ---------------------------------------------------------------------------
 

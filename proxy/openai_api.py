@@ -13,7 +13,6 @@ restarts. Without a session name nothing is stored: the messages pass through as
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -210,7 +209,7 @@ class OpenAIFrontDoor:
             assert channel is not None
             return await send_bytes(send, *self._chain_failed(channel, e), JSON_HEAD)
         if record:
-            await asyncio.shield(self.engine.record(req.conversation, record, result.text))
+            await self.engine.record(req.conversation, record, result.text)
         body = orjson.dumps(self._completion_body(channel.name, result))
         await send_bytes(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
 
@@ -328,8 +327,8 @@ class OpenAIFrontDoor:
             }
             out += b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
         yield out + b"data: [DONE]\n\n"
-        if record:  # a finished answer is recorded even if the client leaves right now
-            await asyncio.shield(self.engine.record(req.conversation, record, "".join(text)))
+        if record:
+            await self.engine.record(req.conversation, record, "".join(text))
 
     async def models(self, request: Request) -> Response:
         try:

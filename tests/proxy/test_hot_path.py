@@ -14,7 +14,10 @@ import pytest
 from proxy.app import create_app
 from proxy.cli import tune_gc
 from proxy.config import parse_config
-from proxy.errors import ConfigError
+from proxy.engine import Engine
+from proxy.errors import ConfigError, RequestError
+from proxy.http_util import ClientGone, read_body
+from proxy.types import Message
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import serve_asgi
 
@@ -90,19 +93,39 @@ async def test_chunked_body_over_the_limit_is_413_and_nothing_is_sent_upstream()
         assert up.requests == []
 
 
-@pytest.mark.parametrize("value", ["abc", "-"])
-async def test_garbage_content_length_is_a_400(value):
-    async with FakeOpenAI() as up, serve_asgi(app_for(up)) as url:
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
-        writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-hot\r\n"
-            b"Transfer-Encoding: chunked\r\nContent-Length: " + value.encode() + b"\r\n\r\n0\r\n\r\n"
-        )
-        await writer.drain()
-        head = await reader.read(200)
-        writer.close()
-    # uvicorn itself may refuse the contradictory framing; either way it is a 400, never a 500
-    assert head.startswith(b"HTTP/1.1 400")
+def receiver(*messages):
+    """An ASGI `receive` that hands out `messages`, then fails the test if called again."""
+    queue = list(messages)
+
+    async def receive():
+        assert queue, "read past the end"
+        return queue.pop(0)
+
+    return receive
+
+
+async def test_garbage_content_length_is_a_400_before_reading():
+    # uvicorn's parser refuses such requests itself; other ASGI servers may pass them on
+    with pytest.raises(RequestError) as e:
+        await read_body(receiver(), 100, b"12abc")
+    assert e.value.status == 400 and "Content-Length" in e.value.message
+
+
+async def test_declared_oversize_is_a_413_without_reading():
+    with pytest.raises(RequestError) as e:
+        await read_body(receiver(), 100, b"101")
+    assert e.value.status == 413 and "101 bytes" in e.value.message
+
+
+async def test_body_in_parts_and_a_client_leaving_mid_body():
+    parts = receiver(
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": False},
+    )
+    assert await read_body(parts, 100) == b"abcd"
+    left = receiver({"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"})
+    with pytest.raises(ClientGone):
+        await read_body(left, 100)
 
 
 async def test_get_on_the_completions_path_is_405_in_openai_json():
@@ -141,3 +164,30 @@ def test_gc_threshold_is_validated():
     with pytest.raises(ConfigError) as e:
         parse_config({"server": {"gc_threshold": -1}, "providers": {}, "channels": []}, {})
     assert "server.gc_threshold" in str(e.value)
+
+
+async def test_a_started_transcript_write_survives_its_caller_being_cancelled():
+    """A client that leaves while its finished answer is being recorded cancels the handler;
+    the write must still land (the store is a shared mechanism: Engine.record guards it)."""
+    engine = Engine(parse_config({"store": {"url": "memory://"}, "providers": {}, "channels": []}, {}))
+    await engine.store.open()
+    started, release = asyncio.Event(), asyncio.Event()
+    append = engine.store.append
+
+    async def slow_append(conversation, messages):
+        started.set()
+        await release.wait()
+        await append(conversation, messages)
+
+    engine.store.append = slow_append  # type: ignore[method-assign]
+    task = asyncio.create_task(engine.record("c1", [Message("user", "hi")], "hello"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    for _ in range(100):
+        if await engine.store.history("c1", 5):
+            break
+        await asyncio.sleep(0.01)
+    assert [m.text() for m in await engine.store.history("c1", 5)] == ["hi", "hello"]
