@@ -8,7 +8,9 @@ pyproject.toml), so the core never imports one.
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import AsyncIterator, Awaitable, Coroutine
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import aiohttp
@@ -94,11 +96,52 @@ class Provider(abc.ABC):
 # --------------------------------------------------------------------------------------- store
 
 
+class ClaimState(enum.StrEnum):
+    """What `Store.claim_lease` found."""
+
+    NEW = "new"  #: never seen: the caller owns it now
+    TAKEN_OVER = "taken_over"  #: claimed before, its lease ran out unanswered: the caller owns it now
+    IN_FLIGHT = "in_flight"  #: another owner's lease (or the caller's own) is live: leave it
+    DONE = "done"  #: answered (settled) within the dedupe ttl: drop it
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The result of `Store.claim_lease`. True when the caller owns the key (NEW, TAKEN_OVER);
+    `payload` is what the previous owner stored (TAKEN_OVER only)."""
+
+    state: ClaimState
+    payload: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.state in (ClaimState.NEW, ClaimState.TAKEN_OVER)
+
+
 class Store(abc.ABC):
     """Persistent state: transcripts, provider state, processed-event ids, small values.
 
     `conversation` keys are opaque strings built by the core (channel + session).
+
+    Leased claims ("a crash loses no message"). A platform message is claimed with
+    `claim_lease(key, owner=, lease=, ttl=)`: the owner (one id per Switchboard process) holds it
+    for `lease` seconds and keeps it with `renew` (a heartbeat) while it generates and delivers,
+    storing an opaque `payload` on it (the message, delivery notes, the finished answer). When the
+    answer is delivered (or delivery failed for good) the owner calls `settle(key, ttl)`: from then
+    on the key is DONE for `ttl` seconds. A claim whose lease ran out unsettled (the process was
+    killed, or lost) is TAKEN_OVER by the next `claim_lease` of that key, which gets the payload,
+    and `expired_claims` lists such claims so a recovery loop can answer them although the platform
+    never retries. Each call is atomic (SQLite: one IMMEDIATE transaction; Redis: one Lua script).
+    A claim lives `ttl` seconds from its creation, settled or not.
+
+    SQLite and memory stores serve one Switchboard process (`shared = False`): at start-up
+    `release_others(owner)` ends every lease of an earlier boot at once, so a platform retry that
+    reaches the restarted process is answered now instead of waiting for a dead owner's lease.
+    A shared store (Redis, several instances) cannot tell a dead owner from a live one and lets
+    leases run out.
     """
+
+    #: Several Switchboard instances may use this store at once.
+    shared: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def open(self) -> None: ...
@@ -129,7 +172,31 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def claim(self, key: str, ttl: float) -> bool:
-        """Atomically record `key`; True only the first time within `ttl` seconds (dedupe)."""
+        """Atomically record `key`; True only the first time within `ttl` seconds (a plain
+        once-only marker; platform messages use `claim_lease`)."""
+
+    @abc.abstractmethod
+    async def claim_lease(self, key: str, *, owner: str, lease: float, ttl: float, payload: str | None = None) -> Claim:
+        """Claim `key` for `owner` for `lease` seconds (see the class docstring). A NEW claim stores
+        `payload`; a TAKEN_OVER one keeps and returns the stored payload."""
+
+    @abc.abstractmethod
+    async def renew(self, key: str, *, owner: str, lease: float, payload: str | None = None) -> bool:
+        """Extend `owner`'s unsettled lease to `lease` seconds from now, replacing the payload when
+        one is given. False when `owner` no longer holds the key (taken over, settled, gone)."""
+
+    @abc.abstractmethod
+    async def settle(self, key: str, ttl: float) -> None:
+        """Mark `key` answered: DONE for `ttl` seconds from now; the payload is dropped."""
+
+    @abc.abstractmethod
+    async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:
+        """Up to `limit` unsettled claims under `prefix` whose lease has run out: (key, payload)."""
+
+    @abc.abstractmethod
+    async def release_others(self, owner: str) -> int:
+        """Single-instance stores: end the live leases of every other owner (an earlier boot of
+        this process, dead by definition); how many. Shared stores do nothing and return 0."""
 
     @abc.abstractmethod
     async def put(self, key: str, value: str, ttl: float | None = None) -> None: ...

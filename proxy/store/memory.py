@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
-from proxy.contracts import Store
+from proxy.contracts import Claim, ClaimState, Store
 from proxy.store import TRANSCRIPT_CAP, last_turns
 from proxy.types import JSON, Message
 
@@ -13,9 +14,19 @@ from proxy.types import JSON, Message
 PURGE_EVERY = 60.0
 
 
+@dataclass(slots=True)
+class Lease:
+    owner: str
+    until: float  # the lease runs out (unsettled claims)
+    expires: float  # the claim is forgotten
+    payload: str | None
+    done: bool = False
+
+
 class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
+        self._leases: dict[str, Lease] = {}
         self._transcripts: dict[str, list[Message]] = {}
         self._states: dict[str, dict[str, JSON]] = {}
         self._values: dict[str, tuple[str, float | None]] = {}
@@ -76,6 +87,59 @@ class MemoryStore(Store):
             return False
         self._store(key, "1", ttl)
         return True
+
+    def _lease(self, key: str, now: float) -> Lease | None:
+        held = self._leases.get(key)
+        if held is not None and held.expires <= now:
+            del self._leases[key]
+            return None
+        return held
+
+    async def claim_lease(self, key: str, *, owner: str, lease: float, ttl: float, payload: str | None = None) -> Claim:
+        now = time.time()
+        held = self._lease(key, now)
+        if held is None:
+            if now >= self._next_purge:
+                self._leases = {k: v for k, v in self._leases.items() if v.expires > now}
+                self._next_purge = now + PURGE_EVERY
+            self._leases[key] = Lease(owner, now + lease, now + ttl, payload)
+            return Claim(ClaimState.NEW)
+        if held.done:
+            return Claim(ClaimState.DONE)
+        if held.until > now:
+            return Claim(ClaimState.IN_FLIGHT)
+        held.owner, held.until = owner, now + lease
+        return Claim(ClaimState.TAKEN_OVER, held.payload)
+
+    async def renew(self, key: str, *, owner: str, lease: float, payload: str | None = None) -> bool:
+        now = time.time()
+        held = self._lease(key, now)
+        if held is None or held.done or held.owner != owner:
+            return False
+        held.until = now + lease
+        if payload is not None:
+            held.payload = payload
+        return True
+
+    async def settle(self, key: str, ttl: float) -> None:
+        now = time.time()
+        self._leases[key] = Lease("", now, now + ttl, None, done=True)
+
+    async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:
+        now = time.time()
+        found = [
+            (k, v.payload)
+            for k, v in self._leases.items()
+            if k.startswith(prefix) and not v.done and v.until <= now < v.expires
+        ]
+        return found[:limit]
+
+    async def release_others(self, owner: str) -> int:
+        now, ended = time.time(), 0
+        for held in self._leases.values():
+            if not held.done and held.owner != owner and held.until > now:
+                held.until, ended = now, ended + 1
+        return ended
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
         self._store(key, value, ttl)

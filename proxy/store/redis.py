@@ -3,6 +3,11 @@
 Keys live under a prefix (`?prefix=name`, default `switchboard`): `<p>:t:<conversation>` is the
 transcript (a list, trimmed to the cap), `<p>:s:<conversation>` the provider states (a hash),
 `<p>:k:<key>` small values; claims are `SET NX EX`, atomic across instances.
+
+Leased claims (see `proxy.contracts.Store`): `<p>:c:<key>` is a hash (owner, until, done,
+payload) that expires with the dedupe ttl, and `<p>:leases` a sorted set of unsettled claims by
+the time their lease runs out (for `expired_claims`). Claim and renew are Lua scripts on the
+server's clock, so instances with skewed clocks agree; an old `<p>:k:<key>` marker counts as DONE.
 """
 
 from __future__ import annotations
@@ -12,12 +17,47 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import orjson
 import redis.asyncio as aioredis
 
-from proxy.contracts import Store
+from proxy.contracts import Claim, ClaimState, Store
 from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
 from proxy.types import JSON, Message
 
+#: KEYS: claim hash, lease set, legacy marker. ARGV: owner, lease ms, ttl ms, has payload, payload.
+CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'done', 'until', 'payload')
+local untl = now + tonumber(ARGV[2])
+if not h[1] then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return {'done'} end
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'until', untl, 'done', '0')
+  if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'payload', ARGV[5]) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('ZADD', KEYS[2], untl, KEYS[1])
+  return {'new'}
+end
+if h[1] == '1' then return {'done'} end
+if tonumber(h[2]) > now then return {'in_flight'} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'until', untl)
+redis.call('ZADD', KEYS[2], untl, KEYS[1])
+return {'taken_over', h[3]}
+"""
+#: KEYS: claim hash, lease set. ARGV: owner, lease ms, has payload, payload.
+RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local h = redis.call('HMGET', KEYS[1], 'done', 'owner')
+if h[1] ~= '0' or h[2] ~= ARGV[1] then return 0 end
+local untl = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'until', untl)
+if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'payload', ARGV[4]) end
+redis.call('ZADD', KEYS[2], untl, KEYS[1])
+return 1
+"""
+
 
 class RedisStore(Store):
+    shared = True
+
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
@@ -87,3 +127,56 @@ class RedisStore(Store):
 
     async def delete(self, key: str) -> None:
         await self._r.delete(f"{self.prefix}:k:{key}")
+
+    # -- leased claims ---------------------------------------------------------------------------
+
+    def _claim_keys(self, key: str) -> tuple[str, str]:
+        return f"{self.prefix}:c:{key}", f"{self.prefix}:leases"
+
+    async def claim_lease(self, key: str, *, owner: str, lease: float, ttl: float, payload: str | None = None) -> Claim:
+        hkey, leases = self._claim_keys(key)
+        args = [owner, _ms(lease), _ms(ttl), "0" if payload is None else "1", payload or ""]
+        out = await self._r.eval(CLAIM, 3, hkey, leases, f"{self.prefix}:k:{key}", *args)  # type: ignore[misc]
+        state = ClaimState(_text(out[0]))
+        stored = _text(out[1]) if len(out) > 1 and out[1] is not None else None
+        return Claim(state, stored if state is ClaimState.TAKEN_OVER else None)
+
+    async def renew(self, key: str, *, owner: str, lease: float, payload: str | None = None) -> bool:
+        hkey, leases = self._claim_keys(key)
+        args = [owner, _ms(lease), "0" if payload is None else "1", payload or ""]
+        return bool(await self._r.eval(RENEW, 2, hkey, leases, *args))  # type: ignore[misc]
+
+    async def settle(self, key: str, ttl: float) -> None:
+        hkey, leases = self._claim_keys(key)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(hkey)
+            pipe.hset(hkey, mapping={"owner": "", "until": 0, "done": "1"})
+            pipe.pexpire(hkey, int(_ms(ttl)))
+            pipe.zrem(leases, hkey)
+            await pipe.execute()
+
+    async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:
+        _, leases = self._claim_keys("")
+        secs, micros = await self._r.time()
+        now = int(secs) * 1000 + int(micros) // 1000
+        head = f"{self.prefix}:c:"
+        found: list[tuple[str, str | None]] = []
+        for raw in await self._r.zrangebyscore(leases, "-inf", now, start=0, num=max(limit * 4, 100)):
+            hkey = _text(raw)  # type: ignore[arg-type]
+            done, payload = await self._r.hmget(hkey, ["done", "payload"])
+            if done is None or _text(done) != "0":  # settled or forgotten: not a lease any more
+                await self._r.zrem(leases, hkey)
+            elif hkey.startswith(head + prefix) and len(found) < limit:
+                found.append((hkey[len(head) :], None if payload is None else _text(payload)))
+        return found
+
+    async def release_others(self, owner: str) -> int:
+        return 0  # shared: a lease of another owner may belong to a live instance
+
+
+def _ms(seconds: float) -> str:
+    return str(max(1, int(seconds * 1000)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -4,6 +4,9 @@ One aiosqlite connection (its own thread, so no blocking I/O on the event loop),
 The file and its directory are created on first run. Claims are atomic (INSERT OR IGNORE after
 purging an expired row in the same transaction), so a message is answered once even across a
 restart. Writes are serialised by a lock: two coroutines never share one open transaction.
+
+Leased claims (see `proxy.contracts.Store`) live in `claims`, added by schema 2; opening a
+schema-1 file adds the table and carries its `seen:` dedupe markers over as answered claims.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from contextlib import asynccontextmanager
 import aiosqlite
 import orjson
 
-from proxy.contracts import Store
+from proxy.contracts import Claim, ClaimState, Store
 from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
 from proxy.types import JSON, Message
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -31,6 +34,15 @@ CREATE TABLE IF NOT EXISTS states (
     conversation TEXT NOT NULL, provider TEXT NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (conversation, provider));
 CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, expires REAL);
+CREATE TABLE IF NOT EXISTS claims (
+    k TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL, expires REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0, payload TEXT);
+CREATE INDEX IF NOT EXISTS claims_open ON claims (done, until);
+"""
+#: Schema 1 → 2: dedupe markers of the old `claim` become answered leased claims.
+MIGRATE_1 = """
+INSERT OR IGNORE INTO claims (k, owner, until, expires, done)
+    SELECT k, '', 0, COALESCE(expires, 1e12), 1 FROM kv WHERE k LIKE 'seen:%';
 """
 #: Seconds between sweeps of expired claims and values.
 PURGE_EVERY = 300.0
@@ -60,13 +72,20 @@ class SQLiteStore(Store):
         self.db = await aiosqlite.connect(self.path, isolation_level=None)
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA synchronous=NORMAL")
+        async with self.db.execute("SELECT name FROM sqlite_master WHERE name = 'meta'") as cur:
+            fresh = await cur.fetchone() is None
         await self.db.executescript(SCHEMA)
         await self.db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         async with self.db.execute("SELECT v FROM meta WHERE k = 'schema'") as cur:
             row = await cur.fetchone()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
+        found = SCHEMA_VERSION if row is None or fresh else int(row[0])
+        if found > SCHEMA_VERSION:
             await self.close()
-            raise RuntimeError(f"{self.path} was written by a newer Switchboard (schema {row[0]})")
+            raise RuntimeError(f"{self.path} was written by a newer Switchboard (schema {found})")
+        if found < 2:
+            async with self._transaction("BEGIN IMMEDIATE") as db:
+                await db.execute(MIGRATE_1)
+                await db.execute("UPDATE meta SET v = ? WHERE k = 'schema'", (str(SCHEMA_VERSION),))
 
     async def close(self) -> None:
         if self.db is not None:
@@ -156,6 +175,62 @@ class SQLiteStore(Store):
         if now >= self._next_purge:
             self._next_purge = now + PURGE_EVERY
             await db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (now,))
+            await db.execute("DELETE FROM claims WHERE expires <= ?", (now,))
+
+    async def claim_lease(self, key: str, *, owner: str, lease: float, ttl: float, payload: str | None = None) -> Claim:
+        now = time.time()
+        async with self._transaction("BEGIN IMMEDIATE") as db:
+            await self._purge_now_and_then(db, now)
+            async with db.execute("SELECT until, expires, done, payload FROM claims WHERE k = ?", (key,)) as cur:
+                row = await cur.fetchone()
+            if row is None or row[1] <= now:
+                await db.execute(
+                    "INSERT OR REPLACE INTO claims (k, owner, until, expires, done, payload) VALUES (?, ?, ?, ?, 0, ?)",
+                    (key, owner, now + lease, now + ttl, payload),
+                )
+                return Claim(ClaimState.NEW)
+            if row[2]:
+                return Claim(ClaimState.DONE)
+            if row[0] > now:
+                return Claim(ClaimState.IN_FLIGHT)
+            await db.execute("UPDATE claims SET owner = ?, until = ? WHERE k = ?", (owner, now + lease, key))
+            return Claim(ClaimState.TAKEN_OVER, row[3])
+
+    async def renew(self, key: str, *, owner: str, lease: float, payload: str | None = None) -> bool:
+        now = time.time()
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE claims SET until = ?, payload = COALESCE(?, payload) "
+                "WHERE k = ? AND owner = ? AND done = 0 AND expires > ?",
+                (now + lease, payload, key, owner, now),
+            )
+            return cur.rowcount == 1
+
+    async def settle(self, key: str, ttl: float) -> None:
+        now = time.time()
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO claims (k, owner, until, expires, done, payload) VALUES (?, '', ?, ?, 1, NULL)",
+                (key, now, now + ttl),
+            )
+
+    async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:
+        now = time.time()
+        async with self._db.execute(
+            "SELECT k, payload FROM claims WHERE done = 0 AND until <= ? AND expires > ? AND substr(k, 1, ?) = ? "
+            "ORDER BY until LIMIT ?",
+            (now, now, len(prefix), prefix, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(str(r[0]), r[1]) for r in rows]
+
+    async def release_others(self, owner: str) -> int:
+        now = time.time()
+        async with self._transaction("BEGIN IMMEDIATE") as db:
+            cur = await db.execute(
+                "UPDATE claims SET until = ? WHERE done = 0 AND owner != ? AND until > ?", (now, owner, now)
+            )
+            return cur.rowcount
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
         now = time.time()
