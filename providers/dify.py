@@ -33,9 +33,26 @@ import aiohttp
 import orjson
 from pydantic import Field
 
-from providers.openai_base import TRANSPORT_ERRORS, error_from_body, iter_lines, retry_after, scrub, transport_error
+from providers.upstream import (
+    DONE,
+    TRANSPORT_ERRORS,
+    UNPARSEABLE,
+    JSONEvents,
+    non_json_error,
+    retry_after,
+    scrub,
+    transport_error,
+)
 from proxy.contracts import AdapterConfig, Provider, ProviderState
-from proxy.errors import BadResponse, ProviderError, ProviderUnavailable, RequestRejected, error_for_status
+from proxy.errors import (
+    BadResponse,
+    Misconfigured,
+    ProviderError,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RequestRejected,
+    error_for_status,
+)
 from proxy.types import JSON, ChatRequest, Delta, Message, Usage
 
 log = logging.getLogger("switchboard.providers.dify")
@@ -48,6 +65,11 @@ UPSTREAM_CODES = {
     "app_unavailable",
     "internal_server_error",
 }
+#: Dify codes for an exhausted quota: its hosted-model credits, or its Cloud plan's limit
+#: (`rate_limit_error` on a 429 — unlike `too_many_requests`, not worth retrying soon).
+QUOTA_CODES = {"provider_quota_exceeded", "rate_limit_error"}
+#: Dify codes that say our provider config does not fit the app (wrong app_mode, unpublished).
+CONFIG_CODES = {"not_chat_app", "not_workflow_app", "agent_not_published", "bad_request"}
 PATHS = {"chat": "/chat-messages", "agent": "/chat-messages", "completion": "/completion-messages"}
 STOP_PATHS = {
     "chat": "/chat-messages/{}/stop",
@@ -77,19 +99,27 @@ class DifyConfig(AdapterConfig):
     read_timeout: float = Field(60.0, gt=10)
 
 
-class ConversationGone(RequestRejected):
-    """Dify answered 404 "Conversation Not Exists" for our stored conversation id."""
+class ConversationGone(Misconfigured):
+    """Dify no longer takes our stored conversation id (404 "Conversation Not Exists", or
+    `conversation_completed`): the provider starts a new one. Not the caller's error."""
 
 
 def dify_error(status: int, data: Any, provider: str, headers: Any = None, secret: str = "") -> ProviderError:
-    """A Dify error body or `error` event (`{code, message, status}`) → the error tree."""
+    """A Dify error body or `error` event (`{code, message, status}`) → the error tree.
+
+    Dify answers 400 for its model's failures too, so its code decides before the status does;
+    a plain 400 (`invalid_param`) or 413 is the caller's."""
     data = data if isinstance(data, dict) else {}
-    code = data.get("code")
+    code = data.get("code") if isinstance(data.get("code"), str) else None
     message = scrub(str(data.get("message") or f"HTTP {status}")[:300], (secret,))
-    if status == 404 and "conversation" in message.lower():
-        return ConversationGone(message, provider=provider, status=404)
+    if (status == 404 and "conversation" in message.lower()) or code == "conversation_completed":
+        return ConversationGone(message, provider=provider, status=status, code=code)
+    if code in QUOTA_CODES:
+        return QuotaExceeded(message, provider=provider, status=status, code=code)
     if code in UPSTREAM_CODES:
-        return ProviderUnavailable(message, provider=provider, status=status)
+        return ProviderUnavailable(message, provider=provider, status=status, code=code)
+    if code in CONFIG_CODES:
+        return Misconfigured(message, provider=provider, status=status, code=code)
     wait = retry_after(headers) if headers is not None else None
     return error_for_status(status, message, provider=provider, code=code, retry_after=wait)
 
@@ -199,36 +229,45 @@ class DifyProvider(Provider):
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):  # an edge proxy's HTML page
-            return error_from_body(resp.status, resp.headers, raw, self.name)
+            return non_json_error(resp.status, resp.headers, raw, self.name)
         return dify_error(resp.status, data, self.name, resp.headers, self.config.api_key)
 
     async def _events(
         self, resp: aiohttp.ClientResponse, state: ProviderState, run: _Run, user: str
     ) -> AsyncIterator[Delta]:
-        async for raw in iter_lines(resp):
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue  # `event: ping`, blank separators
+        events = JSONEvents()
+        reads = resp.content.iter_any()
+        while True:
             try:
-                ev = orjson.loads(line[5:].strip())
-            except orjson.JSONDecodeError:
-                raise BadResponse("unparseable Dify event", provider=self.name) from None
-            if not isinstance(ev, dict):
-                raise BadResponse("Dify event is not a JSON object", provider=self.name)
-            run.task_id = run.task_id or ev.get("task_id")
-            cid = ev.get("conversation_id")
-            if cid and cid != run.conversation and self.chatty:
-                run.conversation = cid
-                await state.set({"conversation_id": cid, "user": user})
-            for d in self._event(ev, run):
-                yield d
+                values = events.feed(await anext(reads))
+                last = False
+            except StopAsyncIteration:
+                values, last = events.close(), True
+            for ev in values:
+                if ev is UNPARSEABLE or ev is DONE:
+                    raise BadResponse("unparseable Dify event", provider=self.name)
+                if not isinstance(ev, dict):
+                    raise BadResponse("Dify event is not a JSON object", provider=self.name)
+                task = ev.get("task_id")
+                run.task_id = run.task_id or (task if isinstance(task, str) else None)
+                cid = ev.get("conversation_id")
+                if cid and isinstance(cid, str) and cid != run.conversation and self.chatty:
+                    run.conversation = cid
+                    await state.set({"conversation_id": cid, "user": user})
+                for d in self._event(ev, run):
+                    yield d
+            if last:
+                return
 
     def _event(self, ev: JSON, run: _Run) -> list[Delta]:
         kind = ev.get("event")
         if kind == "agent_message" or (kind == "message" and not run.agent_text):
             run.agent_text = run.agent_text or (kind == "agent_message" and bool(ev.get("answer")))
             run.streamed = run.streamed or bool(ev.get("answer"))
-            return [Delta(text=ev["answer"])] if ev.get("answer") else []
+            answer = ev.get("answer")
+            if answer and not isinstance(answer, str):
+                raise BadResponse(f"Dify {kind} event without a text answer", provider=self.name)
+            return [Delta(text=answer)] if answer else []
         if kind == "text_chunk":
             text = (ev.get("data") or {}).get("text")
             run.streamed = run.streamed or bool(text)
@@ -245,7 +284,9 @@ class DifyProvider(Provider):
             return self._workflow_finished(ev.get("data") or {}, run)
         if kind == "error":
             run.finished = True
-            raise dify_error(int(ev.get("status") or 500), ev, self.name, None, self.config.api_key)
+            status = ev.get("status")
+            status = status if isinstance(status, int) and 400 <= status < 600 else 500
+            raise dify_error(status, ev, self.name, None, self.config.api_key)
         return []  # ping, agent_thought, node events, tts...
 
     def _workflow_finished(self, data: JSON, run: _Run) -> list[Delta]:
@@ -285,7 +326,7 @@ def _last_user(messages: tuple[Message, ...]) -> str:
     for m in reversed(messages):
         if m.role == "user":
             return m.text()
-    raise RequestRejected("Dify needs a user message", status=400)
+    raise RequestRejected("Dify needs a user message", status=400)  # the caller sent none
 
 
 def _usage(ev: JSON) -> Usage | None:

@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from providers.openai_base import retry_after, scrub
+from providers.upstream import retry_after, scrub
 from proxy.contracts import AdapterConfig, Provider, ProviderState
 from proxy.errors import (
     AuthFailed,
     BadResponse,
+    Misconfigured,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
@@ -52,10 +53,14 @@ def _import_litellm() -> Any:
 
 
 def map_error(lib: Any, err: BaseException, provider: str, secret: str | None = None) -> ProviderError:
-    """LiteLLM's exception classes → our tree (see backends.md §4.3 for the surprises)."""
+    """LiteLLM's exception classes → our tree (see backends.md §4.3 for the surprises).
+
+    BadRequest/UnprocessableEntity (incl. ContextWindowExceeded) are the caller's; NotFound, and
+    Ollama's "model not found" that LiteLLM reports as a connection error, are our config's."""
     message = str(getattr(err, "message", None) or err)[:300]
     message = scrub(message, (secret,)) if secret else message
     status = getattr(err, "status_code", None)
+    status = status if isinstance(status, int) else None
     if isinstance(err, lib.Timeout):  # not an APIConnectionError subclass in LiteLLM: check first
         return ProviderTimeout(message, provider=provider, status=status)
     if isinstance(err, lib.RateLimitError):
@@ -66,14 +71,22 @@ def map_error(lib: Any, err: BaseException, provider: str, secret: str | None = 
         return RateLimited(message, provider=provider, status=429, retry_after=wait)
     if isinstance(err, (lib.AuthenticationError, lib.PermissionDeniedError)):
         return AuthFailed(message, provider=provider, status=status)
+    if isinstance(err, lib.ContextWindowExceededError):
+        return RequestRejected(message, provider=provider, status=400, code="context_length_exceeded")
     if isinstance(err, lib.BadRequestError) and "unexpected response" in message:
         # Ollama's own `{"error": ...}` line (out of memory, model crashed): the backend failed
         return ProviderUnavailable(message, provider=provider, status=status)
-    if isinstance(err, (lib.BadRequestError, lib.NotFoundError, lib.UnprocessableEntityError)):
-        return RequestRejected(message, provider=provider, status=status)
+    if isinstance(err, (lib.BadRequestError, lib.UnprocessableEntityError)):
+        return RequestRejected(message, provider=provider, status=status if status in (400, 413, 422) else 400)
+    if isinstance(err, lib.NotFoundError) or _OLLAMA_NO_MODEL in message:
+        return Misconfigured(message, provider=provider, status=404)
     if isinstance(err, (lib.APIConnectionError, lib.ServiceUnavailableError, lib.InternalServerError, lib.APIError)):
         return ProviderUnavailable(message, provider=provider, status=status)
     return BadResponse(f"{type(err).__name__}: {message}", provider=provider)
+
+
+#: Ollama's answer for a model it has not pulled (LiteLLM passes it on as a connection error).
+_OLLAMA_NO_MODEL = "not found, try pulling it first"
 
 
 class LiteLLMProvider(Provider):

@@ -17,17 +17,9 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from providers.keypool import KeyPool
-from providers.openai_base import (
-    TRANSPORT_ERRORS,
-    OpenAICompatConfig,
-    headers_by_key,
-    raise_for_status,
-    sse_deltas,
-    transport_error,
-    usage_of,
-)
-from proxy.contracts import Provider, ProviderState
+from providers.openai_base import OpenAICompatConfig, OpenAICompatProvider, sse_deltas, usage_of
+from providers.upstream import TRANSPORT_ERRORS, transport_error
+from proxy.contracts import ProviderState
 from proxy.errors import BadResponse
 from proxy.types import ChatRequest, Completion, Delta
 
@@ -38,27 +30,15 @@ class OpenAIConfig(OpenAICompatConfig):
     kind: Literal["openai"] = "openai"
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(OpenAICompatProvider):
     config_model = OpenAIConfig
+    path = "/chat/completions"  # Accept: application/json for streams too, as the SDK does
 
     def __init__(self, name: str, config: OpenAIConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(name, config, http)
-        self.url = config.base_url.rstrip("/") + "/chat/completions"
-        self.pool = KeyPool(config.keys(), name)
-        self._secrets = tuple(k for k in config.keys() if k)
-        self._headers = headers_by_key(config)  # Accept: application/json for streams too, as the SDK does
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
         self._stream_extra: dict[str, Any] = {"stream": True}
         if config.stream_usage:
             self._stream_extra["stream_options"] = {"include_usage": True}
-
-    def describe(self) -> str:
-        c = self.config
-        return f"openai {c.base_url} model={c.model} {self.pool.summary()}"
-
-    def key_status(self) -> list[dict[str, object]]:
-        """Health of each key, masked (`sk-…abcd`)."""
-        return self.pool.status()
 
     def _payload(self, request: ChatRequest, stream: bool) -> bytes:
         body: dict[str, Any] = {**self.config.params, **request.params}
@@ -78,7 +58,7 @@ class OpenAIProvider(Provider):
             async with self.http.post(
                 self.url, data=self._payload(request, False), headers=self._headers[key.value], timeout=self._timeout
             ) as resp:
-                await raise_for_status(resp, self.name, self._secrets)
+                await self.raise_for_status(resp)
                 raw = await resp.read()
         return self._completion(raw)
 
@@ -102,6 +82,6 @@ class OpenAIProvider(Provider):
             async with self.http.post(
                 self.url, data=self._payload(request, True), headers=self._headers[key.value], timeout=self._timeout
             ) as resp:
-                await raise_for_status(resp, self.name, self._secrets)
+                await self.raise_for_status(resp)
                 async for delta in sse_deltas(resp, self.name, self._secrets):
                     yield delta

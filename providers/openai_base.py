@@ -1,26 +1,29 @@
-"""The shared OpenAI-compatible client: config, request headers, SSE parsing, error mapping.
+"""The OpenAI-compatible base: config, a provider base class, error mapping and SSE chunks.
 
-Used by `openai` (chat completions) and `openai_image`, and the error helpers by `dify`.
-Everything per-provider (URLs, headers, timeouts) is prepared once in `__init__`; a request costs
-one orjson dump and the HTTP call.
+`openai` (chat completions) and `openai_image` are small classes on top of `OpenAICompatProvider`,
+which prepares everything per provider once (URL, key pool, complete headers per key, timeouts):
+a request costs one orjson dump and the HTTP call. What any HTTP upstream shares (Retry-After,
+masking, transport errors, the SSE reader) lives in `providers/upstream.py`.
+
+OpenAI's error codes are read here and nowhere else: `insufficient_quota` is a QuotaExceeded;
+400/413/422 (a bad parameter, `context_length_exceeded`) are the caller's RequestRejected with
+the upstream's code and param; 404 (`model_not_found`) is Misconfigured — on Switchboard's doors
+the model is the channel's config, never the caller's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
 from pydantic import Field, model_validator
 
-from providers.keypool import mask
-from proxy.contracts import AdapterConfig
-from proxy.errors import BadResponse, ProviderError, ProviderTimeout, ProviderUnavailable, error_for_status
+from providers.keypool import KeyPool
+from providers.upstream import DONE, UNPARSEABLE, JSONEvents, non_json_error, retry_after, scrub
+from proxy.contracts import AdapterConfig, Provider
+from proxy.errors import BadResponse, ProviderError, QuotaExceeded, error_for_status
 from proxy.types import JSON, Delta, Usage
 
 
@@ -62,79 +65,80 @@ def headers_by_key(config: OpenAICompatConfig) -> dict[str, dict[str, str]]:
     return {k: {**base, "authorization": f"Bearer {k}"} if k else base for k in config.keys()}
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Mask any of our keys an upstream echoed back in its error text."""
-    for secret in secrets:
-        if len(secret) >= 8 and secret in text:
-            text = text.replace(secret, mask(secret))
-    return text
+class OpenAICompatProvider(Provider):
+    """A provider on an OpenAI-compatible HTTP API: `path` under `base_url`, one key or a pool."""
 
+    path: ClassVar[str]
+    config: OpenAICompatConfig
 
-def retry_after(headers: Any) -> float | None:
-    """`retry-after-ms`, else `Retry-After` in seconds or as an HTTP date; None if absent/garbage."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (ValueError, TypeError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
+    def __init__(self, name: str, config: OpenAICompatConfig, http: aiohttp.ClientSession) -> None:
+        super().__init__(name, config, http)
+        self.url = config.base_url.rstrip("/") + self.path
+        self.pool = KeyPool(config.keys(), name)
+        self._secrets = tuple(k for k in config.keys() if k)
+        self._headers = headers_by_key(config)
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
+
+    def describe(self) -> str:
+        c = self.config
+        return f"{c.kind} {c.base_url} model={c.model} {self.pool.summary()}"
+
+    def key_status(self) -> list[dict[str, object]]:
+        """Health of each key, masked (`sk-…abcd`)."""
+        return self.pool.status()
+
+    async def raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
+        if resp.status >= 400:
+            raise error_from_body(resp.status, resp.headers, await resp.read(), self.name, self._secrets)
 
 
 def error_from_body(
     status: int, headers: Any, body: bytes, provider: str, secrets: Iterable[str] = ()
 ) -> ProviderError:
-    """An upstream error answer → the error tree. A body that is not JSON (a CDN's HTML page)
-    is a BadResponse, unless the status alone says auth or rate limit."""
-    wait = retry_after(headers)
+    """An OpenAI-style error answer (`{"error": {"message", "type", "param", "code"}}`) → the tree."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):
-        kind = (headers.get("content-type") or "no content type").split(";")[0]
-        message = f"non-JSON error body ({kind}, {len(body)} bytes)"
-        if status in (401, 403, 429):
-            return error_for_status(status, message, provider=provider, retry_after=wait)
-        return BadResponse(message, provider=provider, status=status)
-    message, code = _message_of(data)
-    return error_for_status(status, scrub(message, secrets), provider=provider, code=code, retry_after=wait)
+        return non_json_error(status, headers, body, provider)
+    message, code, param, type_ = _fields_of(data)
+    message = scrub(message, secrets)
+    if "insufficient_quota" in (code, type_):
+        return QuotaExceeded(message, provider=provider, status=status, code=code)
+    return error_for_status(
+        status, message, provider=provider, code=code, param=param, retry_after=retry_after(headers)
+    )
 
 
-def _message_of(data: JSON) -> tuple[str, str | None]:
+def _fields_of(data: JSON) -> tuple[str, str | None, str | None, str | None]:
+    """message, code, param, type — the strings among them; vLLM and others put the HTTP
+    status in `code`, some servers a bare string in `error`, FastAPI a `detail`."""
     err = data.get("error")
     if isinstance(err, dict):
-        return str(err.get("message") or "error")[:300], err.get("code") or err.get("type")
+        message = str(err.get("message") or "error")[:300]
+        return message, _str(err.get("code")), _str(err.get("param")), _str(err.get("type"))
     if isinstance(err, str):
-        return err[:300], data.get("code")
+        return err[:300], _str(data.get("code")), None, None
     text = data.get("message") or data.get("detail") or "error"
-    return str(text)[:300], data.get("code")
+    return str(text)[:300], _str(data.get("code")), None, None
 
 
-async def raise_for_status(resp: aiohttp.ClientResponse, provider: str, secrets: Iterable[str] = ()) -> None:
-    if resp.status >= 400:
-        raise error_from_body(resp.status, resp.headers, await resp.read(), provider, secrets)
+def _str(value: Any) -> str | None:
+    return value[:100] if isinstance(value, str) and value else None
 
 
 def usage_of(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None
-    return Usage(
-        int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0), int(data.get("total_tokens") or 0)
-    )
+    try:
+        return Usage(
+            int(data.get("prompt_tokens") or 0),
+            int(data.get("completion_tokens") or 0),
+            int(data.get("total_tokens") or 0),
+        )
+    except (TypeError, ValueError):  # a count that is not a number: no usage rather than a crash
+        return None
 
 
 def stream_error(data: JSON, provider: str, secrets: Iterable[str] = ()) -> ProviderError:
@@ -142,38 +146,50 @@ def stream_error(data: JSON, provider: str, secrets: Iterable[str] = ()) -> Prov
     err = data.get("error")
     message = str((err.get("message") if isinstance(err, dict) else err) or "error in stream")[:300]
     message = scrub(message, secrets)
-    code = err.get("code") if isinstance(err, dict) else None
-    if code in ("rate_limit_exceeded", "insufficient_quota"):
+    raw = err.get("code") if isinstance(err, dict) else None
+    code = _str(raw)
+    if code == "insufficient_quota":
+        return QuotaExceeded(message, provider=provider, status=429, code=code)
+    if code == "rate_limit_exceeded":
         status = 429
-    elif isinstance(code, int) and 400 <= code < 600:  # vLLM and friends put the status here
-        status, code = code, None
+    elif isinstance(raw, int) and 400 <= raw < 600:  # vLLM and friends put the status here
+        status = raw
+    elif code == "context_length_exceeded":
+        status = 400
     else:
         status = 502
-    return error_for_status(status, message, provider=provider, code=code)
+    param = _str(err.get("param")) if isinstance(err, dict) else None
+    return error_for_status(status, message, provider=provider, code=code, param=param)
 
 
 async def sse_deltas(
     resp: aiohttp.ClientResponse, provider: str, secrets: tuple[str, ...] = ()
 ) -> AsyncIterator[Delta]:
-    """Parse an OpenAI chat-completions SSE stream into deltas.
+    """An OpenAI chat-completions SSE stream as deltas (events decoded by `JSONEvents`: multi-line
+    data, comments, `retry:`/`event:`/`id:` lines, CR/CRLF/LF, a last event without its blank
+    line, a missing `[DONE]`). A usage chunk with empty `choices` is a usage delta; an
+    `{"error": ...}` chunk is raised.
 
-    Robust to `data:` with or without a space, `:` comments, `event:` lines, CRLF, a missing
-    `[DONE]`, a usage chunk with empty `choices`, and an `{"error": ...}` chunk (raised).
     Text that arrived in the same network read is merged into one delta: the caller gets every
     character as soon as it reached us, in one write instead of one per upstream chunk (a slow
     upstream still streams chunk by chunk). Tool-call fragments, finish reasons and usage are
     never merged across.
     """
-    buffer = b""
-    async for data in resp.content.iter_any():
-        buffer += data
-        *lines, buffer = buffer.split(b"\n")
+    events = JSONEvents()
+    reads = resp.content.iter_any()
+    while True:
+        try:
+            data = await anext(reads)
+        except StopAsyncIteration:
+            values = events.close()
+            last = True
+        else:
+            values = events.feed(data)
+            last = False
         text: list[str] = []
-        for line in lines:
-            if len(line) < 2:  # the blank line after each event ("" or a lone "\r")
-                continue
+        for value in values:
             try:
-                deltas = _parse_line(line, provider, secrets)
+                deltas = _chunk(value, provider, secrets)
             except ProviderError:
                 if text:  # what arrived before the error still reaches the caller
                     yield Delta(text="".join(text))
@@ -190,49 +206,25 @@ async def sse_deltas(
                 yield delta
         if text:
             yield Delta(text="".join(text))
-    for delta in _parse_line(buffer, provider, secrets):  # a last line without a newline
-        if delta is not _DONE:
-            yield Delta(text=delta) if isinstance(delta, str) else delta
+        if last:
+            return
 
 
 _DONE = Delta(finish_reason="[DONE]")
 
 
-async def iter_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body's lines (without the newline), with no line-length limit: aiohttp's own line
-    iterator fails on lines over its buffer limit, and Dify's node events can be that large."""
-    buffer = b""
-    async for data in resp.content.iter_any():
-        buffer += data
-        if b"\n" in data:
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                yield line
-    if buffer:
-        yield buffer
-
-
-def _parse_line(raw: bytes, provider: str, secrets: tuple[str, ...]) -> Sequence[Delta | str]:
-    """One SSE line → its deltas; a text-only delta comes back as the bare `str`."""
-    if not raw.startswith(b"data:"):
-        raw = raw.strip()
-        if not raw.startswith(b"data:"):
-            return ()  # blank separators, `:` comments, `event:` lines
-    payload = raw[5:].strip()
-    if payload == b"[DONE]":
-        return (_DONE,)
-    if not payload:
-        return ()
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise BadResponse("unparseable stream chunk", provider=provider) from None
-    if not isinstance(data, dict):
+def _chunk(value: Any, provider: str, secrets: tuple[str, ...]) -> list[Delta | str]:
+    """One decoded event → its deltas; a text-only delta comes back as the bare `str`."""
+    if value is DONE:
+        return [_DONE]
+    if value is UNPARSEABLE:
+        raise BadResponse("unparseable stream chunk", provider=provider)
+    if not isinstance(value, dict):
         raise BadResponse("stream chunk is not a JSON object", provider=provider)
-    if "error" in data:
-        raise stream_error(data, provider, secrets)
+    if "error" in value:
+        raise stream_error(value, provider, secrets)
     try:
-        return _chunk_deltas(data)
+        return _chunk_deltas(value)
     except (AttributeError, TypeError):  # `choices` or a `delta` of the wrong shape
         raise BadResponse("stream chunk is not a chat completion chunk", provider=provider) from None
 
@@ -242,6 +234,8 @@ def _chunk_deltas(data: JSON) -> list[Delta | str]:
     for choice in data.get("choices") or ():
         delta = choice.get("delta") or {}
         text = delta.get("content") or delta.get("refusal") or ""
+        if not isinstance(text, str):
+            raise TypeError("content is not a string")
         tools = delta.get("tool_calls")
         finish = choice.get("finish_reason")
         if text and tools is None and finish is None:
@@ -252,22 +246,3 @@ def _chunk_deltas(data: JSON) -> list[Delta | str]:
     if usage is not None:
         out.append(Delta(usage=usage))
     return out
-
-
-def transport_error(err: BaseException, provider: str) -> ProviderError:
-    """Map aiohttp/asyncio failures to the error tree (messages carry no URL, header or key)."""
-    if isinstance(err, aiohttp.ConnectionTimeoutError):
-        return ProviderTimeout("timed out connecting", provider=provider)
-    if isinstance(err, asyncio.TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
-        return ProviderTimeout("timed out waiting for the answer", provider=provider)
-    if isinstance(err, aiohttp.ClientConnectorError):
-        reason = err.os_error.strerror or type(err.os_error).__name__
-        return ProviderUnavailable(f"cannot connect: {reason}", provider=provider)
-    if isinstance(err, aiohttp.ClientPayloadError):
-        return ProviderUnavailable("the connection broke while reading the answer", provider=provider)
-    if isinstance(err, aiohttp.ClientError):
-        return ProviderUnavailable(f"connection failed: {type(err).__name__}", provider=provider)
-    return ProviderUnavailable(type(err).__name__, provider=provider)
-
-
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)

@@ -8,19 +8,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Literal
 
-import aiohttp
 import orjson
 from pydantic import Field
 
-from providers.keypool import KeyPool
-from providers.openai_base import (
-    TRANSPORT_ERRORS,
-    OpenAICompatConfig,
-    headers_by_key,
-    raise_for_status,
-    transport_error,
-)
-from proxy.contracts import Provider, ProviderState
+from providers.openai_base import OpenAICompatConfig, OpenAICompatProvider
+from providers.upstream import TRANSPORT_ERRORS, transport_error
+from proxy.contracts import ProviderState
 from proxy.errors import BadResponse, RequestRejected
 from proxy.types import ChatRequest, Delta
 
@@ -33,23 +26,13 @@ class OpenAIImageConfig(OpenAICompatConfig):
     read_timeout: float = Field(180.0, gt=0)
 
 
-class OpenAIImageProvider(Provider):
+class OpenAIImageProvider(OpenAICompatProvider):
     config_model = OpenAIImageConfig
-
-    def __init__(self, name: str, config: OpenAIImageConfig, http: aiohttp.ClientSession) -> None:
-        super().__init__(name, config, http)
-        self.url = config.base_url.rstrip("/") + "/images/generations"
-        self.pool = KeyPool(config.keys(), name)
-        self._secrets = tuple(k for k in config.keys() if k)
-        self._headers = headers_by_key(config)
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=config.timeout, sock_read=config.read_timeout)
-
-    def key_status(self) -> list[dict[str, object]]:
-        return self.pool.status()
+    path = "/images/generations"
+    config: OpenAIImageConfig
 
     def describe(self) -> str:
-        c = self.config
-        return f"openai_image {c.base_url} model={c.model} size={c.size} {self.pool.summary()}"
+        return f"{super().describe()} size={self.config.size}"
 
     async def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
         prompt = next((m.text() for m in reversed(request.messages) if m.role == "user"), "").strip()
@@ -59,9 +42,9 @@ class OpenAIImageProvider(Provider):
         body = {**c.params, "model": request.model or c.model, "prompt": prompt, "n": c.n, "size": c.size}
         async with self.pool.lease(request.conversation, TRANSPORT_ERRORS, transport_error) as key:
             async with self.http.post(
-                self.url, data=orjson.dumps(body), headers=self._headers[key.value], timeout=self.timeout
+                self.url, data=orjson.dumps(body), headers=self._headers[key.value], timeout=self._timeout
             ) as resp:
-                await raise_for_status(resp, self.name, self._secrets)
+                await self.raise_for_status(resp)
                 raw = await resp.read()
         images, caption = self._images(raw)
         yield Delta(text=caption or f"Here is your image: {prompt}", images=images, finish_reason="stop")

@@ -141,7 +141,7 @@ def chat(args: argparse.Namespace) -> int:
 
 async def _chat(settings: Settings, name: str, session: str) -> int:
     from proxy.engine import Engine
-    from proxy.errors import ChainFailed, StreamInterrupted
+    from proxy.errors import ChainFailed, RequestRejected, StreamInterrupted
     from proxy.failover import Outcome
     from proxy.types import Message
 
@@ -178,7 +178,7 @@ async def _chat(settings: Settings, name: str, session: str) -> int:
                         print(d.text, end="", flush=True)
                 print()
                 await engine.record(conversation, turn, "".join(answer))
-            except (ChainFailed, StreamInterrupted) as e:
+            except (ChainFailed, RequestRejected, StreamInterrupted) as e:
                 print(f"\n(error: {e})", file=sys.stderr)
     finally:
         await engine.close()

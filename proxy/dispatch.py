@@ -18,7 +18,7 @@ import aiohttp
 from proxy.config import Settings
 from proxy.contracts import Platform, Store
 from proxy.engine import Engine
-from proxy.errors import ChainFailed, DeliveryError, StreamInterrupted
+from proxy.errors import ChainFailed, DeliveryError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.routing import conversation_key, route
 from proxy.runner import Runner
@@ -33,6 +33,18 @@ NO_CHANNEL = "Sorry, this chat is not connected to any assistant."
 CLEARED = "Done: I have forgotten our conversation. Let's start fresh."
 APOLOGY = "Sorry, I could not get an answer right now. Please try again in a moment."
 CUT_OFF = "\n\n(Sorry, the answer was cut off: the backend failed midway.)"
+REJECTED = "Sorry, the assistant could not take this message: {reason}"
+TOO_LONG = "Sorry, our conversation has grown too long for the assistant. Send /clear to start fresh."
+
+
+def rejected_text(err: RequestRejected) -> str:
+    """What the user reads when the backend refused their message (a caller error)."""
+    reason = err.message.strip()
+    if err.code == "context_length_exceeded" or "context length" in reason.lower():
+        return TOO_LONG
+    if len(reason) > 200:
+        reason = reason[:199] + "…"
+    return REJECTED.format(reason=reason or f"HTTP {err.status}")
 
 
 def help_text(channel: str | None, extra: str | None) -> str:
@@ -83,6 +95,10 @@ class Answer:
             except StreamInterrupted as err:
                 log.warning("answer cut off: %s", err)
                 self._emit(CUT_OFF)
+            except RequestRejected as err:
+                log.info("the backend refused the message: %s", err)
+                self.failed = True
+                self._emit(rejected_text(err))
             except ChainFailed as err:
                 log.warning("no answer: %s", err)
                 self.failed = True

@@ -9,22 +9,31 @@ SwitchboardError
 ├── RequestError           a caller sent something malformed (bad JSON, missing field, too
 │                          large). Answered 4xx with a message that names the problem.
 └── ProviderError          an upstream backend failed. Providers raise these and never retry;
-    │                      the core's failover decides (see `retryable`).
-    ├── ProviderTimeout        connect/read timeout                      retryable
-    ├── ProviderUnavailable    connection refused/reset, 5xx, 408, 409   retryable
-    ├── RateLimited            429 (not quota)                           retryable, `retry_after`
-    ├── QuotaExceeded          quota/billing exhausted (429 insufficient_quota, Dify
-    │                          provider_quota_exceeded, rate_limit_error)  not retryable
-    ├── AuthFailed             401/403 from the upstream                 not retryable
-    ├── RequestRejected        the upstream refused this request (400/404/422)  not retryable
-    ├── BadResponse            the upstream answered something we cannot parse  retryable
+    │                      the core's failover decides (see `retryable` and `counts`).
+    ├── ProviderTimeout        connect/read timeout                      retry, then fail over
+    ├── ProviderUnavailable    connection refused/reset, 5xx, 408, 409   retry, then fail over
+    ├── RateLimited            429 (not quota)                           retry (`retry_after`), fail over
+    ├── QuotaExceeded          quota/billing exhausted                   fail over
+    ├── AuthFailed             401/403: our key is wrong                 fail over
+    ├── Misconfigured          another 4xx (404 unknown model or path, 405, 415...): our
+    │                          config does not fit this upstream          fail over, no circuit
+    ├── RequestRejected        the upstream says the *caller's request* is wrong (400, 413, 422,
+    │                          context too long). The caller's error: no retry, no failover, no
+    │                          circuit or key-health count; answered to the caller as a 4xx.
+    ├── BadResponse            the upstream answered something we cannot parse  retry, fail over
     ├── StreamInterrupted      the upstream failed after the first token reached the caller;
     │                          the core never switches provider then
     └── ChainFailed            every provider of a channel failed or was skipped; `attempts`
                                lists (provider, what happened) in chain order
+
+Which vendor code means what (OpenAI's `insufficient_quota`, Dify's `provider_quota_exceeded`)
+is each provider's business: providers build these classes themselves, and `error_for_status`
+maps by HTTP status alone.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SwitchboardError(Exception):
@@ -63,7 +72,10 @@ class DeliveryError(SwitchboardError):
 class ProviderError(SwitchboardError):
     """An upstream failure. `message` must never contain a secret (keys, tokens)."""
 
+    #: Worth trying the same provider again after a pause.
     retryable: bool = False
+    #: A failure of the provider: counts toward its circuit (and the next provider is tried).
+    counts: bool = True
 
     def __init__(
         self,
@@ -72,12 +84,14 @@ class ProviderError(SwitchboardError):
         provider: str = "",
         status: int | None = None,
         retry_after: float | None = None,
+        code: str | None = None,
     ) -> None:
-        self.message, self.provider, self.status, self.retry_after = (
+        self.message, self.provider, self.status, self.retry_after, self.code = (
             message,
             provider,
             status,
             retry_after,
+            code,
         )
         super().__init__(message)
 
@@ -107,8 +121,23 @@ class AuthFailed(ProviderError):
     retryable = False
 
 
+class Misconfigured(ProviderError):
+    """Our request shape does not fit this upstream (unknown model or path, method, media type).
+    The next provider may fit; the provider itself is up, so its circuit is not touched."""
+
+    counts = False
+
+
 class RequestRejected(ProviderError):
-    retryable = False
+    """The upstream refused the caller's request itself (a bad parameter, too long a context).
+    Returned to the caller as it is; never retried, never failed over, never counted against
+    the provider or its key. `param` names the offending field when the upstream said so."""
+
+    counts = False
+
+    def __init__(self, message: str, *, param: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.param = param
 
 
 class BadResponse(ProviderError):
@@ -119,28 +148,33 @@ class StreamInterrupted(ProviderError):
     retryable = False
 
 
+#: Statuses by which an upstream says the request itself is wrong.
+CALLER_STATUSES = frozenset({400, 413, 422})
+
+
 def error_for_status(
     status: int,
     message: str,
     *,
     provider: str = "",
     code: str | None = None,
+    param: str | None = None,
     retry_after: float | None = None,
 ) -> ProviderError:
-    """Map an upstream HTTP status (and OpenAI-style error code) to the error tree."""
-    quota_codes = {"insufficient_quota", "provider_quota_exceeded", "rate_limit_error"}
+    """Map an upstream HTTP status to the error tree, by the status alone. A provider reads its
+    vendor's codes (quota, "the backend failed" codes sent with a 400) before calling this."""
+    if status in CALLER_STATUSES:
+        return RequestRejected(message, provider=provider, status=status, code=code, param=param)
     cls: type[ProviderError]
-    if code in quota_codes:
-        cls = QuotaExceeded
-    elif status == 429:
+    if status == 429:
         cls = RateLimited
     elif status in (401, 403):
         cls = AuthFailed
     elif status in (408, 409) or status >= 500:
         cls = ProviderUnavailable
     else:
-        cls = RequestRejected
-    return cls(message, provider=provider, status=status, retry_after=retry_after)
+        cls = Misconfigured
+    return cls(message, provider=provider, status=status, retry_after=retry_after, code=code)
 
 
 class ChainFailed(ProviderError):
@@ -150,11 +184,6 @@ class ChainFailed(ProviderError):
         self.channel, self.attempts, self.errors = channel, attempts, errors
         tried = "; ".join(f"{p}: {what}" for p, what in attempts) or "no provider is enabled"
         super().__init__(f"every provider failed for channel {channel!r} ({tried})")
-
-    @property
-    def all_rejected(self) -> bool:
-        """True when each provider refused the request itself (a caller error, not an outage)."""
-        return bool(self.errors) and all(isinstance(e, RequestRejected) for e in self.errors)
 
     @property
     def nothing_tried(self) -> bool:

@@ -5,7 +5,14 @@ For each provider in the channel's chain, in order:
 - try it; a retryable error (timeout, connect error, 408/409/429/5xx, unparseable answer) is
   retried with exponential backoff and jitter (tenacity), waiting `Retry-After` when the
   upstream gave one — unless that is longer than `retry_after_max`, then we fail over at once;
-- a non-retryable error (auth, quota, request rejected) moves to the next provider directly.
+- a non-retryable provider failure (auth, quota, a config the upstream does not take) moves to
+  the next provider directly;
+- a `RequestRejected` (the upstream says the caller's request is wrong) ends the chain: it goes
+  back to the caller as it is, and counts against no circuit and no key — otherwise one careless
+  or hostile caller could open a channel's circuits for everybody.
+
+Only failures whose `counts` is set (the provider's own: connect errors, timeouts, 408/409/429/
+5xx, auth, quota, unparseable answers) count toward a circuit.
 
 A streamed answer is committed once its first delta exists: after that we never switch provider;
 a later failure surfaces as `StreamInterrupted`. Providers themselves never retry.
@@ -27,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from proxy.config import FailoverConfig
 from proxy.contracts import Provider, ProviderState
-from proxy.errors import ChainFailed, ProviderError, StreamInterrupted
+from proxy.errors import ChainFailed, ProviderError, RequestRejected, StreamInterrupted
 from proxy.types import ChatRequest, Completion, Delta
 
 log = logging.getLogger("switchboard.failover")
@@ -137,6 +144,8 @@ class Failover:
             started = time.monotonic()
             try:
                 result = await self._with_retries(partial(provider.complete, request, state_for(name)))
+            except RequestRejected as err:
+                raise self._rejected(channel, name, err, started) from None
             except ProviderError as err:
                 self._failed(channel, name, err, started, attempts, errors)
                 continue
@@ -155,6 +164,8 @@ class Failover:
             started = time.monotonic()
             try:
                 it, first = await self._with_retries(partial(_open, provider, request, state_for(name)))
+            except RequestRejected as err:
+                raise self._rejected(channel, name, err, started) from None
             except ProviderError as err:
                 self._failed(channel, name, err, started, attempts, errors)
                 continue
@@ -181,6 +192,21 @@ class Failover:
         if log.isEnabledFor(logging.INFO):
             log.info("attempt channel=%s provider=%s outcome=ok latency_ms=%.1f", channel, name, seconds * 1000)
 
+    def _rejected(self, channel: str, name: str, err: RequestRejected, started: float) -> RequestRejected:
+        """The caller's error: observed and logged, nothing counted against the provider."""
+        seconds = time.monotonic() - started
+        err.provider = err.provider or name
+        self._observe(channel, name, "RequestRejected", seconds)
+        log.info(
+            "attempt channel=%s provider=%s outcome=RequestRejected status=%s latency_ms=%.1f error=%r",
+            channel,
+            name,
+            err.status,
+            seconds * 1000,
+            err.message,
+        )
+        return err
+
     def _failed(
         self,
         channel: str,
@@ -190,7 +216,8 @@ class Failover:
         attempts: list[tuple[str, str]],
         errors: list[ProviderError],
     ) -> None:
-        self.circuits[name].failed(time.monotonic())
+        if err.counts:
+            self.circuits[name].failed(time.monotonic())
         seconds = time.monotonic() - started
         err.provider = err.provider or name
         attempts.append((name, err.message + (f" (HTTP {err.status})" if err.status else "")))

@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
 from proxy.engine import Engine
-from proxy.errors import ChainFailed, RequestError, StreamInterrupted
+from proxy.errors import CALLER_STATUSES, ChainFailed, RequestError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
 from proxy.types import ChatRequest, Completion, Delta, Message
@@ -205,6 +205,8 @@ class OpenAIFrontDoor:
         except RequestError as e:
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
             return await send_bytes(send, e.status, body, JSON_HEAD)
+        except RequestRejected as e:
+            return await send_bytes(send, *rejected(e), JSON_HEAD)
         except ChainFailed as e:
             assert channel is not None
             return await send_bytes(send, *self._chain_failed(channel, e), JSON_HEAD)
@@ -233,9 +235,6 @@ class OpenAIFrontDoor:
         return body
 
     def _chain_failed(self, channel: Channel, e: ChainFailed) -> tuple[int, bytes]:
-        if e.all_rejected:
-            message = f"The backend rejected the request: {e.errors[-1].message}"
-            return 400, error_body(message, "invalid_request_error", code="upstream_rejected")
         if e.nothing_tried:
             disabled = [f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped]
             open_ = [p for p, what in e.attempts if "circuit open" in what]
@@ -348,6 +347,14 @@ class OpenAIFrontDoor:
 
     def _model(self, c: Channel) -> dict[str, Any]:
         return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}
+
+
+def rejected(e: RequestRejected) -> tuple[int, bytes]:
+    """The upstream's verdict on the caller's request, in OpenAI's error JSON: its status (400,
+    413 or 422), its message (our keys already masked), its code and param when it gave them."""
+    status = e.status if e.status in CALLER_STATUSES else 400
+    message = f"The backend rejected the request: {e.message}"
+    return status, error_body(message, "invalid_request_error", param=e.param, code=e.code or "upstream_rejected")
 
 
 def _authorization(request: Request) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -12,11 +13,12 @@ import pytest
 
 from providers.litellm import LiteLLMConfig, LiteLLMProvider
 from proxy.engine import NO_STATE
-from proxy.errors import AuthFailed, ProviderTimeout, ProviderUnavailable, RequestRejected
+from proxy.errors import AuthFailed, Misconfigured, ProviderTimeout, ProviderUnavailable, RequestRejected
 from proxy.types import ChatRequest, Message
 from tests.fakes.ollama import FakeOllama
 from tests.servers import free_port
 
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map fetch: tests stay offline
 pytest.importorskip("litellm")
 pytestmark = pytest.mark.filterwarnings("ignore:Item 'summary' on TypedDict:UserWarning")
 REQ = ChatRequest((Message("system", "be brief"), Message("user", "hi there")))
@@ -90,7 +92,8 @@ async def test_complete(local):
 @pytest.mark.parametrize(
     "status,text,cls",
     [
-        (404, "model qwen2.5 not found, try pulling it first", RequestRejected),
+        (404, "model qwen2.5 not found, try pulling it first", Misconfigured),
+        (400, "invalid value for option temperature", RequestRejected),
         (503, "server busy", ProviderUnavailable),
         (500, "model crashed", ProviderUnavailable),
     ],

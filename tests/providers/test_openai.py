@@ -14,6 +14,7 @@ from providers.openai_base import retry_after
 from proxy.errors import (
     AuthFailed,
     BadResponse,
+    Misconfigured,
     ProviderTimeout,
     ProviderUnavailable,
     QuotaExceeded,
@@ -147,7 +148,13 @@ async def test_max_tokens_field_and_stream_usage_off(http, fake):
         (401, AuthFailed),
         (403, AuthFailed),
         (400, RequestRejected),
-        (404, RequestRejected),
+        (413, RequestRejected),
+        (422, RequestRejected),
+        (404, Misconfigured),
+        (405, Misconfigured),
+        (408, ProviderUnavailable),
+        (409, ProviderUnavailable),
+        (429, RateLimited),
     ],
 )
 async def test_status_errors_map_to_the_tree(http, fake, status, cls):

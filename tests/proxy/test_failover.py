@@ -14,6 +14,7 @@ from proxy.engine import NO_STATE
 from proxy.errors import (
     AuthFailed,
     ChainFailed,
+    Misconfigured,
     ProviderUnavailable,
     QuotaExceeded,
     RateLimited,
@@ -81,13 +82,35 @@ async def test_exhausted_retries_fail_over_to_next():
 
 
 @pytest.mark.parametrize(
-    "err", [QuotaExceeded("quota", status=429), AuthFailed("bad key", status=401), RequestRejected("bad", status=400)]
+    "err",
+    [QuotaExceeded("quota", status=429), AuthFailed("bad key", status=401), Misconfigured("no model", status=404)],
 )
 async def test_non_retryable_moves_on_without_retry(err):
     a = Scripted("a", [err])
     f, names = chain(a, Scripted("b"))
     assert await collect(f, names) == ("b", "b: ok")
     assert a.calls == 1
+
+
+async def test_a_rejected_request_ends_the_chain_and_counts_against_no_circuit():
+    """The caller's error goes back to the caller: no retry, no next provider, no circuit."""
+    a, b = Scripted("a", [RequestRejected("bad temperature", status=400)] * 4), Scripted("b")
+    f, names = chain(a, b)
+    for _ in range(4):  # more than circuit_failures
+        with pytest.raises(RequestRejected) as e:
+            await collect(f, names)
+        assert e.value.provider == "a" and e.value.status == 400
+    assert (a.calls, b.calls) == (4, 0)
+    assert f.circuits["a"].state(0) == "closed"
+    assert await collect(f, names) == ("a", "a: ok")  # the next valid request is answered by a
+
+
+async def test_a_misconfigured_provider_fails_over_without_opening_its_circuit():
+    a = Scripted("a", [Misconfigured("model not found", status=404)] * 5)
+    f, names = chain(a, Scripted("b"))
+    for _ in range(4):
+        assert await collect(f, names) == ("b", "b: ok")
+    assert f.circuits["a"].state(0) == "closed"
 
 
 async def test_retry_after_is_honoured_and_long_one_fails_over():
