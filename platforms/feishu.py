@@ -157,11 +157,15 @@ class FeishuPlatform(Platform):
 
     def _inbound(self, header: dict[str, Any], event: Any) -> Inbound | None:
         event = event if isinstance(event, dict) else {}
-        sender, message = event.get("sender") or {}, event.get("message") or {}
+        sender, message = event.get("sender"), event.get("message")
+        if not isinstance(sender, dict) or not isinstance(message, dict):
+            raise RequestError("message event whose event.sender or event.message is not an object")
         event_id, message_id = header.get("event_id"), message.get("message_id")
-        if not event_id or not message_id:
-            raise RequestError("message event without event_id or message_id")
-        user = str((sender.get("sender_id") or {}).get("open_id") or "")
+        if not (event_id and message_id and isinstance(event_id, str) and isinstance(message_id, str)):
+            raise RequestError("message event without event_id or message_id (strings)")
+        ids = sender.get("sender_id")
+        open_id = ids.get("open_id") if isinstance(ids, dict) else None
+        user = open_id if isinstance(open_id, str) else ""
         if sender.get("sender_type") != "user" or (self.bot_open_id and user == self.bot_open_id):
             return None
         if not addressed_to_bot(message, self.bot_open_id):
@@ -172,14 +176,14 @@ class FeishuPlatform(Platform):
         kind, text = read
         return Inbound(
             self.name,
-            str(event_id),
-            str(message.get("chat_id") or user),
+            event_id,
+            _str(message.get("chat_id")) or user,
             user,
             text,
             kind=kind,
             direct=message.get("chat_type") == "p2p",
-            thread_id=message.get("root_id") or message.get("thread_id") or None,
-            reply_to=str(message_id),
+            thread_id=_str(message.get("root_id")) or _str(message.get("thread_id")),
+            reply_to=message_id,
             extra_keys=(f"msg:{message_id}",),
         )
 
@@ -191,3 +195,7 @@ class FeishuPlatform(Platform):
             await CardStream(self.api, msg.reply_to, c.text_limit, c.update_interval).run(answer)
         else:
             await send_once(self.api, msg.reply_to, answer, c.text_limit)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

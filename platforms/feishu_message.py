@@ -27,12 +27,20 @@ IGNORED_TYPES = frozenset({"system"})
 def _mention_names(message: dict[str, Any], bot_open_id: str | None) -> dict[str, str]:
     """Placeholder → what it becomes in the text ('' for the bot and @all)."""
     names: dict[str, str] = {}
-    for m in message.get("mentions") or []:
+    for m in _list(message.get("mentions")):
         if not isinstance(m, dict) or not m.get("key"):
             continue
-        is_bot = bot_open_id is not None and (m.get("id") or {}).get("open_id") == bot_open_id
+        is_bot = bot_open_id is not None and _obj(m.get("id")).get("open_id") == bot_open_id
         names[str(m["key"])] = "" if is_bot or not m.get("name") else f"@{m['name']}"
     return names
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _resolve(text: str, names: dict[str, str]) -> str:
@@ -44,7 +52,7 @@ def addressed_to_bot(message: dict[str, Any], bot_open_id: str | None) -> bool:
     if message.get("chat_type") == "p2p" or bot_open_id is None:
         return True
     return any(
-        isinstance(m, dict) and (m.get("id") or {}).get("open_id") == bot_open_id for m in message.get("mentions") or []
+        isinstance(m, dict) and _obj(m.get("id")).get("open_id") == bot_open_id for m in _list(message.get("mentions"))
     )
 
 
@@ -62,7 +70,7 @@ def _post_text(content: dict[str, Any], names: dict[str, str], bot_open_id: str 
     if "content" not in content:  # locale-wrapped: {"zh_cn": {"title", "content"}}
         content = next((v for v in content.values() if isinstance(v, dict)), {})
     lines, has_media = [], False
-    for row in content.get("content") or []:
+    for row in _list(content.get("content")):
         parts: list[str] = []
         for el in row if isinstance(row, list) else []:
             tag = el.get("tag") if isinstance(el, dict) else None

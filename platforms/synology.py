@@ -13,6 +13,8 @@ Quirks handled:
 - Synology cannot edit messages: the whole answer is sent when complete, split at 2,000
   characters, parts in order; each image goes as `{"text": "", "file_url": url}` (the NAS
   downloads it, so the URL must be reachable from the NAS; 32 MB at most);
+- `user_id` and `channel_id` are numbers; a form where one is not (or does not fit 64 bits, as
+  the bot API's `user_ids` must) is refused with 400 before the ack;
 - `python:` / `bash:` messages (any case, `:` or `：`) are answered with a refusal, never run and
   never sent to a model;
 - the ack is `{}` at once (Synology's deadline is not documented).
@@ -56,6 +58,12 @@ CODE_PREFIX = re.compile(r"^\s*(python|bash)\s*[:：]", re.IGNORECASE)
 NO_CODE = "Switchboard does not run code from chat messages."
 NO_IMAGE_URL = "(An image was generated, but it has no URL Synology Chat could fetch.)"
 ACK = WebResponse(200, b"{}", "application/json")
+#: Form fields that address a reply, numbers in Synology's API. The bot API takes `user_ids` as
+#: JSON integers, so a value that is not a 64-bit whole number is refused here, before the ack,
+#: rather than failing at delivery after it. `post_id` and `timestamp` only make the dedupe key:
+#: any string serves.
+ID_FIELDS = ("user_id", "channel_id")
+DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class SynologyConfig(AdapterConfig):
@@ -114,6 +122,7 @@ class SynologyPlatform(Platform):
         user = form.get("user_id", "")
         if not user:
             raise RequestError("form has no user_id")
+        _check_ids(form)
         if self.config.allow_users is not None and user not in self.config.allow_users:
             log.info("synology %s: user %s is not in allow_users; ignored", self.name, user)
             return ACK
@@ -193,3 +202,12 @@ class SynologyPlatform(Platform):
             error = out.get("error") if isinstance(out, dict) else None
             code = error.get("code") if isinstance(error, dict) else None
             raise DeliveryError(f"synology send failed: HTTP {status}, error code {code}")
+
+
+def _check_ids(form: dict[str, str]) -> None:
+    """Each id field present is a whole number that fits a signed 64-bit integer (ASCII digits:
+    `int()` would also take "+4", " 4" or Arabic-Indic digits)."""
+    for name in ID_FIELDS:
+        value = form.get(name, "")
+        if value and not (DIGITS.fullmatch(value) and int(value) < 2**63):
+            raise RequestError(f"{name} must be a whole number below 2^63")

@@ -2,6 +2,8 @@
 
 Inbound bodies are parsed with defusedxml and any DTD is refused, so entity expansion
 (billion laughs) and external entities (XXE) never run: such a body is rejected as malformed.
+So is one whose XML declaration names an encoding Python cannot decode text with (expat asks
+Python's codecs for any encoding it does not know itself).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def parse_fields(body: bytes) -> dict[str, str]:
         root = SafeET.fromstring(body, forbid_dtd=True)
     except DefusedXmlException:
         raise MalformedXML("XML with a DTD or entities is not accepted") from None
-    except (ParseError, ValueError):
+    except LookupError:  # <?xml … encoding="bogus"?>, or a codec that is not a text encoding (hex)
+        raise MalformedXML("the XML declaration names an encoding that is not a known text encoding") from None
+    except (ParseError, ValueError):  # also undecodable bytes, and multi-byte encodings expat refuses
         raise MalformedXML("the body is not well-formed XML") from None
     if root.tag != "xml":
         raise MalformedXML("the root element must be <xml>")

@@ -73,19 +73,42 @@ def parse_messages(raw: Any) -> list[Message]:
         if not isinstance(m, dict):
             raise RequestError(f"messages[{i}] must be an object.", param=f"messages[{i}]")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is not hashable
+            got = repr(role) if isinstance(role, str) else f"a JSON {_json_type(role)}"
             raise RequestError(
-                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {got[:80]}.",
                 param=f"messages[{i}].role",
             )
         content = m.get("content")
-        if not (isinstance(content, (str, list)) or (content is None and role in ("assistant", "function"))):
+        if isinstance(content, list):
+            _check_parts(content, i)
+        elif not (isinstance(content, str) or (content is None and role in ("assistant", "function"))):
             raise RequestError(
                 f"messages[{i}].content must be a string or an array of content parts.", param=f"messages[{i}].content"
             )
         extra = {k: v for k, v in m.items() if k not in ("role", "content")} or None
         out.append(Message(role, content, extra))
     return out
+
+
+def _check_parts(parts: list[Any], i: int) -> None:
+    """Content parts are objects with a string `type`; a text part's `text` is a string (other
+    part types go upstream as sent, for the backend to judge)."""
+    for j, p in enumerate(parts):
+        if not isinstance(p, dict) or not isinstance(p.get("type"), str):
+            raise RequestError(
+                f"messages[{i}].content[{j}] must be a content part object with a string 'type'.",
+                param=f"messages[{i}].content[{j}]",
+            )
+        if p["type"] == "text" and not isinstance(p.get("text"), str):
+            raise RequestError(
+                f"messages[{i}].content[{j}].text must be a string.", param=f"messages[{i}].content[{j}].text"
+            )
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 class OpenAIFrontDoor:

@@ -107,6 +107,15 @@ async def test_unknown_or_forbidden_channel_is_404(base_url):
         (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
         (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream_options": {}}', "stream_options"),
         (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        # issue 9: an unhashable role was a TypeError (500); content parts are checked too
+        (b'{"model": "demo", "messages": [{"role": ["user"], "content": "x"}]}', "messages[0].role"),
+        (b'{"model": "demo", "messages": [{"role": {"a": 1}, "content": "x"}]}', "messages[0].role"),
+        (b'{"model": "demo", "messages": [{"role": "user", "content": [5]}]}', "messages[0].content[0]"),
+        (b'{"model": "demo", "messages": [{"role": "user", "content": [{"text": "x"}]}]}', "messages[0].content[0]"),
+        (
+            b'{"model": "demo", "messages": [{"role": "user", "content": [{"type": "text", "text": [1]}]}]}',
+            "messages[0].content[0].text",
+        ),
     ],
 )
 async def test_malformed_requests_are_400_naming_the_field(base_url, body, param):

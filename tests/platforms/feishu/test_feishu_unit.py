@@ -176,6 +176,40 @@ async def test_malformed_bodies_are_400():
             await fs.handle(request(raw))
 
 
+@pytest.mark.parametrize("field", ["sender", "message"])
+@pytest.mark.parametrize("value", ["ou_x", ["ou_x"], 7, True])
+async def test_sender_or_message_that_is_not_an_object_is_400(field: str, value: Any):
+    """Regression (issue 9): a string or list here was an AttributeError, a 500."""
+    for key in (None, KEY):  # token mode, and signed + encrypted
+        fs, ctx = adapter(key)
+        event = payload("text_p2p")
+        event["event"][field] = value
+        with pytest.raises(RequestError) as e:
+            await fs.handle(request(event) if key is None else signed(event))
+        assert e.value.status == 400 and ctx.submitted == [] and ctx.claimed == set()
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        (("sender", "sender_id"), "ou_x"),  # an id object that is a string
+        (("message", "mentions"), 5),
+        (("message", "mentions"), [{"key": "@_user_1", "id": "ou_bot"}]),
+        (("message", "root_id"), {"id": 1}),
+        (("message", "chat_id"), ["oc_1"]),
+    ],
+)
+async def test_wrongly_shaped_inner_fields_do_not_raise(where: tuple[str, str], value: Any):
+    fs, ctx = adapter()
+    event = payload("text_group_mention")
+    event["event"][where[0]][where[1]] = value
+    resp = await fs.handle(request(event))
+    assert resp.status == 200
+    for msg in ctx.submitted:
+        assert all(isinstance(v, str) for v in (msg.event_id, msg.chat_id, msg.user_id, msg.reply_to))
+        assert msg.thread_id is None or isinstance(msg.thread_id, str)
+
+
 # -- parsing -------------------------------------------------------------------------------------
 
 

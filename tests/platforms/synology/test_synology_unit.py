@@ -106,6 +106,33 @@ async def test_malformed_requests():
     assert e.value.status == 405
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user_id", str(2**64)),  # beyond 64 bits: acked, then the bot API payload failed (TypeError)
+        ("user_id", str(2**63)),
+        ("user_id", "4a"),
+        ("user_id", "+4"),  # int() would take these three
+        ("user_id", " 4"),
+        ("user_id", "٤"),  # Arabic-Indic four
+        ("channel_id", "3" * 25),
+        ("channel_id", "general"),
+    ],
+)
+async def test_ids_that_are_not_64_bit_numbers_are_400_before_the_ack(field: str, value: str):
+    """Regression (issue 9): validated at the edge, so nothing is claimed or submitted."""
+    syno, ctx = adapter()
+    name = "bot_dm" if field == "user_id" else "outgoing_webhook"
+    with pytest.raises(RequestError) as e:
+        await syno.handle(request(form(name, **{field: value})))
+    assert e.value.status == 400 and field in e.value.message
+    assert ctx.submitted == [] and ctx.claimed == set() and ctx.spawned == []
+    ok = await syno.handle(request(form(name, **{field: str(2**63 - 1)})))
+    assert ok.status == 200 and len(ctx.submitted) == 1
+    if field == "user_id":
+        assert syno._target(ctx.submitted[0], {"text": "hi"})[1]["user_ids"] == [2**63 - 1]
+
+
 async def test_reply_targets_bot_api_with_quoted_token_or_the_channel_webhook():
     syno, ctx = adapter(incoming_url="https://nas.local:5001/hook-default", incoming_urls={"3": "https://nas/hook-3"})
     await syno.handle(request(form("bot_dm")))

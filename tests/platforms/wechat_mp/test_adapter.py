@@ -131,6 +131,30 @@ async def test_malformed_or_incomplete_bodies_are_400(body: bytes):
     assert err.value.status == 400 and ctx.submitted == []
 
 
+UNREADABLE_ENCODINGS = ["bogus", "hex", "rot13", "utf-32", "idna", "mbcs"]  # unknown, not text, refused by expat
+
+
+@pytest.mark.parametrize("encoding", UNREADABLE_ENCODINGS)
+async def test_xml_declaring_an_unreadable_encoding_is_400_in_plaintext_and_safe_mode(encoding: str):
+    """Regression (issue 9): a LookupError from the XML declaration was a 500."""
+    declaration = f'<?xml version="1.0" encoding="{encoding}"?>'.encode()
+    p, ctx = make()
+    with pytest.raises(RequestError) as err:
+        await p.handle(post(declaration + payload("text")))
+    assert err.value.status == 400
+
+    safe, safe_ctx = make(app_id=APP_ID, encoding_aes_key=AES_KEY)
+    q = signed_query(openid=OPENID)
+    inner_body, inner_q = safe_body(declaration + payload("text"), q)  # validly encrypted and signed
+    outer_body, outer_q = safe_body(payload("text"), q)
+    for body, query in [(inner_body, inner_q), (declaration + outer_body, outer_q)]:
+        with pytest.raises(RequestError) as err:
+            await safe.handle(post(body, query))
+        assert err.value.status == 400
+    for c in (ctx, safe_ctx):
+        assert c.submitted == [] and await c.store.get("seen:msg:24602465467433024") is None
+
+
 # -- parsing -----------------------------------------------------------------------------------
 
 
