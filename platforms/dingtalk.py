@@ -15,6 +15,13 @@ Quirks handled:
   `text_limit`, with the sender @-mentioned in groups (`at.atUserIds` and `@id` in the text, which
   DingTalk needs for the highlight); the JSON `errcode` is checked, not just the HTTP status.
   A failed send raises, so the core logs it and records the message as undelivered.
+
+After a crash (proxy/claims.py, proxy/recovery.py): DingTalk was acknowledged and does not
+retry; the restarted process answers the message itself while its sessionWebhook is still valid
+(`resumable`: not expired; the stored URL passes the same allowlist check again), and logs and
+drops it once the webhook expired. Should DingTalk deliver the message again, the claim decides:
+answered → dropped, still being answered by a live process → left to it, run out → answered now.
+A crash while the parts of a long answer were being sent may repeat the parts already sent.
 """
 
 from __future__ import annotations
@@ -170,6 +177,20 @@ class DingTalkPlatform(Platform):
             user_name=str(data.get("senderNick") or "") or None,
             reply_to=ReplyTarget(target.webhook, target.expires_ms, None if direct else staff),
         )
+
+    def dump_reply_to(self, reply_to: Any) -> Any:
+        return {"webhook": str(reply_to.webhook), "expires_ms": reply_to.expires_ms, "mention": reply_to.mention}
+
+    def load_reply_to(self, data: Any) -> Any:
+        c = self.config
+        webhook = parse_webhook(str(data["webhook"]), c.session_webhook_hosts, c.allow_insecure_webhook_hosts)
+        if isinstance(webhook, str):
+            raise ValueError(f"stored sessionWebhook refused: {webhook}")
+        expires = data.get("expires_ms")
+        return ReplyTarget(webhook, None if expires is None else int(expires), data.get("mention"))
+
+    def resumable(self, msg: Inbound, claimed_at: float) -> bool:
+        return not _expired(msg.reply_to)
 
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
         async for _ in answer:

@@ -11,6 +11,12 @@ Quirks handled:
 - messages: see `feishu_message`; app senders (other bots, ourselves) are ignored;
 - replies: see `feishu_reply` (text once, or a card streamed with PATCH; `stream: false` sends
   once when the answer is complete) and `feishu_api` (cached tenant token, `code` checks).
+
+After a crash (proxy/claims.py, proxy/recovery.py): Feishu was acknowledged and does not retry;
+the restarted process answers the message itself (the reply goes to the message id, which stays
+valid), within `server.recover_within`, updating the cards the dead process had sent (their ids
+are noted on the claim). A retry is dropped once answered, left to a live process still answering
+it, and answered now when its claim ran out.
 """
 
 from __future__ import annotations
@@ -192,7 +198,7 @@ class FeishuPlatform(Platform):
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
         c = self.config
         if c.stream:
-            await CardStream(self.api, msg.reply_to, c.text_limit, c.update_interval).run(answer)
+            await CardStream(self.api, msg.reply_to, c.text_limit, c.update_interval, (self.ctx, msg)).run(answer)
         else:
             await send_once(self.api, msg.reply_to, answer, c.text_limit)
 

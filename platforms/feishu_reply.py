@@ -8,6 +8,9 @@ then updated at most once per `interval` seconds (Feishu allows 5 QPS per chat, 
 bots); the final update holds the whole answer. Text beyond one card's limit continues in further
 cards. Every reply carries a `uuid` of the inbound message id and the part number, so a retried
 send of ours never shows twice.
+
+The message ids of the cards are noted on the message's claim as they are sent, so an answer
+recovered after a crash updates the cards the dead process had started instead of adding more.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import logging
 import time
 
 from platforms.feishu_api import FeishuAPI, FeishuAPIError, card_content, text_content
-from proxy.contracts import Answer
+from proxy.contracts import Answer, PlatformContext
 from proxy.text import split_text
+from proxy.types import Inbound
 
 log = logging.getLogger("switchboard.feishu")
 CURSOR = " ▍"
@@ -42,10 +46,19 @@ async def send_once(api: FeishuAPI, source: str, answer: Answer, limit: int) -> 
 class CardStream:
     """One answer streamed into one or more cards replying to the inbound message `source`."""
 
-    def __init__(self, api: FeishuAPI, source: str, limit: int, interval: float) -> None:
+    def __init__(
+        self,
+        api: FeishuAPI,
+        source: str,
+        limit: int,
+        interval: float,
+        notes: tuple[PlatformContext, Inbound] | None = None,
+    ) -> None:
         self.api, self.source, self.limit, self.interval = api, source, limit, interval
-        self.cards: list[str] = []  # message ids of our cards, in order
-        self.shown: list[str] = []  # what each card currently shows
+        self.notes = notes  # where to note the cards' ids, for a recovery after a crash
+        started = (notes[1].recovered or {}).get("cards") if notes else None
+        self.cards: list[str] = [str(c) for c in started] if isinstance(started, list) else []  # our cards, in order
+        self.shown: list[str] = [""] * len(self.cards)  # what each card currently shows
 
     async def run(self, answer: Answer) -> None:
         last = float("-inf")
@@ -65,6 +78,8 @@ class CardStream:
             if i >= len(self.cards):
                 self.cards.append(await self.api.reply(self.source, "interactive", card_content(live), self._uuid(i)))
                 self.shown.append(live)
+                if self.notes is not None:
+                    await self.notes[0].note(self.notes[1], cards=self.cards)
             elif self.shown[i] != live:
                 await self._update(i, live, final)
         if final:  # a backend `replace` can shorten the answer: empty the cards it no longer needs

@@ -10,6 +10,16 @@ Quirks handled (reference: shared/reference/platforms.md §1):
   first part, the rest goes to further thread replies;
 - shortcuts: `stop_generating` stops the answer streaming into that message, `delete_message`
   deletes a message our bot posted (and stops it first if it is still streaming).
+
+After a crash (claims and recovery: proxy/claims.py, proxy/recovery.py): Slack was acknowledged,
+so it does not retry; the restarted process answers the message itself, at start-up or when the
+lease runs out, however old the thread (`server.recover_within` bounds it). The placeholder's ts
+is noted on the claim before anything streams into it, so a recovered answer edits that "…"
+message instead of posting a second one (a crash between posting it and noting it leaves a "…"
+behind). A crash while the continuation parts of a long answer were being posted may repeat them.
+`queued`, `streaming` and `posted` are process memory: the stop/delete shortcuts do not reach an
+answer streaming in another instance or a recovered one, and our own messages are recognised by
+`bot_id` after a restart (sharing them across instances is for a later operations issue).
 """
 
 from __future__ import annotations
@@ -148,9 +158,18 @@ class SlackPlatform(Platform):
 
     # -- outbound ----------------------------------------------------------------------------
 
+    def dump_reply_to(self, reply_to: Any) -> Any:
+        return {"channel": reply_to.channel, "thread_ts": reply_to.thread_ts}
+
+    def load_reply_to(self, data: Any) -> Any:
+        return SlackThread(str(data["channel"]), str(data["thread_ts"]))
+
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
         where: SlackThread = msg.reply_to
-        ts = await self._post(where, self.config.placeholder)
+        ts = (msg.recovered or {}).get("placeholder")
+        if not isinstance(ts, str):
+            ts = await self._post(where, self.config.placeholder)
+            await self.ctx.note(msg, placeholder=ts)
         key = f"{where.channel}:{ts}"
         job = self.queued.pop(msg.event_id, None)
         if job is not None:

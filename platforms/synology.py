@@ -19,6 +19,12 @@ Quirks handled:
   never sent to a model;
 - the ack is `{}` at once (Synology's deadline is not documented).
 
+After a crash (proxy/claims.py, proxy/recovery.py): Synology was acknowledged and does not
+retry; the restarted process answers the message itself (replies go by user or channel id, which
+stay valid), within `server.recover_within`. A post that arrives again is dropped once answered,
+left to a live process still answering it, and answered now when its claim ran out. A crash while
+the parts of a long answer were being sent may repeat the parts already sent.
+
 Prefix routing (how Synology bot users know it) is done by channels, whose `match.prefix` is
 case-insensitive and stripped before the model sees the text:
 

@@ -12,6 +12,16 @@ Protocol quirks handled here (reference section 3):
   sends "1".
 - One passive reply per message, so a long answer's first `text_limit` characters go in it and
   the rest through the customer-service API (or "1").
+
+After a crash (proxy/claims.py, proxy/recovery.py): the restarted process takes over the claims
+of the previous run at start-up (SQLite/memory store: `release_others`) and answers them. A
+WeChat retry that reaches it while the answer is being generated waits for it like any
+redelivery and gets it as the passive reply; without a retry (or after the passive-reply window)
+the answer goes through the customer-service API when `app_id`/`app_secret` are set, else it is
+kept for "1". With a shared (Redis) store a dead instance's lease must run out first (a retry
+meanwhile waits, then gets `success`/"send 1"), so keep `server.claim_lease` short there.
+`_pending` (the deliveries waiting for an answer) is process memory: a retry that reaches another
+instance than the one generating cannot take the answer from it (a later operations issue).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from platforms.wechat_api import CustomerService, WeChatAPIError
 from platforms.wechat_crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
 from platforms.wechat_pending import Pending, Ready
 from platforms.wechat_xml import MalformedXML, encrypted_reply, parse_fields, text_reply
-from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
+from proxy.contracts import AdapterConfig, Answer, ClaimState, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -179,7 +189,10 @@ class WeChatMPPlatform(Platform):
             return await self._wait(pending, pending.redelivered(), replier)
         # Registered before any await, so a concurrent duplicate delivery waits on this one.
         pending = self._pending[key] = Pending(msg.chat_id)
-        if not await self.ctx.claim(key):  # seen before, and not in flight here (a restart)
+        claim = await self.ctx.claim(key)
+        if not claim and getattr(claim, "state", None) is ClaimState.IN_FLIGHT:
+            return await self._wait(pending, 2, replier)  # answered by a recovered job (or another instance)
+        if not claim:  # answered before (a restart)
             stored = await self.ctx.store.get(self._answer_key(key))
             pending.answer.set_result(Ready(stored or ""))
             return replier.text(stored) if stored else SUCCESS

@@ -28,6 +28,7 @@ from proxy.errors import RequestError, VerificationError
 from proxy.http_util import read_body
 from proxy.metrics import Metrics
 from proxy.openai_api import OpenAIFrontDoor, error_response
+from proxy.recovery import Recovery
 from proxy.runner import Runner
 from proxy.types import WebRequest
 
@@ -123,11 +124,13 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
     dispatcher = Dispatcher(engine, runner, settings)
     front = OpenAIFrontDoor(engine, settings)
     hooks = Hooks(settings, metrics)
+    recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
         await hooks.start(dispatcher)
+        await recovery.start()
         log.info(
             "switchboard ready: %d channel(s), %d provider(s), %d platform(s)",
             len(settings.channels),
@@ -139,9 +142,14 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         try:
             yield
         finally:
+            recovery.stop()
             cut = await runner.drain(settings.raw.server.drain_seconds)
             if cut:
-                log.warning("shutdown: %d in-flight repl%s recorded as undelivered", cut, "y" if cut == 1 else "ies")
+                log.warning(
+                    "shutdown: %d in-flight repl%s cut off; the next start answers them (claims left to run out)",
+                    cut,
+                    "y" if cut == 1 else "ies",
+                )
             await hooks.close()
             await engine.close()
 

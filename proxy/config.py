@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from proxy.contracts import AdapterConfig
 from proxy.errors import ConfigError
@@ -40,6 +40,19 @@ class ServerConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: How long processed platform event ids are remembered (Feishu retries for ~7 h).
     dedupe_ttl: float = Field(48 * 3600, gt=0)
+    #: Seconds a process holds a platform message it is answering without renewing its claim;
+    #: it renews every third of that. A message whose claim ran out unanswered (a crash, a kill)
+    #: is answered by the next process that sees it, or by the recovery sweep (every half lease).
+    claim_lease: float = Field(30.0, ge=0.5, le=3600)
+    #: Messages claimed longer ago than this are not answered by recovery, only logged.
+    recover_within: float = Field(3600.0, gt=0)
+
+    @field_validator("claim_lease")
+    @classmethod
+    def _lease_within_ttl(cls, v: float, info: ValidationInfo) -> float:
+        if v >= info.data.get("dedupe_ttl", float("inf")):
+            raise ValueError("must be shorter than server.dedupe_ttl")
+        return v
     #: `serve` only: Python's gen-0 garbage-collection threshold (0 keeps Python's defaults).
     #: With the start-up heap frozen out of collections and this above Python's 700, request
     #: churn no longer triggers collections; kept small, each pass stays short when many streams

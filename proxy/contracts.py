@@ -252,12 +252,25 @@ class PlatformContext(Protocol):
     http: aiohttp.ClientSession
     store: Store
 
-    async def claim(self, key: str) -> bool:
-        """Persistent dedupe: True the first time this platform-scoped key is seen."""
+    async def claim(self, key: str) -> Claim:
+        """Persistent dedupe, leased (see `Store`): true (NEW, TAKEN_OVER) when this message is
+        ours to answer now, false when it was answered (DONE) or is being answered (IN_FLIGHT).
+        Claim the message's `event_id` and each of its `extra_keys`; `submit` (or `settle`) then
+        owns them."""
 
     def submit(self, platform: Platform, msg: Inbound) -> Job:
         """Answer `msg` in the background (commands, routing, history, failover) and call
-        `platform.deliver(msg, answer)`. Returns at once."""
+        `platform.deliver(msg, answer)`. Returns at once. The message is stored on its claim and
+        its lease kept alive until delivery ends; then the claim is settled. If the process dies
+        first, the message is answered again by whichever process takes the claim over."""
+
+    async def note(self, msg: Inbound, **fields: Any) -> None:
+        """Record delivery state on the claim of `msg` (JSON values), for a process that has to
+        finish this delivery after a crash: it finds them in `msg.recovered`. Await it before
+        relying on it (e.g. note a placeholder's id before streaming into it)."""
+
+    async def settle(self, key: str) -> None:
+        """Mark a claimed key answered without `submit` (a reply the adapter sent itself)."""
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run platform-side background work (tracked, failures logged, drained at shutdown)."""
@@ -296,3 +309,20 @@ class Platform(abc.ABC):
     def help_text(self) -> str | None:
         """Platform-specific additions to the /help answer."""
         return None
+
+    # -- recovery: answering a message whose first attempt died with its process ---------------
+
+    def dump_reply_to(self, reply_to: Any) -> Any:
+        """`Inbound.reply_to` as JSON, to be stored on the message's claim. Default: as it is."""
+        return reply_to
+
+    def load_reply_to(self, data: Any) -> Any:
+        """The inverse of `dump_reply_to`; raise ValueError when the stored target must not be
+        used any more (the message is then logged and dropped)."""
+        return data
+
+    def resumable(self, msg: Inbound, claimed_at: float) -> bool:
+        """Can `msg`, claimed at `claimed_at` (epoch seconds) by a process that died before
+        answering, still be answered now? Default: yes (replies go by ids that stay valid).
+        Say in the adapter's docstring what happens to such a message."""
+        return True

@@ -2,7 +2,9 @@
 
 Platform adapters call `ctx.submit(platform, msg)`; from there every platform is treated alike:
 `/clear` and `/help`, a polite line for non-text messages, channel routing, the session's
-history, failover, the transcript, and finally `platform.deliver(msg, answer)`.
+history, failover, the transcript, and finally `platform.deliver(msg, answer)`. Every message is
+answered under its leased claim (`proxy/claims.py`), so one cut off by a crash is answered by the
+next process, and one whose answer was already generated is delivered, not generated again.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from proxy.claims import Claims, Record, claim_key
 from proxy.config import Settings
-from proxy.contracts import Platform, Store
+from proxy.contracts import Claim, ClaimState, Platform, Store
 from proxy.engine import Engine
 from proxy.errors import ChainFailed, DeliveryError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
@@ -71,9 +74,9 @@ class Answer:
         self._streaming = True
 
     @classmethod
-    def fixed(cls, text: str) -> Answer:
+    def fixed(cls, text: str, images: tuple[str, ...] = ()) -> Answer:
         a = cls()
-        a.text = text
+        a.text, a.images = text, images
         a._queue.put_nowait(text)
         a._queue.put_nowait(None)
         return a
@@ -160,6 +163,10 @@ class Job:
         self._finished = asyncio.Event()
         self._text = ""
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
     def attach(self, answer: Answer) -> None:
         self.answer = answer
         if self._stop_requested:
@@ -185,22 +192,37 @@ class Job:
 class Dispatcher:
     def __init__(self, engine: Engine, runner: Runner, settings: Settings) -> None:
         self.engine, self.runner, self.settings = engine, runner, settings
+        self.claims = Claims(engine.store, settings.raw.server)
 
     def context(self, platform_name: str) -> PlatformCtx:
         return PlatformCtx(platform_name, self)
 
     def submit(self, platform: Platform, msg: Inbound) -> Job:
-        job = Job(msg)
-        self.runner.spawn(self._run(platform, msg, job), f"reply:{platform.name}:{msg.event_id}", bounded=True)
+        return self.resume(platform, self.claims.record_for(platform, msg))
+
+    def resume(self, platform: Platform, rec: Record) -> Job:
+        """Answer the message of `rec` (its claim is ours), from where an earlier attempt left."""
+        job = Job(rec.msg)
+        self.claims.active[claim_key(rec.msg.platform, rec.msg.event_id)] = (platform, rec)
+        # Not `bounded`: the message is stored on its claim and the lease kept alive at once,
+        # also while it waits for a generation slot.
+        self.runner.spawn(self._run(platform, rec, job), f"reply:{platform.name}:{rec.msg.event_id}")
         return job
 
-    async def _run(self, platform: Platform, msg: Inbound, job: Job) -> None:
+    async def _run(self, platform: Platform, rec: Record, job: Job) -> None:
+        msg = rec.msg
         answer: Answer | None = None
+        beat: asyncio.Task[None] | None = None
+        finished = True  # settle the claim at the end (not when shutdown cut the delivery off)
         try:
-            answer = await self._answer(platform, msg)
-            job.attach(answer)
-            await platform.deliver(msg, answer)
+            await self.claims.begin(platform, rec)
+            beat = asyncio.create_task(self.claims.heartbeat(msg))
+            async with self.runner.slots:
+                answer = await self._answer(platform, msg, rec, job)
+                job.attach(answer)
+                await platform.deliver(msg, answer)
         except asyncio.CancelledError:
+            finished = False
             await self._undelivered(msg, "shutdown")
             raise
         except DeliveryError as e:
@@ -210,15 +232,33 @@ class Dispatcher:
             log.exception("delivering the answer to %s message %s failed", platform.name, msg.event_id)
             await self._undelivered(msg, "delivery failed")
         finally:
+            if beat is not None:
+                beat.cancel()
             if answer is not None:
                 await answer.close()
+            await self._end_claim(msg, finished)
             job.finish(answer.text if answer else "")
+
+    async def _end_claim(self, msg: Inbound, finished: bool) -> None:
+        if not finished:
+            self.claims.leave(msg)
+            return
+        try:
+            await asyncio.shield(self.claims.settle(msg))
+        except Exception as e:  # the claim runs out and the message may be answered again
+            log.warning("settling the claim of %s message %s failed: %s", msg.platform, msg.event_id, e)
+
+    async def _ensure_recorded(self, conversation: str, turn: list[Message], text: str) -> None:
+        """Record a recovered answer unless the transcript already ends with this exchange (the
+        crash came after the record, before delivery)."""
+        if await self.engine.store.history(conversation, 1) != [*turn, Message("assistant", text)]:
+            await self.engine.record(conversation, turn, text)
 
     async def _undelivered(self, msg: Inbound, why: str) -> None:
         with contextlib.suppress(Exception):
             await self.engine.store.put(f"undelivered:{msg.platform}:{msg.event_id}", why, 7 * 86400)
 
-    async def _answer(self, platform: Platform, msg: Inbound) -> Answer:
+    async def _answer(self, platform: Platform, msg: Inbound, rec: Record, job: Job) -> Answer:
         if msg.kind != "text":
             return Answer.fixed(UNSUPPORTED)
         routed = route(self.settings.channels, msg)
@@ -234,12 +274,18 @@ class Dispatcher:
         if command in HELP_COMMANDS or not command:
             return Answer.fixed(help_text(channel.name, platform.help_text()))
         turn = [Message("user", body.strip())]
+        if rec.answer is not None:  # generated (and recorded) before a crash: deliver it as it was
+            await self._ensure_recorded(conversation, turn, rec.answer)
+            return Answer.fixed(rec.answer, rec.images)
         request = await self.engine.request(
             channel, turn, conversation=conversation, user=f"{msg.platform}:{msg.user_id}"
         )
         source = self.engine.stream(channel, request, Outcome())
 
         async def record(answer: Answer) -> None:
+            if answer.stopped and not job.stop_requested:
+                return  # cut off by shutdown, not by the user: the next process answers it whole
+            await self.claims.answered(msg, answer.text, answer.images)
             await self.engine.record(conversation, turn, answer.text)
 
         return Answer.generated(source, record)
@@ -261,8 +307,16 @@ class PlatformCtx:
     def store(self) -> Store:
         return self._d.engine.store
 
-    async def claim(self, key: str) -> bool:
-        return await self.store.claim(f"seen:{self.name}:{key}", self._d.settings.raw.server.dedupe_ttl)
+    async def claim(self, key: str) -> Claim:
+        if claim_key(self.name, key) in self._d.claims.active:  # being answered here
+            return Claim(ClaimState.IN_FLIGHT)
+        return await self._d.claims.claim(self.name, key)
+
+    async def note(self, msg: Inbound, **fields: Any) -> None:
+        await self._d.claims.note(msg, fields)
+
+    async def settle(self, key: str) -> None:
+        await self.store.settle(claim_key(self.name, key), self._d.claims.ttl)
 
     def submit(self, platform: Platform, msg: Inbound) -> Job:
         return self._d.submit(platform, msg)

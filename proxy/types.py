@@ -128,7 +128,11 @@ class Inbound:
     that identify the same user message (Slack's channel+ts when it arrives as both `message`
     and `app_mention`). `kind` is `text`, or what the user sent instead (`image`, `voice`,
     `file`, `video`, `location`, `link`, `sticker`, `event`...). `reply_to` is opaque to the
-    core: whatever the adapter needs later to deliver the answer.
+    core: whatever the adapter needs later to deliver the answer (JSON, or converted by the
+    adapter's `dump_reply_to`/`load_reply_to`, since it is stored on the message's claim).
+    `recovered` holds the delivery notes (`PlatformContext.note`) an earlier attempt at this
+    message recorded before it was cut off (a crash, a kill), e.g. the placeholder to edit; None
+    when no earlier attempt noted anything.
     """
 
     platform: str
@@ -142,3 +146,4 @@ class Inbound:
     user_name: str | None = None
     reply_to: Any = None
     extra_keys: tuple[str, ...] = ()
+    recovered: JSON | None = None

@@ -11,6 +11,7 @@ from proxy.types import Inbound
 class FakeCtx:
     def __init__(self) -> None:
         self.claimed: set[str] = set()
+        self.notes: dict[str, dict[str, Any]] = {}
         self.submitted: list[Inbound] = []
         self.spawned: list[str] = []
 
@@ -18,6 +19,12 @@ class FakeCtx:
         first = key not in self.claimed
         self.claimed.add(key)
         return first
+
+    async def note(self, msg: Inbound, **fields: Any) -> None:
+        self.notes.setdefault(msg.event_id, {}).update(fields)
+
+    async def settle(self, key: str) -> None:
+        self.claimed.add(key)
 
     def submit(self, platform: Any, msg: Inbound) -> None:
         self.submitted.append(msg)

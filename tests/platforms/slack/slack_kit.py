@@ -89,6 +89,7 @@ class FakeCtx:
         self.http = http
         self.store: Any = None
         self.claimed: set[str] = set()
+        self.notes: dict[str, dict[str, Any]] = {}
         self.submitted: list[Inbound] = []
         self.jobs: list[FakeJob] = []
         self.spawned: list[asyncio.Task[Any]] = []
@@ -97,6 +98,12 @@ class FakeCtx:
         first = key not in self.claimed
         self.claimed.add(key)
         return first
+
+    async def note(self, msg: Inbound, **fields: Any) -> None:
+        self.notes.setdefault(msg.event_id, {}).update(fields)
+
+    async def settle(self, key: str) -> None:
+        self.claimed.add(key)
 
     def submit(self, platform: Any, msg: Inbound) -> FakeJob:
         self.submitted.append(msg)

@@ -234,15 +234,22 @@ async def test_customer_service_failure_keeps_the_answer_for_1():
         assert passive(await r.post(payload("text", Content="1", MsgId="9201"))) == "gated: keep it"
 
 
-async def test_a_retry_after_a_restart_never_generates_again(tmp_path: Path):
+async def test_a_retry_after_a_restart_gets_the_answer_lost_in_the_restart(tmp_path: Path):
     store = f"sqlite:///{tmp_path}/wx.db"
     body = payload("text", Content="gated: lost in the restart", MsgId="5150")
     async with rig(store=store, hold_max=0.5) as r:
         await r.dropped(body)  # claimed; the process stops before the answer is ready
-    async with rig(store=store) as r:  # a new process with the same store
-        resp = await r.post(body)
-        assert (resp.status_code, resp.text) == (200, "success")
-        assert r.gated.calls == []
+    async with rig(store=store) as r:  # a new process with the same store answers it once
+        retry = asyncio.create_task(r.post(body))
+        for _ in range(250):
+            if r.gated.calls:
+                break
+            await asyncio.sleep(0.02)
+        r.gated.gate.set()
+        assert passive(await retry) == "gated: lost in the restart"
+        assert r.gated.calls == ["lost in the restart"] and r.fake.sends == []
+        history = await r.app.state.engine.store.history(f"gated|wx|{OPENID}/{OPENID}", 5)
+        assert [m.content for m in history] == ["lost in the restart", "gated: lost in the restart"]
 
 
 async def test_a_retry_after_a_restart_gets_the_stored_answer(tmp_path: Path):
