@@ -102,9 +102,14 @@ class LiteLLMProvider(Provider):
         api_base). Fill that cache here, in a worker thread, with the keys it asks for."""
         model = self.config.model
         prefix, _, bare = model.partition("/")
-        keys = [(model, prefix or None, None)]
-        if bare and self.config.api_base:
-            keys.append((bare, prefix, self.config.api_base.rstrip("/") + "/api/chat"))
+        keys: list[tuple[str, str | None, str | None]]
+        if not bare:
+            keys = [(model, None, None)]
+        else:  # which of these it asks for depends on the call's path (a failed call before, or not)
+            bases: list[str | None] = [None]
+            if self.config.api_base:
+                bases += [self.config.api_base, self.config.api_base.rstrip("/") + "/api/chat"]
+            keys = [(m, prefix, b) for m in (model, bare) for b in bases]
         for m, provider, base in keys:
             try:
                 self.lib.get_model_info(model=m, custom_llm_provider=provider, api_base=base)

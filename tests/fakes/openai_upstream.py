@@ -15,6 +15,9 @@
 Faults are queued: each request takes the next one. Default answer: "upstream: <last user text>"
 (or `answer=`), streamed as a role chunk, content chunks (word by word, or `chunks=N` equal
 pieces), a finish chunk, a usage chunk when `stream_options.include_usage`, then `[DONE]`.
+Like the real API, a non-numeric `temperature` is answered 400 `invalid_type` (param
+`temperature`), and with `context_limit=N` a prompt of more than N characters is answered 400
+`context_length_exceeded`.
 `fake.requests` records every request (path, headers, json); `fake.key_rejected` makes a key
 answer 401 forever, `fake.key_rate_limited` 429 with Retry-After 60. `image_b64=True` makes the
 images endpoint answer `b64_json` instead of URLs.
@@ -65,9 +68,15 @@ def error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
 
 class FakeOpenAI:
     def __init__(
-        self, answer: str | None = None, chunk_delay: float = 0.0, chunks: int | None = None, image_b64: bool = False
+        self,
+        answer: str | None = None,
+        chunk_delay: float = 0.0,
+        chunks: int | None = None,
+        image_b64: bool = False,
+        context_limit: int | None = None,
     ) -> None:
         self.answer = answer
+        self.context_limit = context_limit
         self.chunk_delay = chunk_delay
         self.chunks = chunks
         self.image_b64 = image_b64
@@ -156,6 +165,9 @@ class FakeOpenAI:
         if key in self.key_rate_limited:
             limited = error_body("Rate limit reached", "requests", "rate_limit_exceeded")
             return body, None, web.json_response(limited, status=429, headers={"Retry-After": "60"})
+        invalid = self._invalid(body)
+        if invalid is not None:
+            return body, None, web.json_response(invalid, status=400)
         fault = self.faults.popleft() if self.faults else None
         if fault is None:
             return body, None, None
@@ -168,6 +180,22 @@ class FakeOpenAI:
             await asyncio.sleep(fault.seconds)
             return body, None, None
         return body, fault, None
+
+    def _invalid(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The request checks the real API makes (the ones tests need)."""
+        temperature = body.get("temperature")
+        if "temperature" in body and (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)):
+            got = type(temperature).__name__
+            message = f"Invalid type for 'temperature': expected a decimal, but got a {got} instead."
+            return {"error": {"message": message, "type": "invalid_request_error", "param": "temperature", "code": "invalid_type"}}
+        size = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [] if isinstance(m, dict))
+        if self.context_limit is not None and size > self.context_limit:
+            message = (
+                f"This model's maximum context length is {self.context_limit} tokens. However, your messages "
+                f"resulted in {size} tokens. Please reduce the length of the messages."
+            )
+            return {"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+        return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body, fault, early = await self._gate(request)
