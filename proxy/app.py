@@ -25,7 +25,7 @@ from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.engine import Engine
 from proxy.errors import RequestError, VerificationError
-from proxy.http_util import read_body
+from proxy.http_util import CLIENT_CLOSED, ClientGone, read_body
 from proxy.metrics import Metrics
 from proxy.openai_api import OpenAIFrontDoor, error_response
 from proxy.recovery import Recovery
@@ -33,6 +33,8 @@ from proxy.runner import Runner
 from proxy.types import WebRequest
 
 log = logging.getLogger("switchboard")
+#: On a 408 the rest of a slow body is not worth reading: the connection closes after the answer.
+CLOSE = {"connection": "close"}
 
 
 class Hooks:
@@ -70,8 +72,9 @@ class Hooks:
             return Response(why, 404 if adapter is None else 503)
         status = 500
         try:
-            limit = self.settings.raw.server.max_body_bytes
-            body = await read_body(request.receive, limit, request.headers.get("content-length"))
+            server = self.settings.raw.server
+            declared = request.headers.get("content-length")
+            body = await read_body(request.receive, server.max_body_bytes, declared, server.body_timeout)
             req = WebRequest(
                 request.method,
                 request.url.path,
@@ -89,7 +92,11 @@ class Hooks:
             return Response("unauthorized", e.status)
         except RequestError as e:
             status = e.status
-            return Response(e.message, e.status)
+            return Response(e.message, e.status, headers=CLOSE if e.status == 408 else None)
+        except ClientGone:  # the client's own doing: no traceback, no 500
+            status = CLIENT_CLOSED
+            log.debug("platform %s: the client left before its request body arrived", name)
+            return Response(b"", CLIENT_CLOSED)
         except Exception:
             log.exception("platform %s: handling a request failed", name)
             return Response("internal error", 500)

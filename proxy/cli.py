@@ -53,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.header_deadline import with_header_deadline
 
     settings = _load(args.config)
     server = settings.raw.server
@@ -67,7 +68,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
         loop="auto",
-        http="auto",
+        http=with_header_deadline(server.header_timeout),  # uvicorn's own "auto" choice, plus the deadline
         timeout_graceful_shutdown=int(server.drain_seconds) + 5,
     )
     return 0

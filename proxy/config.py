@@ -58,6 +58,11 @@ class ServerConfig(_Strict):
     #: churn no longer triggers collections; kept small, each pass stays short when many streams
     #: are open (pause times and throughput measured in BENCHMARKS.md).
     gc_threshold: int = Field(2_000, ge=0)
+    #: Seconds a connection has to send a request's line and headers, counted from when it opened
+    #: or its previous response ended; then 408 and closed (slow-loris guard; `serve` only).
+    header_timeout: float = Field(10.0, gt=0, le=300)
+    #: Seconds a request body has to arrive once the handler starts reading it; then 408.
+    body_timeout: float = Field(30.0, gt=0, le=3600)
 
 
 class StoreConfig(_Strict):

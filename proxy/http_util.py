@@ -20,7 +20,12 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
+    """The client disconnected before its request body arrived (a client abort, not our error)."""
+
+
+#: The status recorded for a client that left before its request was read (nginx's "client
+#: closed request"); it is never sent, there is nobody to send it to.
+CLIENT_CLOSED = 499
 
 
 def too_large(limit: int, size: int | None = None) -> RequestError:
@@ -28,10 +33,14 @@ def too_large(limit: int, size: int | None = None) -> RequestError:
     return RequestError(f"The request body is too large {what}.", status=413, code="request_too_large")
 
 
-async def read_body(receive: Receive, limit: int, declared: str | bytes | None = None) -> bytes:
+async def read_body(
+    receive: Receive, limit: int, declared: str | bytes | None = None, deadline: float | None = None
+) -> bytes:
     """The raw body, refusing (413) anything over `limit` bytes without reading it all.
 
-    `declared` is the Content-Length header, checked before anything is read."""
+    `declared` is the Content-Length header, checked before anything is read. With `deadline`,
+    a body that has not fully arrived that many seconds after the first read is a 408 (a slow
+    or stalled client must not hold the request open); the answer should close the connection."""
     if declared is not None:
         try:
             size = int(declared)
@@ -39,6 +48,33 @@ async def read_body(receive: Receive, limit: int, declared: str | bytes | None =
             raise RequestError("Content-Length is not a number.") from None
         if size > limit:
             raise too_large(limit, size)
+    if deadline is None:
+        return await _read(receive, limit)
+    # A bare timer that cancels this task, rather than asyncio.timeout: same semantics here (the
+    # read has no other awaits to protect), half the cost per request (~3 µs against ~6 µs).
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(deadline, expire)
+    try:
+        return await _read(receive, limit)
+    except asyncio.CancelledError:
+        if not expired or task.uncancel():  # cancelled by someone else (too): theirs to handle
+            raise
+        raise RequestError(
+            f"The request body did not arrive within {deadline:g} seconds.", status=408, code="request_timeout"
+        ) from None
+    finally:
+        timer.cancel()
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     message = await receive()
     if message["type"] != "http.request":
         raise ClientGone

@@ -26,7 +26,7 @@ class Metrics:
         )
         self.hooks = Counter(
             "switchboard_hook_requests",
-            "Inbound platform webhook requests by status.",
+            "Inbound platform webhook requests by status (499: the client left before its body arrived).",
             ["platform", "status"],
             registry=self.registry,
         )

@@ -41,6 +41,8 @@ OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "user",
 JSON_TYPE = "application/json"
 WANTED_HEADERS = frozenset({b"authorization", b"content-length", b"x-conversation-id"})
 JSON_HEAD = ((b"content-type", b"application/json"),)
+#: A 408 (the body was too slow) closes the connection: the rest of the body is not worth reading.
+CLOSE_HEAD = (*JSON_HEAD, (b"connection", b"close"))
 SSE_HEAD = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
 
 
@@ -122,6 +124,7 @@ class OpenAIFrontDoor:
             digest(k.key): (k.name or digest(k.key)[:12], k) for k in settings.raw.keys
         }
         self.max_body = settings.raw.server.max_body_bytes
+        self.body_timeout = settings.raw.server.body_timeout
         self.created = int(time.time())
         # answer ids: a random per-process prefix and a counter (uuid4 is a syscall per answer)
         self._id_prefix = "chatcmpl-" + secrets.token_hex(8)
@@ -161,7 +164,7 @@ class OpenAIFrontDoor:
     async def _build(self, scope: Scope, receive: Receive) -> tuple[Channel, ChatRequest, list[Message], bool]:
         headers = header_map(scope, WANTED_HEADERS)
         key_name, key = self._auth(headers.get(b"authorization"))
-        body = await read_body(receive, self.max_body, headers.get(b"content-length"))
+        body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -227,7 +230,7 @@ class OpenAIFrontDoor:
             provider, result = await self.engine.complete(channel, req)
         except RequestError as e:
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
-            return await send_bytes(send, e.status, body, JSON_HEAD)
+            return await send_bytes(send, e.status, body, CLOSE_HEAD if e.status == 408 else JSON_HEAD)
         except RequestRejected as e:
             return await send_bytes(send, *rejected(e), JSON_HEAD)
         except ChainFailed as e:

@@ -23,12 +23,13 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_asgi(app: Any, *, lifespan: str = "on") -> AsyncIterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port; yields 'http://127.0.0.1:PORT'."""
+async def serve_asgi(app: Any, *, lifespan: str = "on", **options: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port; yields 'http://127.0.0.1:PORT'.
+    `options` are further uvicorn.Config arguments (e.g. `http=` a protocol class)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False, **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
