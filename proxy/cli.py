@@ -144,12 +144,13 @@ async def _chat(settings: Settings, name: str, session: str) -> int:
     from proxy.engine import Engine
     from proxy.errors import ChainFailed, RequestRejected, StreamInterrupted
     from proxy.failover import Outcome
+    from proxy.routing import conversation as conversation_of
     from proxy.types import Message
 
     engine = Engine(settings)
     await engine.start()
     channel = settings.by_name[name]
-    conversation = f"{name}|cli|{session}"
+    conversation = conversation_of(name, "cli", session)
     print(f"chatting with channel {name!r} — /clear forgets, /exit or Ctrl-D leaves", file=sys.stderr)
     try:
         while True:

@@ -32,6 +32,7 @@ from proxy.engine import Engine
 from proxy.errors import CALLER_STATUSES, ChainFailed, RequestError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
+from proxy.routing import conversation as conversation_of
 from proxy.types import ChatRequest, Completion, Delta, Message
 
 log = logging.getLogger("switchboard.openai")
@@ -191,7 +192,7 @@ class OpenAIFrontDoor:
         session = named.decode("latin-1") if named else user
         conversation, stateless, record = "", False, []
         if session:
-            conversation = f"{channel.name}|openai|{key_name}|{session}"
+            conversation = conversation_of(channel.name, "openai", key_name, session)
             stateless = not any(m.role == "assistant" for m in messages)
             if stateless:
                 record = [m for m in messages if m.role not in ("system", "developer")]

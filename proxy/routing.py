@@ -37,9 +37,16 @@ def route(channels: Iterable[Channel], msg: Inbound) -> tuple[Channel, str] | No
     return None
 
 
+def conversation(channel: str, door: str, *session: str) -> str:
+    """The store key of one conversation, `channel|door|session…` — the one place it is spelled.
+    `door` is the platform instance's name, `openai` or `cli`; the session parts say whose it is
+    behind that door."""
+    return "|".join((channel, door, *session))
+
+
 def conversation_key(channel: Channel, msg: Inbound) -> str:
-    """Store key of the conversation: per user in direct chats; per the channel's `session`
-    policy (user / chat / thread) in groups."""
+    """Store key of a chat-platform conversation: per user in direct chats; per the channel's
+    `session` policy (user / chat / thread) in groups."""
     policy = "user" if msg.direct else channel.config.session
     if policy == "chat":
         session = msg.chat_id
@@ -47,4 +54,4 @@ def conversation_key(channel: Channel, msg: Inbound) -> str:
         session = f"{msg.chat_id}/{msg.thread_id or 'main'}"
     else:
         session = f"{msg.chat_id}/{msg.user_id}"
-    return f"{channel.name}|{msg.platform}|{session}"
+    return conversation(channel.name, msg.platform, session)
