@@ -47,7 +47,7 @@ class Recovery:
         if not store.shared:
             ended = await store.release_others(self.claims.owner)
             if ended:
-                log.info("%d message(s) claimed by the previous run were left unanswered: recovering", ended)
+                log.info("%d claim(s) of the previous run were left unsettled: recovering them", ended)
         self.dispatcher.runner.spawn(self._loop(), "recovery")
 
     def stop(self) -> None:
