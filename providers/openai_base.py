@@ -176,38 +176,58 @@ async def sse_deltas(
     never merged across.
     """
     events = JSONEvents()
-    reads = resp.content.iter_any()
-    while True:
-        try:
-            data = await anext(reads)
-        except StopAsyncIteration:
-            values = events.close()
-            last = True
-        else:
-            values = events.feed(data)
-            last = False
-        text: list[str] = []
+    out: list[Delta] = []
+    async for data in resp.content.iter_any():
+        values = events.feed(data)
+        if not values:
+            continue
+        done, error = _collect(values, provider, secrets, out)
+        for delta in out:
+            yield delta
+        out.clear()
+        if error is not None:
+            raise error
+        if done:
+            return
+    _, error = _collect(events.close(), provider, secrets, out)
+    for delta in out:
+        yield delta
+    if error is not None:
+        raise error
+
+
+def _collect(
+    values: list[Any], provider: str, secrets: tuple[str, ...], out: list[Delta]
+) -> tuple[bool, ProviderError | None]:
+    """Decoded events → deltas in `out`, text merged; (saw [DONE], the error that ended it).
+    Text that came before an error is in `out`: it still reaches the caller."""
+    text: list[str] = []
+    try:
         for value in values:
-            try:
+            if value.__class__ is dict and "error" not in value:
+                try:
+                    deltas = _chunk_deltas(value)
+                except (AttributeError, TypeError):  # `choices` or a `delta` of the wrong shape
+                    raise BadResponse("stream chunk is not a chat completion chunk", provider=provider) from None
+            else:
                 deltas = _chunk(value, provider, secrets)
-            except ProviderError:
-                if text:  # what arrived before the error still reaches the caller
-                    yield Delta(text="".join(text))
-                raise
             for delta in deltas:
                 if isinstance(delta, str):  # plain text: merged, no Delta built per upstream chunk
                     text.append(delta)
                     continue
                 if text:
-                    yield Delta(text="".join(text))
+                    out.append(Delta(text="".join(text)))
                     text = []
                 if delta is _DONE:
-                    return
-                yield delta
+                    return True, None
+                out.append(delta)
+    except ProviderError as err:
         if text:
-            yield Delta(text="".join(text))
-        if last:
-            return
+            out.append(Delta(text="".join(text)))
+        return False, err
+    if text:
+        out.append(Delta(text="".join(text)))
+    return False, None
 
 
 _DONE = Delta(finish_reason="[DONE]")

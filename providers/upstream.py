@@ -136,13 +136,22 @@ class JSONEvents:
             tail = b"\r" if buffer.endswith(b"\r") else b""  # its LF may come in the next read
             if tail:
                 buffer = buffer[:-1]
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            *lines, rest = buffer.split(b"\n")
-            self._buffer = rest + tail
+            lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            self._buffer = lines.pop() + tail
         else:
-            *lines, self._buffer = buffer.split(b"\n")
+            lines = buffer.split(b"\n")
+            self._buffer = lines.pop()
         out: list[Any] = []
         for line in lines:
+            if not line and not self._data:
+                continue  # the blank line after an event already dispatched
+            # the common case first: `data: {...}` complete on its line, no event pending
+            if line[:5] == b"data:" and not self._data:
+                try:
+                    out.append(orjson.loads(line[5:]))  # JSON allows the leading space
+                    continue
+                except orjson.JSONDecodeError:
+                    pass
             self._line(line, out)
         return out
 
