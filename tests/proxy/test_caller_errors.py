@@ -61,6 +61,12 @@ async def rig(tmp_path):
                     "nas": {"kind": "synology", "tokens": [BOT_TOKEN], "api_base": nas.base, "bot_token": BOT_TOKEN}
                 },
                 "channels": [
+                    {"name": "nas-kb", "match": {"platform": "nas", "prefix": "kb:"}, "providers": ["kb", "backup"]},
+                    {
+                        "name": "nas-local",
+                        "match": {"platform": "nas", "prefix": "local:"},
+                        "providers": ["local", "backup"],
+                    },
                     {"name": "chat", "match": {"platform": "nas"}, "providers": ["gpt", "backup"], "history": 50},
                     {"name": "gpt", "providers": ["gpt", "backup"]},
                     {"name": "kb", "providers": ["kb", "backup"]},
@@ -280,3 +286,19 @@ async def test_platform_context_too_long_says_clear(rig):
         assert rig.backup.chat_requests() == []
         assert (await say(rig, c, 500, "/clear")).startswith("Done")
         assert await say(rig, c, 501, "short") == "upstream: short"
+
+
+@pytest.mark.parametrize("kind", ["dify", "litellm"])
+async def test_platform_path_for_dify_and_litellm(rig, kind):
+    prefix, expected = ("kb:", "query is too long") if kind == "dify" else ("local:", "invalid option top_k")
+    async with httpx.AsyncClient() as c:
+        for n in range(4):
+            if kind == "dify":
+                rig.kb.fail(400, "invalid_param", "query is too long")
+            else:
+                rig.ollama.fail_next(400, "invalid option top_k")
+            answer = await say(rig, c, 600 + n, f"{prefix} question {n}")
+            assert answer.startswith("Sorry, the assistant could not take this message: ") and expected in answer
+        assert rig.backup.chat_requests() == []
+        answer = await say(rig, c, 700, f"{prefix} fine")
+        assert answer != "backup answer" and "fine" in answer  # the primary answered: no circuit opened
