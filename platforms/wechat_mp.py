@@ -200,6 +200,7 @@ class WeChatMPPlatform(Platform):
             served = await self._serve_later(msg.chat_id)
             if served is not None:
                 await self.ctx.store.put(self._answer_key(key), served, self.config.answer_ttl)
+                await self.ctx.settle(key)  # answered here: a retry gets the stored answer
                 pending.answer.set_result(Ready(served))
                 return replier.text(served)
         self.ctx.submit(self, msg)

@@ -133,3 +133,12 @@ def test_shipped_config_is_valid_without_secrets(monkeypatch):
     s = load_config(Path(__file__).parents[2] / "config.yaml")
     assert s.by_name["demo"].providers == ("echo",)
     assert s.providers["openai"].disabled == "OPENAI_API_KEY is not set"
+
+
+def test_claim_lease_and_recovery_window():
+    server = parse_config(with_(), {}).raw.server
+    assert (server.claim_lease, server.recover_within) == (30.0, 3600.0)
+    assert error_of(with_(server={"claim_lease": 0.1})).path == "server.claim_lease"
+    e = error_of(with_(server={"dedupe_ttl": 20, "claim_lease": 30}))
+    assert e.path == "server.claim_lease" and "dedupe_ttl" in e.problem
+    assert error_of(with_(server={"recover_within": 0})).path == "server.recover_within"

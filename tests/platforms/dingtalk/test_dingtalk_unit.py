@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -188,3 +189,15 @@ async def test_config_is_strict():
         DingTalkConfig(app_secret="s", session_webhook_host=["x"])
     with pytest.raises(ValueError):
         DingTalkConfig(app_secret="")
+
+
+async def test_a_stored_reply_target_is_checked_again_and_its_expiry_decides():
+    dt, ctx = adapter()
+    await dt.handle(request(payload("text_direct", sessionWebhook=REAL_WEBHOOK)))
+    (msg,) = ctx.submitted
+    stored = orjson.loads(orjson.dumps(dt.dump_reply_to(msg.reply_to)))
+    assert dt.load_reply_to(stored) == msg.reply_to and dt.resumable(msg, 0) is True
+    with pytest.raises(ValueError, match="refused"):
+        dt.load_reply_to({**stored, "webhook": "https://evil.example/robot/sendBySession"})
+    expired = dt.load_reply_to({**stored, "expires_ms": now_ms() - 1})
+    assert dt.resumable(dataclasses.replace(msg, reply_to=expired), 0) is False

@@ -102,9 +102,6 @@ class FakeCtx:
     async def note(self, msg: Inbound, **fields: Any) -> None:
         self.notes.setdefault(msg.event_id, {}).update(fields)
 
-    async def settle(self, key: str) -> None:
-        self.claimed.add(key)
-
     def submit(self, platform: Any, msg: Inbound) -> FakeJob:
         self.submitted.append(msg)
         self.jobs.append(FakeJob(msg))

@@ -4,6 +4,7 @@ fake Slack API: acks, dedupe, shortcuts, throttled streaming edits, 429s, ok:fal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import aiohttp
@@ -296,3 +297,27 @@ async def test_an_empty_answer_says_so(slack, http):
     sl, _ = await adapter(slack, http)
     await sl.deliver(inbound(), ScriptedAnswer([]))
     assert slack.texts("chat.update") == ["(no answer)"]
+
+
+# -- recovery after a crash ----------------------------------------------------------------
+
+
+async def test_the_placeholder_is_noted_and_a_recovered_answer_edits_it(slack, http):
+    sl, ctx = await adapter(slack, http)
+    await sl.deliver(inbound(), ScriptedAnswer(["first try"]))
+    assert ctx.notes == {"Ev1": {"placeholder": "1700000000.000001"}}
+    recovered = dataclasses.replace(inbound(), recovered={"placeholder": "1700000000.000001"})
+    await sl.deliver(recovered, ScriptedAnswer(["the whole answer"]))
+    assert len(slack.of("chat.postMessage")) == 1  # no second "…"
+    assert slack.of("chat.update")[-1] == {
+        "channel": "D0DM00001",
+        "ts": "1700000000.000001",
+        "text": "the whole answer",
+    }
+
+
+async def test_the_reply_target_round_trips_as_json():
+    sl, _ = await adapter()
+    where = SlackThread("C1", "1700000000.000100")
+    stored = orjson.loads(orjson.dumps(sl.dump_reply_to(where)))
+    assert sl.load_reply_to(stored) == where and sl.resumable(inbound(), 0) is True

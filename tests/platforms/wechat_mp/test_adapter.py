@@ -43,6 +43,9 @@ class FakeCtx:
         await asyncio.sleep(0.01)  # a real store answers from another thread or server
         return await self.store.claim(f"seen:{key}", 3600)
 
+    async def settle(self, key: str) -> None:
+        await self.store.claim(f"seen:{key}", 3600)
+
     def submit(self, platform: Platform, msg: Inbound) -> None:
         self.submitted.append(msg)
 
