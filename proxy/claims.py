@@ -54,13 +54,14 @@ class Record:
     notes: JSON = field(default_factory=dict)
     answer: str | None = None  # the finished answer, once generated (and recorded)
     images: tuple[str, ...] = ()
+    attempts: int = 0  # processes that started answering it (a message that crashes every one stops)
 
     def dump(self, platform: Platform) -> str:
         m = self.msg
         inbound = {name: getattr(m, name) for name in _FIELDS}
         inbound["reply_to"] = platform.dump_reply_to(m.reply_to)
         inbound["extra_keys"] = list(m.extra_keys)
-        body = {"inbound": inbound, "at": self.claimed_at, "notes": self.notes}
+        body = {"inbound": inbound, "at": self.claimed_at, "notes": self.notes, "attempts": self.attempts}
         if self.answer is not None:
             body |= {"answer": self.answer, "images": list(self.images)}
         return orjson.dumps(body).decode()
@@ -81,7 +82,7 @@ def load_record(platforms: Mapping[str, Platform], raw: str) -> tuple[Platform, 
     )
     answer = body.get("answer")
     images = tuple(body.get("images") or ())
-    return platform, Record(msg, float(body["at"]), dict(notes), answer, images)
+    return platform, Record(msg, float(body["at"]), dict(notes), answer, images, int(body.get("attempts") or 0))
 
 
 class Claims:
@@ -120,13 +121,14 @@ class Claims:
                 log.warning("the stored state of %s message %s is unusable (%s)", msg.platform, msg.event_id, e)
             else:
                 msg = dataclasses.replace(msg, recovered=old.notes or None)
-                return Record(msg, old.claimed_at, old.notes, old.answer, old.images)
+                return Record(msg, old.claimed_at, old.notes, old.answer, old.images, old.attempts)
         return Record(msg, time.time())
 
     async def begin(self, platform: Platform, rec: Record) -> None:
         """Store the message on its claim (the claim must be ours)."""
         key = claim_key(rec.msg.platform, rec.msg.event_id)
         self.active[key] = (platform, rec)
+        rec.attempts += 1
         await self._save(key, platform, rec)
 
     async def note(self, msg: Inbound, fields: JSON) -> None:

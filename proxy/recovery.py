@@ -11,8 +11,9 @@ at once instead of a lease later.
 A message is logged (WARNING, ids only) and settled instead of answered when: it was claimed
 longer ago than `server.recover_within`; its platform says the reply target is no longer valid
 (`Platform.resumable`, e.g. DingTalk's sessionWebhook expired); its platform is no longer
-configured; or its stored state cannot be read. A claim with no message stored (one taken for
-an event that was then ignored, or a second key of the same message) is settled quietly.
+configured; its stored state cannot be read; or `MAX_ATTEMPTS` processes died answering it
+(it may be what kills them). A claim with no message stored (one taken for an event that was then
+ignored, or a second key of the same message) is settled quietly.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from proxy.dispatch import Dispatcher
 log = logging.getLogger("switchboard.recovery")
 #: Claims taken over per sweep (the rest wait for the next one).
 BATCH = 50
+#: A message whose answering died with its process this many times is not tried again (it may
+#: be what kills the process).
+MAX_ATTEMPTS = 3
 
 
 class Recovery:
@@ -88,6 +92,8 @@ class Recovery:
             msg, age = rec.msg, time.time() - rec.claimed_at
             if age > self.recover_within:
                 why = f"claimed {age:.0f} s ago, longer than server.recover_within"
+            elif rec.attempts >= MAX_ATTEMPTS:
+                why = f"{rec.attempts} attempts at answering it died with their process"
             elif not platform.resumable(msg, rec.claimed_at):
                 why = f"{platform.name} can no longer reply to it"
             else:

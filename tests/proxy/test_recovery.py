@@ -138,22 +138,24 @@ async def test_what_cannot_be_resumed_is_logged_and_settled(tmp_path: Path, capl
         ("old", payload("old", "hi", at=time.time() - 7200)),  # older than recover_within
         ("junk", '{"inbound": {"platform": "nope"}}'),  # a platform not running
         ("bare", None),  # claimed, never submitted (an ignored event)
+        ("fatal", payload("fatal", "hi", attempts=3)),  # every process answering it died
         ("ok", payload("ok", "hello")),
     )
     with caplog.at_level(logging.INFO, "switchboard.recovery"):
         async with running(url, recover_within=3600):
             assert await until_delivered(1) == [("ok", "echo: hello", None)]
             for _ in range(200):
-                if sum("will not be" in r.message for r in caplog.records) >= 3:
+                if sum("will not be" in r.message for r in caplog.records) >= 4:
                     break
                 await asyncio.sleep(0.01)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 3 and all("will not be" in w for w in warned)
+    assert len(warned) == 4 and all("will not be" in w for w in warned)
+    assert any("seen:n:fatal" in w and "3 attempts" in w for w in warned)
     assert any("seen:n:gone" in w and "can no longer reply" in w for w in warned)
     assert any("seen:n:old" in w and "recover_within" in w for w in warned)
     assert any("seen:n:junk" in w and "not running" in w for w in warned)
     rows = sqlite3.connect(tmp_path / "r.db").execute("SELECT k, done FROM claims ORDER BY k").fetchall()
-    assert all(done == 1 for _, done in rows) and len(rows) == 5
+    assert all(done == 1 for _, done in rows) and len(rows) == 6
 
 
 async def test_an_answer_cut_off_by_shutdown_is_answered_whole_by_the_next_start(tmp_path: Path):
