@@ -251,6 +251,8 @@ class WeChatMPPlatform(Platform):
         sent = await self._push(open_id, parts) if self._cs else 0
         if sent < len(parts):
             await self._keep_for_later(open_id, parts[sent:])
+            if self._cs is None:  # e.g. an answer recovered after a crash, past every passive reply
+                log.info('%s: an answer waits for its user to send "1" (no app_secret configured)', self.name)
 
     async def _push(self, open_id: str, parts: list[str]) -> int:
         """Send through the customer-service API; how many parts went out."""
