@@ -169,7 +169,8 @@ async def feishu_case() -> AsyncIterator[Case]:
         platform = {"kind": "feishu", "app_id": lark.APP_ID, "app_secret": lark.APP_SECRET}
         platform |= {"verification_token": lark.TOKEN, "api_base": api.base, "update_interval": 0.1}
         texts = lambda: [r.content()["text"] for r in api.replies if r.body["msg_type"] == "text"]  # noqa: E731
-        yield Case(platform, send, lambda: bool(api.replies), answers, texts)
+        # a card update means its id was noted (the note follows the reply that creates the card)
+        yield Case(platform, send, lambda: bool(api.of("PATCH")), answers, texts)
 
 
 @contextlib.asynccontextmanager
