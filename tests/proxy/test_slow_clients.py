@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy import cli
 from proxy.app import create_app
@@ -26,6 +28,7 @@ from tests.servers import serve_asgi
 KEY = "sk-slow"
 TOKEN = "syno-token-1"
 FORM = f"token={TOKEN}&user_id=4&post_id=1&text=hi".encode()
+AUTH = {"authorization": f"Bearer {KEY}"}
 
 
 def settings(**server: Any) -> Any:
@@ -34,19 +37,19 @@ def settings(**server: Any) -> Any:
             "server": server,
             "store": {"url": "memory://"},
             "keys": [{"key": KEY}],
-            "providers": {"echo": {"kind": "echo"}},
+            "providers": {"echo": {"kind": "echo"}, "slow": {"kind": "echo", "delay": 0.1}},
             "platforms": {"nas": {"kind": "synology", "token": TOKEN, "incoming_url": "http://127.0.0.1:9/x"}},
-            "channels": [{"name": "demo", "providers": ["echo"]}],
+            "channels": [{"name": "demo", "providers": ["echo"]}, {"name": "slow", "providers": ["slow"]}],
         },
         {},
     )
 
 
 @contextlib.asynccontextmanager
-async def server(header_timeout: float = 30.0, **config: Any) -> AsyncIterator[tuple[str, int]]:
+async def server(header_timeout: float = 30.0, base: Any = None, **config: Any) -> AsyncIterator[tuple[str, int]]:
     """Switchboard on uvicorn with the header deadline, as `switchboard serve` runs it."""
     app = create_app(settings(**config))
-    async with serve_asgi(app, http=with_header_deadline(header_timeout)) as url:
+    async with serve_asgi(app, http=with_header_deadline(header_timeout, base)) as url:
         yield url, int(url.rsplit(":", 1)[1])
 
 
@@ -85,15 +88,28 @@ def hook_count(metrics: str, status: str) -> float:
 # -- finding 6: header and body deadlines -------------------------------------------------------
 
 
-async def test_trickled_headers_get_408_and_the_connection_closed():
-    async with server(header_timeout=0.3) as (url, port):
+@pytest.mark.parametrize("base", [HttpToolsProtocol, H11Protocol])
+async def test_trickled_headers_get_408_and_the_connection_closed(base: Any):
+    async with server(header_timeout=0.3, base=base) as (url, port):
         head = b"POST /hooks/nas HTTP/1.1\r\nHost: x\r\n"
-        answers = await asyncio.gather(*(trickle_until_closed(port, head, b"X-Slow: y\r\n") for _ in range(20)))
+        answers = await asyncio.gather(*(trickle_until_closed(port, head, b"X-Slow: y\r\n") for _ in range(75)))
         assert all(a.startswith(b"HTTP/1.1 408 ") and b"connection: close" in a for a in answers)
         async with httpx.AsyncClient() as c:  # the server still answers, keep-alive included
             for _ in range(2):
                 r = await c.post(f"{url}/hooks/nas", content=FORM)
                 assert (r.status_code, r.text) == (200, "{}")
+
+
+async def test_answers_that_outlast_the_header_deadline_are_untouched():
+    async with server(header_timeout=0.2) as (url, _), httpx.AsyncClient() as c:
+        request = {"model": "slow", "messages": [{"role": "user", "content": "one two three four five"}]}
+        for stream in (False, True, False):  # about 0.6 s each, on one keep-alive connection
+            r = await c.post(f"{url}/v1/chat/completions", json={**request, "stream": stream}, headers=AUTH)
+            assert r.status_code == 200
+            if stream:
+                assert '"content":" five"' in r.text and r.text.endswith("data: [DONE]\n\n")
+            else:
+                assert r.json()["choices"][0]["message"]["content"] == "echo: one two three four five"
 
 
 async def test_a_silent_connection_is_closed_too():
