@@ -21,7 +21,7 @@ retry; the restarted process answers the message itself while its sessionWebhook
 (`resumable`: not expired; the stored URL passes the same allowlist check again), and logs and
 drops it once the webhook expired. Should DingTalk deliver the message again, the claim decides:
 answered → dropped, still being answered by a live process → left to it, run out → answered now.
-A crash while the parts of a long answer were being sent may repeat the parts already sent.
+The parts of a long answer already sent are noted, so a recovered answer sends only the rest.
 """
 
 from __future__ import annotations
@@ -201,12 +201,16 @@ class DingTalkPlatform(Platform):
             raise DeliveryError("dingtalk sessionWebhook expired before the answer was ready")
         text = answer.text + "".join(f"\n\n![image]({u})" for u in answer.images if u.startswith("http"))
         title = _title(answer.text)
-        for i, part in enumerate(split_text(text, self.text_limit) or ["(no answer)"]):
+        parts = split_text(text, self.text_limit) or ["(no answer)"]
+        sent = int((msg.recovered or {}).get("sent", 0))  # parts an attempt cut off by a crash sent
+        for i, part in enumerate(parts[sent:], sent):
             body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"title": title, "text": part}}
             if target.mention and i == 0:
                 body["markdown"]["text"] = f"@{target.mention} {part}"
                 body["at"] = {"atUserIds": [target.mention], "isAtAll": False}
             await self._send(target.webhook, body)
+            if i + 1 < len(parts):
+                await self.ctx.note(msg, sent=i + 1)
 
     async def _send(self, url: URL, body: dict[str, Any]) -> None:
         async with self.ctx.http.post(

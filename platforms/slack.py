@@ -16,7 +16,7 @@ so it does not retry; the restarted process answers the message itself, at start
 lease runs out, however old the thread (`server.recover_within` bounds it). The placeholder's ts
 is noted on the claim before anything streams into it, so a recovered answer edits that "…"
 message instead of posting a second one (a crash between posting it and noting it leaves a "…"
-behind). A crash while the continuation parts of a long answer were being posted may repeat them.
+behind); the continuation parts of a long answer already posted are noted too.
 `queued`, `streaming` and `posted` are process memory: the stop/delete shortcuts do not reach an
 answer streaming in another instance or a recovered one, and our own messages are recognised by
 `bot_id` after a restart (sharing them across instances is for a later operations issue).
@@ -179,7 +179,7 @@ class SlackPlatform(Platform):
         finally:
             self.streaming.pop(key, None)
         await asyncio.sleep(max(0.0, min(not_before - time.monotonic(), self.config.max_retry_wait)))
-        await self._finish(where, ts, answer)
+        await self._finish(msg, ts, answer)
 
     async def _post(self, where: SlackThread, text: str) -> str:
         ts = await self.api.post(where.channel, text, where.thread_ts)
@@ -208,7 +208,8 @@ class SlackPlatform(Platform):
                 next_edit = time.monotonic() + interval
         return not_before
 
-    async def _finish(self, where: SlackThread, ts: str, answer: Answer) -> None:
+    async def _finish(self, msg: Inbound, ts: str, answer: Answer) -> None:
+        where: SlackThread = msg.reply_to
         parts = self._final_parts(answer)
         try:
             await self.api.update(where.channel, ts, parts[0])
@@ -218,8 +219,11 @@ class SlackPlatform(Platform):
                 return
             log.warning("final edit failed (%s); posting the answer as a new reply", e)
             await self._post(where, parts[0])
-        for part in parts[1:]:
+        posted = int((msg.recovered or {}).get("posted", 1))  # parts an attempt cut off by a crash posted
+        for i, part in enumerate(parts[posted:], posted):
             await self._post(where, part)
+            if i + 1 < len(parts):
+                await self.ctx.note(msg, posted=i + 1)
 
     def _final_parts(self, answer: Answer) -> list[str]:
         text = "\n".join([answer.text.strip(), *answer.images]).strip()

@@ -22,8 +22,8 @@ Quirks handled:
 After a crash (proxy/claims.py, proxy/recovery.py): Synology was acknowledged and does not
 retry; the restarted process answers the message itself (replies go by user or channel id, which
 stay valid), within `server.recover_within`. A post that arrives again is dropped once answered,
-left to a live process still answering it, and answered now when its claim ran out. A crash while
-the parts of a long answer were being sent may repeat the parts already sent.
+left to a live process still answering it, and answered now when its claim ran out. The parts of
+a long answer already sent are noted, so a recovered answer sends only the rest.
 
 Prefix routing (how Synology bot users know it) is done by channels, whose `match.prefix` is
 case-insensitive and stripped before the model sees the text:
@@ -169,10 +169,13 @@ class SynologyPlatform(Platform):
                 payloads.append({"text": "", "file_url": url})
             else:  # an inline (data:) image: the NAS can only fetch URLs
                 payloads.append({"text": NO_IMAGE_URL})
-        for i, payload in enumerate(payloads):
-            if i and self.config.send_interval:
+        sent = int((msg.recovered or {}).get("sent", 0))  # parts an attempt cut off by a crash sent
+        for i, payload in enumerate(payloads[sent:], sent):
+            if i > sent and self.config.send_interval:
                 await asyncio.sleep(self.config.send_interval)
             await self._send(msg, payload)
+            if i + 1 < len(payloads):
+                await self.ctx.note(msg, sent=i + 1)
 
     def _target(self, msg: Inbound, payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """(URL, payload) for replying to `msg`. The URL holds a token: never log it."""

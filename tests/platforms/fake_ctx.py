@@ -32,3 +32,14 @@ class FakeCtx:
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self.spawned.append(name)
         coro.close()
+
+
+class WholeAnswer:
+    """A finished answer, in one piece (implements `proxy.contracts.Answer`)."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.images = text, ()
+        self.failed = self.stopped = self.replaced = False
+
+    async def __aiter__(self) -> Any:
+        yield self.text

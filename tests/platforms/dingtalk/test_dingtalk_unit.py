@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from yarl import URL
@@ -12,8 +13,8 @@ from yarl import URL
 from platforms.dingtalk import DingTalkConfig, DingTalkPlatform, parse_webhook, sign
 from proxy.errors import RequestError, VerificationError
 from proxy.types import WebRequest
-from tests.platforms.dingtalk.dingtalk_kit import REAL_WEBHOOK, SECRET, now_ms, payload, signed_headers
-from tests.platforms.fake_ctx import FakeCtx
+from tests.platforms.dingtalk.dingtalk_kit import REAL_WEBHOOK, SECRET, FakeWebhook, now_ms, payload, signed_headers
+from tests.platforms.fake_ctx import FakeCtx, WholeAnswer
 
 
 def adapter(**config: Any) -> tuple[DingTalkPlatform, FakeCtx]:
@@ -201,3 +202,19 @@ async def test_a_stored_reply_target_is_checked_again_and_its_expiry_decides():
         dt.load_reply_to({**stored, "webhook": "https://evil.example/robot/sendBySession"})
     expired = dt.load_reply_to({**stored, "expires_ms": now_ms() - 1})
     assert dt.resumable(dataclasses.replace(msg, reply_to=expired), 0) is False
+
+
+async def test_a_recovered_long_answer_sends_only_the_parts_not_sent_yet(monkeypatch):
+    monkeypatch.setattr(DingTalkPlatform, "text_limit", 60)
+    words = " ".join(f"word{i:03d}" for i in range(20))  # three parts
+    async with FakeWebhook() as hook, aiohttp.ClientSession() as http:
+        dt, ctx = adapter(allow_insecure_webhook_hosts=["127.0.0.1"])
+        ctx.http = http  # type: ignore[attr-defined]
+        await dt.handle(request(payload("text_direct", sessionWebhook=hook.url)))
+        (msg,) = ctx.submitted
+        await dt.deliver(msg, WholeAnswer(words))
+        parts = [p["markdown"]["text"] for p in hook.posts]
+        assert len(parts) == 3 and ctx.notes[msg.event_id] == {"sent": 2}
+        # as if the process died after the first part: the next one sends the other two
+        await dt.deliver(dataclasses.replace(msg, recovered={"sent": 1}), WholeAnswer(words))
+        assert [p["markdown"]["text"] for p in hook.posts[3:]] == parts[1:]

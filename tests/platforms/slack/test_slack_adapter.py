@@ -321,3 +321,16 @@ async def test_the_reply_target_round_trips_as_json():
     where = SlackThread("C1", "1700000000.000100")
     stored = orjson.loads(orjson.dumps(sl.dump_reply_to(where)))
     assert sl.load_reply_to(stored) == where and sl.resumable(inbound(), 0) is True
+
+
+async def test_a_recovered_long_answer_posts_only_the_parts_not_posted_yet(slack, http):
+    sl, ctx = await adapter(slack, http, text_limit=40)
+    text = "First paragraph, short enough.\n\nSecond paragraph is longer than forty chars. Third one."
+    await sl.deliver(inbound(), ScriptedAnswer([text]))
+    assert ctx.notes["Ev1"] == {"placeholder": "1700000000.000001", "posted": 2}
+    before = len(slack.of("chat.postMessage"))
+    # as if the process died after posting the second part: the next one finishes the job
+    recovered = dataclasses.replace(inbound(), recovered={"placeholder": "1700000000.000001", "posted": 2})
+    await sl.deliver(recovered, ScriptedAnswer([text]))
+    assert slack.texts("chat.postMessage")[before:] == ["chars. Third one."]
+    assert slack.of("chat.update")[-1]["ts"] == "1700000000.000001"

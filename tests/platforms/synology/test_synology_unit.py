@@ -3,16 +3,18 @@ code refusal, and where a reply would go."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import aiohttp
 import pydantic
 import pytest
 
 from platforms.synology import NO_CODE, SynologyConfig, SynologyPlatform
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.types import Inbound, WebRequest
-from tests.platforms.fake_ctx import FakeCtx
-from tests.platforms.synology.synology_kit import BOT_TOKEN, HOOK_TOKEN, form
+from tests.platforms.fake_ctx import FakeCtx, WholeAnswer
+from tests.platforms.synology.synology_kit import BOT_TOKEN, HOOK_TOKEN, FakeNAS, form
 
 
 def adapter(**config: Any) -> tuple[SynologyPlatform, FakeCtx]:
@@ -155,3 +157,17 @@ async def test_no_reply_route_is_a_delivery_error_without_secrets():
     with pytest.raises(DeliveryError) as e:
         syno._target(ctx.submitted[0], {"text": "hi"})
     assert BOT_TOKEN not in str(e.value)
+
+
+async def test_a_recovered_long_answer_sends_only_the_parts_not_sent_yet():
+    words = " ".join(f"w{i:03d}" for i in range(100))  # three parts of at most 200 characters
+    async with FakeNAS() as nas, aiohttp.ClientSession() as http:
+        sy, ctx = adapter(api_base=nas.base, text_limit=200, send_interval=0)
+        ctx.http = http  # type: ignore[attr-defined]
+        msg = Inbound("nas", "p1", "dm:4", "4", "q", reply_to={"channel": None, "user": "4"})
+        await sy.deliver(msg, WholeAnswer(words))
+        parts = [s["payload"]["text"] for s in nas.sent]
+        assert len(parts) == 3 and ctx.notes["p1"] == {"sent": 2}
+        # as if the process died after the first part: the next one sends the other two
+        await sy.deliver(dataclasses.replace(msg, recovered={"sent": 1}), WholeAnswer(words))
+        assert [s["payload"]["text"] for s in nas.sent[3:]] == parts[1:]
