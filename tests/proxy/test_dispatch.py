@@ -70,22 +70,33 @@ async def send(c: httpx.AsyncClient, url: str, **m) -> None:
 
 
 async def delivered(event: str, n: int = 1) -> list[tuple[str, str, bool]]:
+    """The deliveries of `event`, once at least `n` were made (at most 4 s)."""
     for _ in range(200):
         if len(LoopPlatform.delivered.get(event, [])) >= n:
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.05)  # and no more than that
     return LoopPlatform.delivered.get(event, [])
+
+
+async def sentinel(c: httpx.AsyncClient, url: str, n: int = 1) -> None:
+    """Send one more real message (the same chat, a new id) and wait until it was answered.
+    Answers are started in the order their messages came in, so whatever an earlier message
+    would have caused has happened by then."""
+    await send(c, url, id=f"sentinel-{n}", text=f"sentinel-{n}")
+    assert await delivered(f"sentinel-{n}") == [(f"echo: sentinel-{n}", "c1", False)]
 
 
 async def test_answer_once_even_when_delivered_twice_and_after_restart(tmp_path):
     async with serve_asgi(app(tmp_path)) as url, httpx.AsyncClient() as c:
         await send(c, url, id="e1", text="hello")
         await send(c, url, id="e1", text="hello")
-        assert await delivered("e1") == [("echo: hello", "c1", False)]
+        await delivered("e1")
+        await sentinel(c, url, 1)
+        assert LoopPlatform.delivered["e1"] == [("echo: hello", "c1", False)]
     async with serve_asgi(app(tmp_path)) as url, httpx.AsyncClient() as c:  # restart, same store
         await send(c, url, id="e1", text="hello")
-        assert await delivered("e1", 1) == []
+        await sentinel(c, url, 2)
+        assert LoopPlatform.delivered.get("e1", []) == []
 
 
 async def test_commands_unsupported_and_unrouted(tmp_path):
@@ -129,7 +140,11 @@ async def test_failure_reaches_user_as_apology(tmp_path):
 async def test_stop_ends_a_running_answer(tmp_path):
     async with serve_asgi(app(tmp_path)) as url, httpx.AsyncClient() as c:
         await send(c, url, id="s1", text="img: " + " ".join(["word"] * 30))
-        await asyncio.sleep(0.3)
+        for _ in range(200):  # until the answer is streaming
+            answer = getattr(LoopPlatform.jobs["s1"], "answer", None)
+            if answer is not None and answer.text.startswith("slow: word"):
+                break
+            await asyncio.sleep(0.02)
         LoopPlatform.jobs["s1"].stop()
         (text, _, stopped), = await delivered("s1")
     assert stopped and text.startswith("slow:") and len(text.split()) < 30

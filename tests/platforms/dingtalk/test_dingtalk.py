@@ -48,18 +48,41 @@ async def rig(tmp_path):
 
 
 async def wait_posts(hook: FakeWebhook, n: int, patience: float = 5.0) -> list[dict[str, Any]]:
-    """Wait until the fake saw `n` posts (or `patience` ran out), then a little more for extras."""
+    """What the fake got, once at least `n` posts arrived (at most `patience` s)."""
     for _ in range(int(patience / 0.02)):
         if len(hook.posts) >= n:
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
     return hook.posts
 
 
 async def send(c: httpx.AsyncClient, url: str, body: dict[str, Any] | bytes, h: dict[str, str] | None = None):
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     return await c.post(f"{url}/hooks/ding", content=raw, headers=h or signed_headers())
+
+
+async def sentinel(
+    c: httpx.AsyncClient, url: str, hook: FakeWebhook, posts: int, n: int = 1, name: str = "text_direct"
+) -> list[dict[str, Any]]:
+    """Send one more real message (recording `name`, the same chat, a new msgId) and wait until
+    its answer arrived. Answers are started in the order their messages came in, so whatever an
+    earlier message would have caused has happened by then: exactly `posts` posts, the
+    sentinel's answer the last, prove nothing else was sent. Returns the posts before it."""
+    text = f"sentinel-{n}"
+    body = payload(name, msgId=text, sessionWebhook=hook.url, text={"content": text})
+    assert (await send(c, url, body)).status_code == 200
+
+    def answer(p: dict[str, Any]) -> bool:  # "echo: sentinel-1", "upstream: sentinel-1", "@… echo: …"
+        return str(p.get("markdown", {}).get("text", "")).endswith(f": {text}")
+
+    for _ in range(int(5.0 / 0.02)):
+        if any(answer(p) for p in hook.posts):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"the sentinel was not answered; posts: {hook.posts}")
+    assert len(hook.posts) == posts and answer(hook.posts[-1]), hook.posts
+    return hook.posts[:-1]
 
 
 async def test_direct_message_answered_once_as_markdown(rig):
@@ -69,7 +92,8 @@ async def test_direct_message_answered_once_as_markdown(rig):
         first = await send(c, url, body)
         assert (first.status_code, first.json()) == (200, {"msgtype": "empty"})
         assert (await send(c, url, body)).status_code == 200  # DingTalk delivering it again
-        posts = await wait_posts(hook, 2, patience=0.5)
+        await wait_posts(hook, 1)
+        posts = await sentinel(c, url, hook, 2)
     assert posts == [
         {
             "msgtype": "markdown",
@@ -103,7 +127,8 @@ async def test_long_answer_is_split_and_sent_in_order(rig, monkeypatch):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         body = payload("text_group", sessionWebhook=hook.url, text={"content": f" @Switchboard {words}"})
         await send(c, url, body)
-        posts = await wait_posts(hook, 6)
+        await wait_posts(hook, 6)
+        posts = await sentinel(c, url, hook, 7, name="text_group")
     texts = [p["markdown"]["text"] for p in posts]
     assert len(texts) == 6 and all(len(t) <= 60 + len("@staff0815 ") for t in texts)
     assert texts[0].startswith("@staff0815 echo: word000 ")
@@ -120,7 +145,7 @@ async def test_duplicate_after_restart_is_not_answered_again(rig):
         assert len(await wait_posts(hook, 1)) == 1
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         assert (await send(c, url, body)).status_code == 200
-        assert len(await wait_posts(hook, 2, patience=0.5)) == 1
+        assert len(await sentinel(c, url, hook, 2)) == 1  # the new instance answers new messages only
 
 
 async def test_bad_sign_or_stale_timestamp_is_401(rig):
@@ -135,8 +160,8 @@ async def test_bad_sign_or_stale_timestamp_is_401(rig):
         for n, (why, make_headers) in enumerate(bad_headers.items()):
             r = await send(c, url, payload("text_direct", msgId=f"b{n}", sessionWebhook=hook.url), make_headers())
             assert (r.status_code, r.text) == (401, "unauthorized"), why
-        assert await wait_posts(hook, 1, patience=0.3) == []
-    assert up.requests == []
+        assert await sentinel(c, url, hook, 1) == []
+    assert [r.json["messages"][-1]["content"] for r in up.requests] == ["sentinel-1"]  # the sentinel's only
 
 
 def foreign_webhooks(fake: str) -> list[str]:
@@ -163,9 +188,7 @@ async def test_foreign_or_expired_webhook_means_no_request_and_no_work(rig):
             assert r.status_code == 200
         expired = payload("text_direct", msgId="old", sessionWebhook=hook.url, sessionWebhookExpiredTime=now_ms() - 1)
         await send(c, url, expired)
-        assert await wait_posts(hook, 1, patience=0.5) == []
-        await send(c, url, payload("text_direct", msgId="fine", sessionWebhook=hook.url))  # the rig itself works
-        assert len(await wait_posts(hook, 1)) == 1
+        assert await sentinel(c, url, hook, 1) == []  # and the rig itself works
     assert len(up.chat_requests()) == 1  # nothing was generated for the refused ones
 
 
@@ -174,7 +197,7 @@ async def test_malformed_body_is_400(rig):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         assert (await send(c, url, b"{not json")).status_code == 400
         assert (await send(c, url, b'{"text": {}}')).status_code == 400
-    assert await wait_posts(hook, 1, patience=0.2) == []
+        assert await sentinel(c, url, hook, 1) == []
 
 
 async def test_clear_forgets_history_sent_upstream(rig):
@@ -233,7 +256,9 @@ async def test_streamed_answer_is_sent_once_when_complete(rig):
     up.answer, up.chunk_delay = "# Paris\n\nParis is the **capital** of France.", 0.03
     async with serve_asgi(make("gpt")) as url, httpx.AsyncClient() as c:
         await send(c, url, payload("text_direct", sessionWebhook=hook.url))
-        posts = await wait_posts(hook, 1)
+        await wait_posts(hook, 1)
+        up.answer = None  # the sentinel gets "upstream: sentinel-1"
+        posts = await sentinel(c, url, hook, 2)
     assert posts == [
         {
             "msgtype": "markdown",

@@ -67,14 +67,41 @@ async def rig(tmp_path):
 async def until(check: Callable[[], bool], patience: float = 5.0) -> None:
     for _ in range(int(patience / 0.02)):
         if check():
-            break
+            return
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.15)  # and nothing more arrives
+    raise AssertionError(f"waited {patience} s in vain")
 
 
 async def replies(api: FakeFeishu, n: int) -> list[Call]:
     await until(lambda: len(api.replies) >= n)
     return api.replies
+
+
+async def sentinel(
+    c: httpx.AsyncClient, url: str, api: FakeFeishu, replies: int, n: int = 1, base: dict[str, Any] = P2P, key: str = ""
+) -> list[Call]:
+    """Send one more real message (`base`, the same chat, under new ids; encrypted and signed with
+    `key`) and wait until its final answer arrived. Answers are started in the order their
+    messages came in, so whatever an earlier event would have caused has happened by then:
+    exactly `replies` replies, the sentinel's the last, prove nothing else was sent. Returns
+    the replies that came before the sentinel's."""
+    text, message_id = f"sentinel-{n}", f"om_sentinel_{n}"
+    event = variant(base, f"ev-sentinel-{n}", message_id, text=text)
+    body = encrypted_body(event, key) if key else orjson.dumps(event)
+    r = await c.post(f"{url}/hooks/lark", content=body, headers=lark_headers(body, key) if key else {})
+    assert (r.status_code, r.json()) == (200, {"msg": "success"})
+
+    def final(call: Call) -> bool:  # a text reply, or its streamed card patched to the whole answer
+        if call.refused or not isinstance(call.body, dict) or "content" not in call.body:
+            return False
+        content = call.content()
+        return (content["text"] if "text" in content else card_text(call)).endswith(f"echo: {text}")
+
+    await until(lambda: any(final(x) for x in api.calls))
+    sent = api.replies
+    ours = [x for x in sent if x.path == f"/open-apis/im/v1/messages/{message_id}/reply"]
+    assert len(sent) == replies and ours and sent[-len(ours) :] == ours, [x.path for x in sent]
+    return sent[: -len(ours)]
 
 
 def texts(calls: list[Call]) -> list[str]:
@@ -108,14 +135,15 @@ async def test_p2p_answered_once_duplicates_ignored_token_fetched_once(rig):
         ):
             r = await c.post(f"{url}/hooks/lark", json=body)
             assert (r.status_code, r.json()) == (200, {"msg": "success"})
-        sent = sorted(await replies(api, 2), key=lambda s: s.body["uuid"])
+        await replies(api, 2)
+        sent = sorted(await sentinel(c, url, api, 3), key=lambda s: s.body["uuid"])
     assert texts(sent) == ["echo: What is the capital of France?", "echo: and Germany?"]
     assert [s.path for s in sent] == [
         f"/open-apis/im/v1/messages/{SOURCE}/reply",
         "/open-apis/im/v1/messages/om_second/reply",
     ]
     assert [(s.body["msg_type"], s.body["uuid"]) for s in sent] == [("text", f"{SOURCE}-0"), ("text", "om_second-0")]
-    assert all(s.auth == "Bearer t-1" for s in api.calls) and api.token_fetches == 1  # bot info + 2 replies
+    assert all(s.auth == "Bearer t-1" for s in api.calls) and api.token_fetches == 1  # bot info + 3 replies
 
 
 async def test_group_needs_our_mention_and_app_senders_are_ignored(rig):
@@ -128,7 +156,8 @@ async def test_group_needs_our_mention_and_app_senders_are_ignored(rig):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         for body in (group, not_us, from_app):
             assert (await c.post(f"{url}/hooks/lark", json=body)).status_code == 200
-        sent = await replies(api, 1)
+        await replies(api, 1)
+        sent = await sentinel(c, url, api, 2, base=group)
     assert texts(sent) == ["echo: please summarise what @Grace wrote"]
 
 
@@ -161,7 +190,8 @@ async def test_encrypted_signed_event_answered_tampering_refused(rig):
         wrong_key = encrypted_body(variant(P2P, "ev-w", "om_w"), key="not-our-key")
         r = await c.post(f"{url}/hooks/lark", content=wrong_key, headers=lark_headers(wrong_key))
         assert r.status_code == 400 and "decrypt" in r.text
-        sent = await replies(api, 1)
+        await replies(api, 1)
+        sent = await sentinel(c, url, api, 2, key=KEY)
     assert texts(sent) == ["echo: What is the capital of France?"]
 
 
@@ -171,8 +201,7 @@ async def test_plain_mode_forged_token_is_401(rig):
     forged["header"]["token"] = "v-tok-forged"
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         assert (await c.post(f"{url}/hooks/lark", json=forged)).status_code == 401
-        await until(lambda: False, patience=0.2)
-    assert api.replies == []
+        assert await sentinel(c, url, api, 1) == []
 
 
 async def test_token_refreshed_once_on_invalid_token(rig):
@@ -202,7 +231,8 @@ async def test_long_answer_split_into_parts_with_their_own_uuid(rig):
     words = " ".join(f"w{i:03d}" for i in range(60))  # 299 characters, limit 120
     async with serve_asgi(make(text_limit=120)) as url, httpx.AsyncClient() as c:
         await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-l", "om_l", text=words))
-        sent = await replies(api, 3)
+        await replies(api, 3)
+        sent = await sentinel(c, url, api, 4)
     assert len(sent) == 3 and " ".join(texts(sent)) == "echo: " + words
     assert [s.body["uuid"] for s in sent] == ["om_l-0", "om_l-1", "om_l-2"]
 
@@ -213,10 +243,10 @@ async def test_streaming_card_sent_early_then_patched_to_the_full_answer(rig):
     async with serve_asgi(make(stream=True, delay=0.08)) as url, httpx.AsyncClient() as c:
         await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-s", "om_s", text=question))
         await until(lambda: bool(api.of("PATCH")) and card_text(api.of("PATCH")[-1]) == "echo: " + question)
-    (first,) = api.replies
+        (first,) = await sentinel(c, url, api, 2)
     assert (first.body["msg_type"], first.body["uuid"]) == ("interactive", "om_s-0")
     assert card_text(first).endswith(" ▍") and card_text(first) != "echo: " + question + " ▍"  # early, partial
-    patches = api.of("PATCH")
+    patches = [p for p in api.of("PATCH") if "sentinel" not in card_text(p)]
     assert {p.path for p in patches} == {"/open-apis/im/v1/messages/om_r2"}  # our card's id
     assert card_text(patches[-1]) == "echo: " + question and len(patches) <= 7  # one per word at most
 
@@ -227,7 +257,7 @@ async def test_final_card_update_refused_falls_back_to_a_text_reply(rig):
     async with serve_asgi(make(stream=True, delay=0.08)) as url, httpx.AsyncClient() as c:
         await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-x", "om_x", text="a b c"))
         await until(lambda: any(r.body["msg_type"] == "text" for r in api.replies))
-    card, text = api.replies
+        card, text = await sentinel(c, url, api, 4)  # its card and its fallback text reply
     assert card.body["msg_type"] == "interactive" and text.body["uuid"] == "om_x-0-final"
     assert text.content() == {"text": "echo: a b c"}
 
@@ -236,6 +266,7 @@ async def test_stream_false_sends_once_when_complete(rig):
     api, make = rig
     async with serve_asgi(make(stream=False, delay=0.05)) as url, httpx.AsyncClient() as c:
         await c.post(f"{url}/hooks/lark", json=variant(P2P, "ev-o", "om_o", text="x y z"))
-        sent = await replies(api, 1)
+        await replies(api, 1)
+        sent = await sentinel(c, url, api, 2)
     assert texts(sent) == ["echo: x y z"] and api.of("PATCH") == [] and api.of("PUT") == []
     assert orjson.loads(sent[0].body["content"]) == {"text": "echo: x y z"}

@@ -79,23 +79,39 @@ async def shortcut(c: httpx.AsyncClient, url: str, body: bytes) -> httpx.Respons
     return await c.post(f"{url}/hooks/slack", content=body, headers={"Content-Type": FORM, **sign(body)})
 
 
-async def settle(slack: FakeSlack, method: str, n: int, patience: float = 5.0) -> list[dict[str, Any]]:
-    """Wait until `n` calls of `method` arrived (at most `patience` s), then a little longer to
-    prove no extra one follows."""
+async def calls(slack: FakeSlack, method: str, n: int, patience: float = 5.0) -> list[dict[str, Any]]:
+    """The calls of `method`, once at least `n` arrived (at most `patience` s)."""
     for _ in range(int(patience / 0.02)):
         if len(slack.of(method)) >= n:
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.2)
     return slack.of(method)
 
 
-async def sentinel(c: httpx.AsyncClient, url: str, slack: FakeSlack, posts: int) -> None:
-    """Send one more real message and wait for its reply: what was sent before and should have
-    been ignored would have been answered by now, so exactly `posts` replies prove it was not."""
-    await post(c, url, raw("message_im", event_id="Ev0SENTINEL", ts="1700009999.000100", text="sentinel"))
-    got = await settle(slack, "chat.postMessage", posts)
-    assert len(got) == posts and got[-1]["thread_ts"] == "1700009999.000100"
+async def sentinel(c: httpx.AsyncClient, url: str, slack: FakeSlack, posts: int, n: int = 1) -> None:
+    """Send one more real message (a new event in the same DM) and wait until its answer is
+    complete. Answers are started in the order their messages came in, so whatever an earlier
+    event would have caused (a reply, an edit, a delete) has happened by then: exactly `posts`
+    chat.postMessage calls, the sentinel's the last, prove no extra one was made."""
+    text, ts = f"sentinel-{n}", f"17000099{n:02d}.000100"
+    await post(c, url, raw("message_im", event_id=f"Ev0SENTINEL{n}", ts=ts, text=text))
+
+    def answered() -> bool:  # its final text: an edit of its "…", or a reply when edits are refused
+        return any(m in ("chat.update", "chat.postMessage") and b["text"].endswith(f": {text}") for m, b in slack.calls)
+
+    for _ in range(int(5.0 / 0.02)):
+        if answered():
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"the sentinel was not answered; calls: {[m for m, _ in slack.calls]}")
+    got = slack.of("chat.postMessage")
+    assert len(got) == posts and got[-1]["thread_ts"] == ts, got
+
+
+def edits(slack: FakeSlack, ts: str = PLACEHOLDER_TS) -> list[dict[str, Any]]:
+    """The chat.update calls on the message `ts` (by default our first "…")."""
+    return [u for u in slack.of("chat.update") if u["ts"] == ts]
 
 
 async def final_text(slack: FakeSlack, done: Callable[[str], bool], patience: float = 5.0) -> str:
@@ -127,9 +143,15 @@ async def test_direct_message_is_answered_once_in_its_thread_despite_retries(mak
         for n, reason in (("1", "http_timeout"), ("2", "http_error")):
             retry = await post(c, url, body, retry=(n, reason))
             assert retry.status_code == 200
-        posts = await settle(slack, "chat.postMessage", 1)
-    assert posts == [{"channel": "D0DM00001", "text": "…", "thread_ts": "1700000101.000100", "unfurl_links": False}]
-    assert slack.of("chat.update")[-1] == {
+        await final_text(slack, lambda t: t.startswith("echo: What") and not t.endswith("…"))
+        await sentinel(c, url, slack, 2)
+    assert slack.of("chat.postMessage")[0] == {
+        "channel": "D0DM00001",
+        "text": "…",
+        "thread_ts": "1700000101.000100",
+        "unfurl_links": False,
+    }
+    assert edits(slack)[-1] == {
         "channel": "D0DM00001",
         "ts": PLACEHOLDER_TS,
         "text": "echo: What is the difference between a list &amp; a tuple? "
@@ -141,7 +163,8 @@ async def test_a_retry_after_a_restart_gets_no_second_answer(make, slack):
     body = raw("message_im")
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         await post(c, url, body)
-        assert len(await settle(slack, "chat.postMessage", 1)) == 1
+        assert len(await calls(slack, "chat.postMessage", 1)) == 1
+        await final_text(slack, lambda t: t.startswith("echo: What") and not t.endswith("…"))
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         retry = await post(c, url, body, retry=("1", "http_timeout"))
         assert retry.status_code == 200
@@ -172,10 +195,10 @@ async def test_thread_replies_land_in_the_thread_and_keep_its_history(make, slac
         providers = {"gpt": {"kind": "openai", "base_url": upstream.base_url, "api_key": "sk-test", "model": "m"}}
         async with serve_asgi(make(providers=providers)) as url, httpx.AsyncClient() as c:
             await post(c, url, raw("app_mention_channel"))
-            await settle(slack, "chat.postMessage", 1)
+            await calls(slack, "chat.postMessage", 1)
             await final_text(slack, lambda t: not t.endswith("…"))
             await post(c, url, raw("app_mention_thread"))
-            posts = await settle(slack, "chat.postMessage", 2)
+            posts = await calls(slack, "chat.postMessage", 2)
             await final_text(slack, lambda t: "sets" in t)
     assert [p["thread_ts"] for p in posts] == ["1700000201.000200", "1700000201.000200"]
     assert slack.of("chat.update")[-1] == {
@@ -197,7 +220,7 @@ async def test_a_provider_failure_reaches_the_user_as_an_apology(make, slack):
         providers = {"gpt": {"kind": "openai", "base_url": upstream.base_url, "api_key": "sk-test", "model": "m"}}
         async with serve_asgi(make(providers=providers)) as url, httpx.AsyncClient() as c:
             await post(c, url, raw("message_im"))
-            await settle(slack, "chat.postMessage", 1)
+            await calls(slack, "chat.postMessage", 1)
             assert await final_text(slack, lambda t: t != "…") == APOLOGY
     assert len(slack.of("chat.postMessage")) == 1
 
@@ -244,20 +267,19 @@ async def test_streaming_edits_are_throttled_and_a_429_is_honoured(make, slack):
     async with serve_asgi(make(delay=0.04)) as url, httpx.AsyncClient() as c:
         await post(c, url, raw("message_im", text=words))
         await final_text(slack, lambda t: t == f"echo: {words}")
-        await asyncio.sleep(0.2)  # nothing may follow the final edit
+        await sentinel(c, url, slack, 2)  # nothing may follow the final edit
     assert [m for m, _ in slack.calls].count("chat.update:429") == 1
     assert slack.pause_after("chat.update:429") >= 0.19  # Retry-After: 0.2 was honoured
-    texts = slack.texts("chat.update")
+    texts = [u["text"] for u in edits(slack)]
     assert texts[-1] == f"echo: {words}" and texts.count(f"echo: {words}") == 1
     assert 1 <= len(texts) - 1 < 12  # some streamed edits, fewer than one per word
     assert all(t.endswith(" …") for t in texts[:-1])
-    assert len(slack.of("chat.postMessage")) == 1
 
 
 async def test_a_file_without_text_gets_the_polite_answer(make, slack):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         await post(c, url, raw("file_share_image"))
-        await settle(slack, "chat.postMessage", 1)
+        await calls(slack, "chat.postMessage", 1)
         text = await final_text(slack, lambda t: t != "…")
     assert text == "Sorry, I can only read text messages for now. Please send your question as text."
 
@@ -266,8 +288,9 @@ async def test_ok_false_on_the_final_edit_posts_the_answer_as_a_reply(make, slac
     slack.fail("chat.update", "cant_update_message")
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         await post(c, url, raw("message_im", text="hi"))
-        posts = await settle(slack, "chat.postMessage", 2)
-    assert [(p["text"], p["thread_ts"]) for p in posts] == [
+        await calls(slack, "chat.postMessage", 2)
+        await sentinel(c, url, slack, 3)
+    assert [(p["text"], p["thread_ts"]) for p in slack.of("chat.postMessage")[:2]] == [
         ("…", "1700000101.000100"),
         ("echo: hi", "1700000101.000100"),
     ]
@@ -277,8 +300,10 @@ async def test_long_answers_continue_in_the_thread(make, slack):
     text = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
     async with serve_asgi(make(text_limit=30)) as url, httpx.AsyncClient() as c:
         await post(c, url, raw("message_im", text=text))
-        posts = await settle(slack, "chat.postMessage", 3)
-    assert slack.texts("chat.update")[-1] == "echo: alpha beta gamma delta"
+        await calls(slack, "chat.postMessage", 3)
+        await sentinel(c, url, slack, 4)
+    posts = slack.of("chat.postMessage")[:3]
+    assert edits(slack)[-1]["text"] == "echo: alpha beta gamma delta"
     assert [p["text"] for p in posts[1:]] == ["epsilon zeta eta theta iota", "kappa"]
     assert {p["thread_ts"] for p in posts} == {"1700000101.000100"}
 
@@ -292,11 +317,11 @@ async def test_stop_shortcut_stops_a_slow_stream_and_delete_removes_ours_only(ma
         assert (r.status_code, r.content) == (200, b"")
         final = await final_text(slack, lambda t: t.endswith("_(stopped)_"))
         assert final.startswith("echo: w0") and "w39" not in final
-        edits = len(slack.of("chat.update"))
+        stopped = len(edits(slack))
         r = await shortcut(c, url, shortcut_form("shortcut_delete_other"))
         assert (r.status_code, r.content) == (200, b"")
         await shortcut(c, url, shortcut_form("shortcut_stop", ts=PLACEHOLDER_TS, callback_id="delete_message"))
-        deletes = await settle(slack, "chat.delete", 1)
-    assert deletes == [{"channel": "D0DM00001", "ts": PLACEHOLDER_TS}]
-    assert len(slack.of("chat.update")) == edits  # the stopped stream edits no more
-    assert len(slack.of("chat.postMessage")) == 1
+        await calls(slack, "chat.delete", 1)
+        await sentinel(c, url, slack, 2)
+    assert slack.of("chat.delete") == [{"channel": "D0DM00001", "ts": PLACEHOLDER_TS}]
+    assert len(edits(slack)) == stopped  # the stopped stream edits no more

@@ -65,12 +65,29 @@ async def post(c: httpx.AsyncClient, url: str, name: str = "bot_dm", **fields: s
 
 
 async def wait(nas: FakeNAS, n: int, patience: float = 5.0) -> list[dict[str, Any]]:
+    """What the NAS got, once at least `n` posts arrived (at most `patience` s)."""
     for _ in range(int(patience / 0.02)):
         if len(nas.sent) >= n:
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.15)  # and nothing more arrives
     return nas.sent
+
+
+async def sentinel(c: httpx.AsyncClient, url: str, nas: FakeNAS, sent: int, n: int = 1) -> list[dict[str, Any]]:
+    """Send one more real message (a new post from the same user) and wait until its answer
+    arrived. Answers are started in the order their messages came in, so whatever an earlier
+    message would have caused has happened by then: exactly `sent` posts, the sentinel's answer
+    the last, prove nothing else was sent. Returns what came before the sentinel's answer."""
+    text = f"sentinel-{n}"
+    assert (await post(c, url, post_id=text, text=text)).status_code == 200
+    for _ in range(int(5.0 / 0.02)):
+        if any(s["payload"].get("text") == f"rest: {text}" for s in nas.sent):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"the sentinel was not answered; sent: {nas.sent}")
+    assert len(nas.sent) == sent and nas.sent[-1]["payload"]["text"] == f"rest: {text}", nas.sent
+    return nas.sent[:-1]
 
 
 async def test_bot_dm_answered_once_through_the_chatbot_api(rig):
@@ -78,7 +95,8 @@ async def test_bot_dm_answered_once_through_the_chatbot_api(rig):
     for _ in range(2):  # the second one is the same post_id again
         r = await post(c, url, text="GPT: what is a NAS?")
         assert (r.status_code, r.json()) == (200, {})
-    (sent,) = await wait(nas, 1)
+    await wait(nas, 1)
+    (sent,) = await sentinel(c, url, nas, 2)
     assert sent["payload"] == {"text": "chat: what is a NAS?", "user_ids": [4]}
     assert sent["query"] == {
         "api": "SYNO.Chat.External",
@@ -116,7 +134,8 @@ async def test_image_prefix_goes_to_the_image_channel_and_sends_a_file_url(rig, 
 async def test_code_is_refused_never_run_never_sent_to_a_model(rig, text):
     nas, up, url, c = rig
     assert (await post(c, url, text=text)).status_code == 200
-    (sent,) = await wait(nas, 1)
+    await wait(nas, 1)
+    (sent,) = await sentinel(c, url, nas, 2)  # and no answer from a model follows
     assert sent["payload"] == {"text": "Switchboard does not run code from chat messages.", "user_ids": [4]}
     assert up.requests == []
 
@@ -127,15 +146,15 @@ async def test_bad_token_is_401_and_unknown_user_ignored(rig):
     assert (r.status_code, r.text) == (401, "unauthorized")
     assert (await post(c, url, token="")).status_code == 401
     assert (await post(c, url, user_id="99", post_id="p9")).status_code == 200
-    assert await wait(nas, 1, patience=0.3) == []
+    assert await sentinel(c, url, nas, 1) == []
 
 
 async def test_long_answer_split_in_order(rig):
     nas, _, url, c = rig
     words = " ".join(f"w{i:04d}" for i in range(700))  # ~4,200 characters: three parts
     await post(c, url, post_id="long", text=words)
-    sent = await wait(nas, 3)
-    texts = [s["payload"]["text"] for s in sent]
+    await wait(nas, 3)
+    texts = [s["payload"]["text"] for s in await sentinel(c, url, nas, 4)]
     assert len(texts) == 3 and all(len(t) <= 2000 for t in texts)
     assert " ".join(texts) == "rest: " + words
 
@@ -146,6 +165,10 @@ async def test_refused_send_is_logged_without_the_token(rig, caplog):
     with caplog.at_level(logging.INFO):
         await post(c, url, post_id="refused", text="hello")
         await wait(nas, 1)
-        await asyncio.sleep(0.1)
-    assert "error code 117" in caplog.text
+        await sentinel(c, url, nas, 2)  # refused too
+        for _ in range(250):  # each refusal is logged once the NAS answered
+            if caplog.text.count("error code 117") >= 2:
+                break
+            await asyncio.sleep(0.02)
+    assert caplog.text.count("error code 117") >= 2
     assert BOT_TOKEN not in caplog.text and "entry.cgi" not in caplog.text

@@ -82,6 +82,13 @@ class Rig:
         q = query or signed_query(openid=OPENID)
         return await self.client.post("/hooks/wx", params=q, content=body, timeout=timeout)
 
+    async def sentinel(self, n: int = 1) -> None:
+        """One more real message from the same user, answered in the response to it. Answers are
+        started in the order their messages came in, so whatever an earlier message would have
+        caused (a customer-service message, say) has happened by then."""
+        resp = await self.post(payload("text", Content=f"sentinel-{n}", MsgId=f"99{n:02d}"))
+        assert passive(resp) == f"echo: sentinel-{n}"
+
     async def dropped(self, body: bytes) -> None:
         """A delivery WeChat gives up on: the adapter must not have answered it in time."""
         with pytest.raises(httpx.ReadTimeout):
@@ -160,7 +167,7 @@ async def test_slower_still_success_then_exactly_one_customer_service_message():
         assert (last.status_code, last.text) == (200, "success")
         r.gated.gate.set()
         assert await r.fake.wait_sends(1) == ["gated: what is new?"]
-        await asyncio.sleep(0.3)
+        await r.sentinel()
         assert r.fake.texts == ["gated: what is new?"] and len(r.fake.sends) == 1
         assert r.fake.sends[0]["json"]["touser"] == OPENID and len(r.fake.token_calls) == 1
         assert r.gated.calls == ["what is new?"]
