@@ -4,6 +4,13 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?= config.yaml
+# `make run PORT=9000 HOST=0.0.0.0 CONFIG=my.yaml EXTRAS=litellm` (EXTRAS: optional dependencies
+# to serve with, e.g. litellm for local models; comma-separated)
+PORT    ?=
+HOST    ?=
+EXTRAS  ?=
+RUN_STAMP := $(VENV)/.installed-run$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
+comma   := ,
 
 .PHONY: install run test lint bench clean system-deps
 
@@ -15,6 +22,12 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt -e '.[litellm,test,dev]'
 	touch $(STAMP)
 
+# What serving needs, and nothing else: `make run` stays small (the test and dev tools, and
+# LiteLLM unless asked for, come with `make test` / `make lint`).
+$(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.$(if $(EXTRAS),[$(EXTRAS)])'
+	touch $@
+
 install: $(STAMP)
 
 # Debian packages the tests use (a real redis-server). Needs root; skipped when present.
@@ -23,8 +36,8 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server missing: the Redis store tests will be skipped (run as root to install)"; fi; }
 
-run: install
-	$(BIN)/switchboard serve --config $(CONFIG)
+run: $(RUN_STAMP)
+	$(BIN)/switchboard serve --config $(CONFIG) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: install system-deps
 	$(BIN)/python -m pytest -q

@@ -91,6 +91,7 @@ _OLLAMA_NO_MODEL = "not found, try pulling it first"
 
 class LiteLLMProvider(Provider):
     config_model = LiteLLMConfig
+    requires = {"litellm": "litellm"}
 
     async def start(self) -> None:
         self.lib = await asyncio.to_thread(_import_litellm)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
 import os
+import socket
 import sys
 from functools import partial
 from typing import TextIO
@@ -58,12 +60,16 @@ def serve(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     server = settings.raw.server
     setup_logging(server.log_level)
+    host, port = args.host or server.host, args.port if args.port is not None else server.port
+    try:  # bound before start-up, so "ready" is only ever logged with the port ours
+        sock = listen(host, port)
+    except OSError as e:
+        print(f"{host}:{port} {_bind_problem(e)}: set server.port or --port", file=sys.stderr)
+        return 2
     for line in route_table(settings):
         logging.getLogger("switchboard").info("route %s", line.strip())
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings, on_ready=partial(tune_gc, server.gc_threshold)),
-        host=args.host or server.host,
-        port=args.port if args.port is not None else server.port,
         log_level="warning" if server.log_level == "info" else server.log_level,
         access_log=False,
         lifespan="on",
@@ -71,7 +77,34 @@ def serve(args: argparse.Namespace) -> int:
         http=with_header_deadline(server.header_timeout),  # uvicorn's own "auto" choice, plus the deadline
         timeout_graceful_shutdown=int(server.drain_seconds) + 5,
     )
+    logging.getLogger("switchboard").info("listening on http://%s:%d", host, port)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (IPv6 when the host is an IPv6 address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may bind at once
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_problem(err: OSError) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return "is in use"
+    if err.errno == errno.EACCES:
+        return "needs privileges to bind"
+    if err.errno == errno.EADDRNOTAVAIL or isinstance(err, socket.gaierror):
+        return "is not an address of this machine"
+    return f"cannot be bound ({err.strerror or err})"
 
 
 # ----------------------------------------------------------------------------------------- check
@@ -192,6 +225,7 @@ async def _chat(settings: Settings, name: str, session: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="switchboard", description="One endpoint for every chat bot.")
+    parser.add_argument("--version", action="version", version=f"switchboard {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="serve the config")
     p.add_argument("--config", default=DEFAULT_CONFIG)
@@ -209,6 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=chat)
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("switchboard")
+    except PackageNotFoundError:  # run from a clone that was never installed
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ reason kept for one log line, and channels skip it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -256,6 +257,12 @@ def _adapters(
             config = cls.config_model.model_validate(block)
         except ValidationError as e:
             _raise_validation(path, e)
+        absent = [m for m, extra in getattr(cls, "requires", {}).items() if importlib.util.find_spec(m) is None]
+        if absent:  # an optional dependency this install left out: off, with how to add it
+            extras = ",".join(sorted({cls.requires[m] for m in absent}))
+            reason = f"needs {', '.join(absent)} (make run EXTRAS={extras}, or pip install -e '.[{extras}]')"
+            out[name] = Adapter(name, kind, None, None, disabled=reason)
+            continue
         out[name] = Adapter(name, kind, cls, config)
     return out
 

@@ -48,6 +48,9 @@ class Provider(abc.ABC):
     """
 
     config_model: ClassVar[type[AdapterConfig]]
+    #: Optional packages this provider imports, each with the extra that installs it. When one is
+    #: missing the provider is disabled at config load, with the install command as the reason.
+    requires: ClassVar[dict[str, str]] = {}
     #: Does the backend keep its own conversation memory (Dify)? Informational.
     stateful: ClassVar[bool] = False
 
