@@ -166,8 +166,8 @@ class Claims:
     async def settle(self, msg: Inbound) -> None:
         """The message is answered (or failed for good): DONE for the dedupe ttl."""
         self.active.pop(claim_key(msg.platform, msg.event_id), None)
-        for key in (msg.event_id, *msg.extra_keys):
-            await self.store.settle(claim_key(msg.platform, key), self.ttl)
+        more = [claim_key(msg.platform, key) for key in msg.extra_keys]
+        await self.store.settle(claim_key(msg.platform, msg.event_id), self.ttl, *more)
 
     def leave(self, msg: Inbound) -> None:
         """Delivery was cut off (shutdown): the claim runs out and the next process answers."""

@@ -189,8 +189,9 @@ class Store(abc.ABC):
         one is given. False when `owner` no longer holds the key (taken over, settled, gone)."""
 
     @abc.abstractmethod
-    async def settle(self, key: str, ttl: float) -> None:
-        """Mark `key` answered: DONE for `ttl` seconds from now; the payload is dropped."""
+    async def settle(self, key: str, ttl: float, *more: str) -> None:
+        """Mark `key` (and the `more` keys, at once) answered: DONE for `ttl` seconds from now;
+        the payload is dropped."""
 
     @abc.abstractmethod
     async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:

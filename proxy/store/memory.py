@@ -121,9 +121,10 @@ class MemoryStore(Store):
             held.payload = payload
         return True
 
-    async def settle(self, key: str, ttl: float) -> None:
+    async def settle(self, key: str, ttl: float, *more: str) -> None:
         now = time.time()
-        self._leases[key] = Lease("", now, now + ttl, None, done=True)
+        for k in (key, *more):
+            self._leases[k] = Lease("", now, now + ttl, None, done=True)
 
     async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:
         now = time.time()

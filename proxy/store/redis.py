@@ -146,13 +146,14 @@ class RedisStore(Store):
         args = [owner, _ms(lease), "0" if payload is None else "1", payload or ""]
         return bool(await self._r.eval(RENEW, 2, hkey, leases, *args))  # type: ignore[misc]
 
-    async def settle(self, key: str, ttl: float) -> None:
-        hkey, leases = self._claim_keys(key)
+    async def settle(self, key: str, ttl: float, *more: str) -> None:
         async with self._r.pipeline(transaction=True) as pipe:
-            pipe.delete(hkey)
-            pipe.hset(hkey, mapping={"owner": "", "until": 0, "done": "1"})
-            pipe.pexpire(hkey, int(_ms(ttl)))
-            pipe.zrem(leases, hkey)
+            for k in (key, *more):
+                hkey, leases = self._claim_keys(k)
+                pipe.delete(hkey)
+                pipe.hset(hkey, mapping={"owner": "", "until": 0, "done": "1"})
+                pipe.pexpire(hkey, int(_ms(ttl)))
+                pipe.zrem(leases, hkey)
             await pipe.execute()
 
     async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:

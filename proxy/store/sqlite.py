@@ -181,6 +181,13 @@ class SQLiteStore(Store):
         now = time.time()
         async with self._transaction("BEGIN IMMEDIATE") as db:
             await self._purge_now_and_then(db, now)
+            new = await db.execute(  # the common case in one statement
+                "INSERT INTO claims (k, owner, until, expires, done, payload) VALUES (?, ?, ?, ?, 0, ?) "
+                "ON CONFLICT (k) DO NOTHING",
+                (key, owner, now + lease, now + ttl, payload),
+            )
+            if new.rowcount == 1:
+                return Claim(ClaimState.NEW)
             async with db.execute("SELECT until, expires, done, payload FROM claims WHERE k = ?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[1] <= now:
@@ -206,12 +213,12 @@ class SQLiteStore(Store):
             )
             return cur.rowcount == 1
 
-    async def settle(self, key: str, ttl: float) -> None:
+    async def settle(self, key: str, ttl: float, *more: str) -> None:
         now = time.time()
         async with self._transaction() as db:
-            await db.execute(
+            await db.executemany(
                 "INSERT OR REPLACE INTO claims (k, owner, until, expires, done, payload) VALUES (?, '', ?, ?, 1, NULL)",
-                (key, now, now + ttl),
+                [(k, now, now + ttl) for k in (key, *more)],
             )
 
     async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:

@@ -64,6 +64,16 @@ async def test_renew_keeps_the_lease_and_the_payload_unless_given(store):
     assert got.state is TAKEN_OVER and got.payload == "one"
 
 
+async def test_settle_several_keys_at_once(store):
+    for k in ("seen:p:s1", "seen:p:s2"):
+        await store.claim_lease(k, owner="a", lease=30, ttl=60)
+    await store.settle("seen:p:s1", 60, "seen:p:s2", "seen:p:s3")
+    states = [
+        (await store.claim_lease(k, owner="b", lease=30, ttl=60)).state for k in ("seen:p:s1", "seen:p:s2", "seen:p:s3")
+    ]
+    assert states == [DONE, DONE, DONE]
+
+
 async def test_claims_are_forgotten_after_ttl(store):
     await store.claim_lease("seen:p:e5", owner="a", lease=0.1, ttl=0.3)
     await store.claim_lease("seen:p:e6", owner="a", lease=30, ttl=60)
