@@ -179,15 +179,17 @@ class SQLiteStore(Store):
 
     async def claim_lease(self, key: str, *, owner: str, lease: float, ttl: float, payload: str | None = None) -> Claim:
         now = time.time()
+        if now >= self._next_purge:
+            async with self._transaction() as db:
+                await self._purge_now_and_then(db, now)
+        new = await self._write(  # the common case: one statement, atomic on its own
+            "INSERT INTO claims (k, owner, until, expires, done, payload) VALUES (?, ?, ?, ?, 0, ?) "
+            "ON CONFLICT (k) DO NOTHING",
+            (key, owner, now + lease, now + ttl, payload),
+        )
+        if new == 1:
+            return Claim(ClaimState.NEW)
         async with self._transaction("BEGIN IMMEDIATE") as db:
-            await self._purge_now_and_then(db, now)
-            new = await db.execute(  # the common case in one statement
-                "INSERT INTO claims (k, owner, until, expires, done, payload) VALUES (?, ?, ?, ?, 0, ?) "
-                "ON CONFLICT (k) DO NOTHING",
-                (key, owner, now + lease, now + ttl, payload),
-            )
-            if new.rowcount == 1:
-                return Claim(ClaimState.NEW)
             async with db.execute("SELECT until, expires, done, payload FROM claims WHERE k = ?", (key,)) as cur:
                 row = await cur.fetchone()
             if row is None or row[1] <= now:
@@ -205,21 +207,29 @@ class SQLiteStore(Store):
 
     async def renew(self, key: str, *, owner: str, lease: float, payload: str | None = None) -> bool:
         now = time.time()
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "UPDATE claims SET until = ?, payload = COALESCE(?, payload) "
-                "WHERE k = ? AND owner = ? AND done = 0 AND expires > ?",
-                (now + lease, payload, key, owner, now),
-            )
-            return cur.rowcount == 1
+        changed = await self._write(
+            "UPDATE claims SET until = ?, payload = COALESCE(?, payload) "
+            "WHERE k = ? AND owner = ? AND done = 0 AND expires > ?",
+            (now + lease, payload, key, owner, now),
+        )
+        return changed == 1
 
     async def settle(self, key: str, ttl: float, *more: str) -> None:
         now = time.time()
+        settle = "INSERT OR REPLACE INTO claims (k, owner, until, expires, done, payload) VALUES (?, '', ?, ?, 1, NULL)"
+        if not more:
+            await self._write(settle, (key, now, now + ttl))
+            return
         async with self._transaction() as db:
-            await db.executemany(
-                "INSERT OR REPLACE INTO claims (k, owner, until, expires, done, payload) VALUES (?, '', ?, ?, 1, NULL)",
-                [(k, now, now + ttl) for k in (key, *more)],
-            )
+            await db.executemany(settle, [(k, now, now + ttl) for k in (key, *more)])
+
+    async def _write(self, sql: str, args: tuple[object, ...]) -> int:
+        """One statement outside any transaction of ours (SQLite makes it atomic): one trip to the
+        connection's thread instead of three; the lock keeps it out of another coroutine's open
+        transaction. Returns the rows changed."""
+        async with self._tx:
+            async with self._db.execute(sql, args) as cur:
+                return cur.rowcount
 
     async def expired_claims(self, prefix: str, limit: int) -> list[tuple[str, str | None]]:
         now = time.time()
