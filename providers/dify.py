@@ -33,12 +33,14 @@ import aiohttp
 import orjson
 from pydantic import Field
 
+from providers.keypool import mask
 from providers.upstream import (
     DONE,
     TRANSPORT_ERRORS,
     UNPARSEABLE,
     JSONEvents,
     non_json_error,
+    probe_get,
     retry_after,
     scrub,
     transport_error,
@@ -53,6 +55,7 @@ from proxy.errors import (
     RequestRejected,
     error_for_status,
 )
+from proxy.probe import ProbeOutcome, ProbeResult
 from proxy.types import JSON, ChatRequest, Delta, Message, Usage
 
 log = logging.getLogger("switchboard.providers.dify")
@@ -78,6 +81,9 @@ STOP_PATHS = {
     "workflow": "/workflows/tasks/{}/stop",
 }
 STOP_TIMEOUT = aiohttp.ClientTimeout(total=5)
+#: The Dify app modes (`GET /info` → `mode`) each `app_mode` can talk to.
+CHAT_MODES = frozenset({"chat", "advanced-chat", "agent-chat", "agent"})
+APP_MODES = {"chat": CHAT_MODES, "agent": CHAT_MODES, "completion": {"completion"}, "workflow": {"workflow"}}
 
 
 class DifyConfig(AdapterConfig):
@@ -222,15 +228,42 @@ class DifyProvider(Provider):
             if run.task_id and not run.finished and self.config.stop_on_disconnect:
                 self._stop_later(run.task_id, user)
 
+    async def probe(self) -> list[ProbeResult]:
+        """`GET /info` with the app key (Dify's health-check call, which also names the app's
+        mode: it must fit `app_mode`); `GET /parameters` on servers too old to have /info."""
+        shown, headers = mask(self.config.api_key), {"authorization": self.headers["authorization"]}
+        try:
+            try:
+                info = await probe_get(self.http, self.base + "/info", headers, self.name, self._error_of)
+            except Misconfigured as e:
+                if e.status != 404:
+                    raise
+                await probe_get(self.http, self.base + "/parameters", headers, self.name, self._error_of)
+                return [ProbeResult(shown, ProbeOutcome.REACHABLE, "app answers; no /info, so its mode is unchecked")]
+        except ProviderError as e:
+            return [ProbeResult.of_error(shown, e)]
+        info = info if isinstance(info, dict) else {}
+        app = f"app {str(info['name'])[:60]!r}" if info.get("name") else "app"
+        mode, want = info.get("mode"), self.config.app_mode
+        if not isinstance(mode, str):
+            return [ProbeResult(shown, ProbeOutcome.REACHABLE, app)]
+        if mode not in APP_MODES[want]:
+            return [
+                ProbeResult(shown, ProbeOutcome.MISCONFIGURED, f"{app} is a {mode} app; app_mode {want} does not fit")
+            ]
+        return [ProbeResult(shown, ProbeOutcome.REACHABLE, f"{app}, mode {mode}")]
+
     async def _http_error(self, resp: aiohttp.ClientResponse) -> ProviderError:
-        raw = await resp.read()
+        return self._error_of(resp.status, resp.headers, await resp.read())
+
+    def _error_of(self, status: int, headers: Any, raw: bytes) -> ProviderError:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):  # an edge proxy's HTML page
-            return non_json_error(resp.status, resp.headers, raw, self.name)
-        return dify_error(resp.status, data, self.name, resp.headers, self.config.api_key)
+            return non_json_error(status, headers, raw, self.name)
+        return dify_error(status, data, self.name, headers, self.config.api_key)
 
     async def _events(
         self, resp: aiohttp.ClientResponse, state: ProviderState, run: _Run, user: str

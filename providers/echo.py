@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from proxy.contracts import AdapterConfig, Provider, ProviderState
+from proxy.probe import ProbeOutcome, ProbeResult
 from proxy.types import ChatRequest, Delta, Usage
 
 
@@ -22,6 +23,9 @@ class EchoConfig(AdapterConfig):
 
 class EchoProvider(Provider):
     config_model = EchoConfig
+
+    async def probe(self) -> list[ProbeResult]:
+        return [ProbeResult("-", ProbeOutcome.NOT_PROBED, "no network")]
 
     def _answer(self, request: ChatRequest) -> str:
         last = next((m for m in reversed(request.messages) if m.role == "user"), None)

@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field
 
-from providers.upstream import retry_after, scrub
+from providers.keypool import mask
+from providers.openai_base import error_from_body, model_listed
+from providers.upstream import probe_get, retry_after, scrub
 from proxy.contracts import AdapterConfig, Provider, ProviderState
 from proxy.errors import (
     AuthFailed,
@@ -29,6 +32,7 @@ from proxy.errors import (
     RateLimited,
     RequestRejected,
 )
+from proxy.probe import ProbeOutcome, ProbeResult
 from proxy.types import JSON, ChatRequest, Completion, Delta, Usage
 
 
@@ -87,6 +91,23 @@ def map_error(lib: Any, err: BaseException, provider: str, secret: str | None = 
 
 #: Ollama's answer for a model it has not pulled (LiteLLM passes it on as a connection error).
 _OLLAMA_NO_MODEL = "not found, try pulling it first"
+#: LiteLLM model prefixes that talk to Ollama's own API.
+_OLLAMA_PREFIXES = ("ollama", "ollama_chat")
+
+
+def _pulled(key: str, tags: Any, model: str) -> ProbeResult:
+    """Is `model` among Ollama's local models (`GET /api/tags`)? A name without a tag means
+    `:latest`, as in Ollama. Not pulled is misconfigured: every request would be a 404."""
+    models = tags.get("models") if isinstance(tags, dict) else None
+    names = (
+        {n for m in models if isinstance(m, dict) for n in (m.get("name"), m.get("model")) if isinstance(n, str)}
+        if isinstance(models, list)
+        else set()
+    )
+    if names & ({model} if ":" in model else {model, f"{model}:latest"}):
+        return ProbeResult(key, ProbeOutcome.REACHABLE, f"model {model} pulled")
+    has = ", ".join(sorted(names)[:5]) or "none"
+    return ProbeResult(key, ProbeOutcome.MISCONFIGURED, f"model {model} not pulled (ollama pull {model}); has: {has}")
 
 
 class LiteLLMProvider(Provider):
@@ -119,6 +140,28 @@ class LiteLLMProvider(Provider):
 
     def describe(self) -> str:
         return f"litellm {self.config.model} at {self.config.api_base or 'default'}"
+
+    async def probe(self) -> list[ProbeResult]:
+        """Only what the config points at, never a vendor's default endpoint: `ollama/` and
+        `ollama_chat/` models → `GET {api_base}/api/tags` (is the model pulled?); other models →
+        `GET {api_base}/models` (OpenAI-compatible servers: vLLM, LM Studio...); no `api_base`,
+        no probe. Needs nothing from LiteLLM itself."""
+        c = self.config
+        shown = mask(c.api_key) if c.api_key else "-"
+        if not c.api_base:
+            return [ProbeResult(shown, ProbeOutcome.NOT_PROBED, "no api_base: LiteLLM picks the endpoint itself")]
+        prefix, _, bare = c.model.partition("/")
+        ollama = prefix in _OLLAMA_PREFIXES and bool(bare)
+        url = c.api_base.rstrip("/") + ("/api/tags" if ollama else "/models")
+        headers = {"authorization": f"Bearer {c.api_key}"} if c.api_key else {}
+        error_of = partial(error_from_body, provider=self.name, secrets=(c.api_key,) if c.api_key else ())
+        try:
+            data = await probe_get(self.http, url, headers, self.name, error_of)
+        except ProviderError as e:
+            return [ProbeResult.of_error(shown, e)]
+        if ollama:
+            return [_pulled(shown, data, bare)]
+        return [ProbeResult(shown, ProbeOutcome.REACHABLE, model_listed(data, bare or c.model))]
 
     def _kwargs(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         c = self.config

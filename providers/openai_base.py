@@ -13,17 +13,20 @@ the model is the channel's config, never the caller's.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
 from pydantic import Field, model_validator
 
-from providers.keypool import KeyPool
-from providers.upstream import DONE, UNPARSEABLE, JSONEvents, non_json_error, retry_after, scrub
+from providers.keypool import KeyPool, mask
+from providers.upstream import DONE, UNPARSEABLE, JSONEvents, non_json_error, probe_get, retry_after, scrub
 from proxy.contracts import AdapterConfig, Provider
 from proxy.errors import BadResponse, ProviderError, QuotaExceeded, error_for_status
+from proxy.probe import ProbeOutcome, ProbeResult
 from proxy.types import JSON, Delta, Usage
 
 
@@ -90,6 +93,34 @@ class OpenAICompatProvider(Provider):
     async def raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status >= 400:
             raise error_from_body(resp.status, resp.headers, await resp.read(), self.name, self._secrets)
+
+    async def probe(self) -> list[ProbeResult]:
+        """`GET {base_url}/models` with every key of the pool, at once; the pool's key health is
+        left alone."""
+        url = self.config.base_url.rstrip("/") + "/models"
+        return list(await asyncio.gather(*(self._probe(url, key) for key in self._headers)))
+
+    async def _probe(self, url: str, key: str) -> ProbeResult:
+        shown = mask(key) if key else "-"
+        headers = {k: v for k, v in self._headers[key].items() if k != "content-type"}
+        error_of = partial(error_from_body, provider=self.name, secrets=self._secrets)
+        try:
+            data = await probe_get(self.http, url, headers, self.name, error_of)
+        except ProviderError as e:
+            return ProbeResult.of_error(shown, e)
+        return ProbeResult(shown, ProbeOutcome.REACHABLE, model_listed(data, self.config.model))
+
+
+def model_listed(data: Any, model: str) -> str:
+    """Is `model` in a `GET /models` answer (`{"data": [{"id": ...}]}`)? Only a warning when not:
+    some compatible servers list nothing, or not every model they serve."""
+    items = data.get("data") if isinstance(data, dict) else None
+    ids = {i.get("id") for i in items if isinstance(i, dict)} if isinstance(items, list) else set()
+    if model in ids:
+        return f"model {model} listed"
+    if not ids:
+        return f"warning: no model list; {model} not confirmed"
+    return f"warning: model {model} not among the {len(ids)} listed"
 
 
 def error_from_body(

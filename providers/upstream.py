@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC
 from typing import Any
 
@@ -19,7 +20,15 @@ import aiohttp
 import orjson
 
 from providers.keypool import mask
-from proxy.errors import BadResponse, ProviderError, ProviderTimeout, ProviderUnavailable, error_for_status
+from proxy.errors import (
+    BadResponse,
+    Misconfigured,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    error_for_status,
+)
+from proxy.probe import PROBE_SECONDS
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
@@ -78,13 +87,43 @@ def transport_error(err: BaseException, provider: str) -> ProviderError:
     if isinstance(err, asyncio.TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
         return ProviderTimeout("timed out waiting for the answer", provider=provider)
     if isinstance(err, aiohttp.ClientConnectorError):
-        reason = err.os_error.strerror or type(err.os_error).__name__
+        # the errno's own text ("Connection refused"): asyncio's strerror names the address
+        code = err.os_error.errno
+        reason = os.strerror(code) if code and code > 0 else err.os_error.strerror or type(err.os_error).__name__
         return ProviderUnavailable(f"cannot connect: {reason}", provider=provider)
     if isinstance(err, aiohttp.ClientPayloadError):
         return ProviderUnavailable("the connection broke while reading the answer", provider=provider)
     if isinstance(err, aiohttp.ClientError):
         return ProviderUnavailable(f"connection failed: {type(err).__name__}", provider=provider)
     return ProviderUnavailable(type(err).__name__, provider=provider)
+
+
+#: A whole probe call (`Provider.probe`), connecting included.
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=PROBE_SECONDS)
+#: (status, headers, body) of an error answer → the provider's error for it.
+ErrorOf = Callable[[int, Any, bytes], ProviderError]
+
+
+async def probe_get(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], provider: str, error_of: ErrorOf
+) -> Any:
+    """`GET url` for a probe, within PROBE_TIMEOUT: the decoded JSON of a 2xx answer. Raises the
+    error tree: `error_of` for an error status, `transport_error` for no answer, Misconfigured
+    for a 2xx that is not JSON (the URL is some web page, not the API)."""
+    try:
+        async with http.get(url, headers=headers, timeout=PROBE_TIMEOUT) as resp:
+            status, answer, body = resp.status, resp.headers, await resp.read()
+    except TRANSPORT_ERRORS as e:
+        raise transport_error(e, provider) from None
+    if status >= 400:
+        raise error_of(status, answer, body)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        kind = (answer.get("content-type") or "no content type").split(";")[0]
+        raise Misconfigured(
+            f"answered {kind}, not JSON: not the API's URL?", provider=provider, status=status
+        ) from None
 
 
 async def iter_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
+from proxy.probe import ProbeOutcome, ProbeResult
 from proxy.types import JSON, ChatRequest, Completion, Delta, Inbound, Message, WebRequest, WebResponse
 
 
@@ -94,6 +95,13 @@ class Provider(abc.ABC):
     def describe(self) -> str:
         """One line for `switchboard check` (never includes secrets)."""
         return f"{self.config.kind}"
+
+    async def probe(self) -> list[ProbeResult]:
+        """`switchboard check --live`: the cheapest real call to the upstream, per key (e.g.
+        `GET /models`), within `proxy.probe.PROBE_SECONDS`; one result per key, keys masked.
+        Called after `start()`. Never raises for an upstream failure: that is a result. Calls only
+        what the config points at, and spends nothing (no generation). Default: nothing to probe."""
+        return [ProbeResult("-", ProbeOutcome.NOT_PROBED, f"{self.config.kind} has no probe")]
 
 
 # --------------------------------------------------------------------------------------- store

@@ -18,6 +18,10 @@ answers 404 "Conversation Not Exists." for unknown ids, and takes queued faults 
 
 Chat answers are "dify#<turn>: <query>", completion "completed: <inputs.query>", workflow
 "flow: <inputs.query>" in `outputs["result"]`. `fake.stops` records stop calls (path, user).
+
+`GET /info` (name, `fake.mode`) and `GET /parameters` answer 401 "Access token is invalid" unless
+the key is `fake.api_key` (when set); `fake.info = False` makes /info a 404 (an older Dify).
+`fake.probes` records them (path, Authorization).
 """
 
 from __future__ import annotations
@@ -34,8 +38,19 @@ from tests.servers import serve_aiohttp
 
 
 class FakeDify:
-    def __init__(self, agent: bool = False, workflow_chunks: bool = True, node_output_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        agent: bool = False,
+        workflow_chunks: bool = True,
+        node_output_bytes: int = 0,
+        api_key: str | None = None,
+        mode: str = "chat",
+    ) -> None:
         self.agent = agent
+        self.api_key = api_key
+        self.mode = mode
+        self.info = True
+        self.probes: list[tuple[str, str | None]] = []  # (path, Authorization) of /info, /parameters
         self.workflow_chunks = workflow_chunks
         #: > 0: workflows also send a `node_finished` event whose outputs are this large
         self.node_output_bytes = node_output_bytes
@@ -78,6 +93,8 @@ class FakeDify:
         app.router.add_post("/v1/chat-messages/{task}/stop", self._stop)
         app.router.add_post("/v1/completion-messages/{task}/stop", self._stop)
         app.router.add_post("/v1/workflows/tasks/{task}/stop", self._stop)
+        app.router.add_get("/v1/info", self._info)
+        app.router.add_get("/v1/parameters", self._parameters)
         self._cm = serve_aiohttp(app)
         self.base_url = (await self._cm.__aenter__()) + "/v1"
         return self
@@ -207,6 +224,28 @@ class FakeDify:
         body = await request.json()
         self.stops.append((request.path, body.get("user")))
         return web.json_response({"result": "success"})
+
+    def _auth(self, request: web.Request) -> web.StreamResponse | None:
+        self.probes.append((request.path, request.headers.get("Authorization")))
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            body = {"code": "unauthorized", "message": "Access token is invalid", "status": 401}
+            return web.json_response(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+        return None
+
+    async def _info(self, request: web.Request) -> web.StreamResponse:
+        if not self.info:
+            raise web.HTTPNotFound()
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        info = {"name": "Fake KB", "description": "", "tags": [], "mode": self.mode, "author_name": "t"}
+        return web.json_response(info)
+
+    async def _parameters(self, request: web.Request) -> web.StreamResponse:
+        denied = self._auth(request)
+        if denied is not None:
+            return denied
+        return web.json_response({"opening_statement": "", "user_input_form": [], "system_parameters": {}})
 
 
 class _Early(Exception):

@@ -7,6 +7,8 @@ streamed word by word. Faults, one per request:
     fake.fail_next(404, 'model "x" not found, try pulling it first')   # JSON {"error": ...}
     fake.error_midway("out of memory")   # an {"error": ...} line after the first chunk
     fake.hang(5)                         # wait 5 s before answering
+
+`GET /api/tags` lists `fake.pulled` (default `qwen2.5:latest`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class FakeOllama:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.faults: list[tuple[str, Any]] = []
+        self.pulled: list[str] = ["qwen2.5:latest"]
         self.base_url = ""
         self._cm: Any = None
 
@@ -95,5 +98,9 @@ class FakeOllama:
 
     async def _tags(self, request: web.Request) -> web.StreamResponse:
         now = datetime.now(UTC).isoformat()
-        model = {"name": "qwen2.5:latest", "model": "qwen2.5:latest", "modified_at": now, "size": 1, "digest": "0"}
-        return web.json_response({"models": [{**model, "details": {"format": "gguf", "family": "qwen2"}}]})
+        details = {"format": "gguf", "family": "qwen2"}
+        models = [
+            {"name": n, "model": n, "modified_at": now, "size": 1, "digest": "0", "details": details}
+            for n in self.pulled
+        ]
+        return web.json_response({"models": models})

@@ -20,7 +20,8 @@ Like the real API, a non-numeric `temperature` is answered 400 `invalid_type` (p
 `context_length_exceeded`.
 `fake.requests` records every request (path, headers, json); `fake.key_rejected` makes a key
 answer 401 forever, `fake.key_rate_limited` 429 with Retry-After 60. `image_b64=True` makes the
-images endpoint answer `b64_json` instead of URLs.
+images endpoint answer `b64_json` instead of URLs. `GET /v1/models` lists `fake.models` (ids) and
+takes the key checks and queued faults too.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class FakeOpenAI:
         self.streams_cut = 0  # streams whose client (Switchboard) hung up before the end
         self.key_rejected: set[str] = set()
         self.key_rate_limited: set[str] = set()
+        self.models: list[str] = ["gpt-fake"]
         self.base_url = ""
         self._cm: Any = None
 
@@ -156,7 +158,7 @@ class FakeOpenAI:
 
     async def _gate(self, request: web.Request) -> tuple[dict[str, Any], Fault | None, web.StreamResponse | None]:
         """Record the request; answer early (status, auth, html) or hand the fault to the body."""
-        body = await request.json()
+        body = await request.json() if request.can_read_body else {}
         self.requests.append(Recorded(request.path, CIMultiDict(request.headers), body))
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if key in self.key_rejected:
@@ -301,9 +303,11 @@ class FakeOpenAI:
         return web.json_response({"created": int(time.time()), "data": data})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}]}
-        )
+        _, _, early = await self._gate(request)
+        if early is not None:
+            return early
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
 
 
 def _tool(name: str, arguments: str) -> dict[str, Any]:
