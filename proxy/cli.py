@@ -14,7 +14,9 @@ from functools import partial
 from typing import TextIO
 
 from proxy.config import Settings, load_config
+from proxy.contracts import Provider
 from proxy.errors import ConfigError
+from proxy.probe import PROBE_SECONDS, ProbeOutcome, ProbeResult
 
 DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.yaml")
 
@@ -145,6 +147,8 @@ def check(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 async def _live(settings: Settings, out: TextIO) -> int:
+    """Open the store and probe every enabled provider (a cheap real call per key, all at once).
+    1 when the store or any enabled provider is unusable (no key with a usable outcome)."""
     from proxy.engine import Engine
 
     engine = Engine(settings)
@@ -152,13 +156,35 @@ async def _live(settings: Settings, out: TextIO) -> int:
     try:
         ok = await engine.store.ping()
         print(f"store: {'reachable' if ok else 'UNREACHABLE'}", file=out)
-        for name, p in engine.providers.items():
-            status = getattr(p, "key_status", None)
-            for k in status() if status else []:
-                print(f"  {name}: key {k.get('key')} {k.get('state')}", file=out)
-        return 0 if ok else 1
+        names = list(engine.providers)
+        found = dict(zip(names, await asyncio.gather(*(_probe(engine.providers[n]) for n in names)), strict=True))
     finally:
         await engine.close()
+    print(f"providers, live (one cheap call per key, {PROBE_SECONDS:.0f} s each):", file=out)
+    dead = []
+    for name, a in settings.providers.items():
+        if name not in found:
+            print(f"  {name:<16} {'-':<12} not probed: disabled ({a.disabled or 'not started'})", file=out)
+            continue
+        for result in found[name]:
+            print(f"  {name:<16} {result.key:<12} {result}", file=out)
+        if not any(r.outcome.usable for r in found[name]):
+            dead.append(name)
+    if dead:
+        print(f"unusable: {', '.join(dead)} (no key is usable)", file=out)
+    return 0 if ok and not dead else 1
+
+
+async def _probe(provider: Provider) -> list[ProbeResult]:
+    """One provider's probe. A probe that overruns or breaks is a result too, never a crash of
+    `check` (only the exception's type is shown: its text might hold a key)."""
+    try:
+        results = await asyncio.wait_for(provider.probe(), PROBE_SECONDS * 3)
+    except TimeoutError:
+        return [ProbeResult("-", ProbeOutcome.TIMED_OUT, "the probe did not finish")]
+    except Exception as e:
+        return [ProbeResult("-", ProbeOutcome.NOT_PROBED, f"the probe broke: {type(e).__name__}")]
+    return results or [ProbeResult("-", ProbeOutcome.NOT_PROBED, "the probe found nothing to call")]
 
 
 # ------------------------------------------------------------------------------------------ chat
@@ -234,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=serve)
     p = sub.add_parser("check", help="validate a config and print the route table")
     p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("--live", action="store_true", help="also open the store and show key health")
+    p.add_argument("--live", action="store_true", help="also open the store and probe every enabled provider, per key")
     p.set_defaults(func=check)
     p = sub.add_parser("chat", help="talk to a channel from the terminal")
     p.add_argument("channel")

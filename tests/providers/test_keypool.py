@@ -162,16 +162,19 @@ async def test_sequential_traffic_without_conversation_spreads(setup):
     assert {r.key for r in fake.requests} == set(KEYS)
 
 
-def test_check_live_shows_key_health_masked(tmp_path, capsys):
+def test_check_live_probes_each_key_masked(tmp_path, capsys):
     from proxy.cli import main
+    from tests.servers import free_port
 
     cfg = tmp_path / "c.yaml"
+    base = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: a dead upstream is not "ok"
     cfg.write_text(
         "store: {url: 'memory://'}\n"
-        "providers: {pool: {kind: openai, base_url: 'http://127.0.0.1:9/v1', api_keys: [sk-aaaa-1111, sk-bbbb-2222]}}\n"
+        f"providers: {{pool: {{kind: openai, base_url: '{base}', api_keys: [sk-aaaa-1111, sk-bbbb-2222]}}}}\n"
         "channels: [{name: c, providers: [pool]}]\n"
     )
-    assert main(["check", "--config", str(cfg), "--live"]) == 0
+    assert main(["check", "--config", str(cfg), "--live"]) == 1
     out = capsys.readouterr().out
-    assert "pool: key sk-…1111 ok" in out and "pool: key sk-…2222 ok" in out
-    assert "aaaa" not in out and "bbbb" not in out
+    for key in ("sk-…1111", "sk-…2222"):
+        assert f"{key}     unreachable: cannot connect: Connection refused" in out
+    assert "aaaa" not in out and "bbbb" not in out and "unusable: pool" in out
