@@ -25,10 +25,12 @@ from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.engine import Engine
 from proxy.errors import RequestError, VerificationError
+from proxy.health import readiness
 from proxy.http_util import CLIENT_CLOSED, ClientGone, read_body
 from proxy.metrics import Metrics
 from proxy.openai_api import OpenAIFrontDoor, error_response
 from proxy.recovery import Recovery
+from proxy.refusals import Refusals
 from proxy.runner import Runner
 from proxy.types import WebRequest
 
@@ -105,6 +107,8 @@ class Hooks:
 
 
 HOT_PATH = "/v1/chat/completions"
+#: The reason a refused `/v1/...` request that matched no route is counted under.
+ROUTE_REASONS = {404: "no_such_route", 405: "method_not_allowed"}
 
 
 class SwitchboardApp(Starlette):
@@ -129,7 +133,8 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
     engine = Engine(settings, observe=metrics.observe_attempt)
     runner = Runner(settings.raw.server.max_concurrent_generations)
     dispatcher = Dispatcher(engine, runner, settings)
-    front = OpenAIFrontDoor(engine, settings)
+    refusals = Refusals(metrics)
+    front = OpenAIFrontDoor(engine, settings, refusals)
     hooks = Hooks(settings, metrics)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
@@ -164,13 +169,8 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        ok = engine.failover is not None and await _ping(engine)
-        body = {
-            "status": "ready" if ok else "not ready",
-            "store": "ok" if ok else "unreachable",
-            "channels": len(settings.channels),
-        }
-        return Response(orjson.dumps(body), 200 if ok else 503, media_type="application/json")
+        status, body = await readiness(settings, engine)
+        return Response(orjson.dumps(body), status, media_type="application/json")
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
@@ -178,6 +178,7 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if request.url.path.startswith("/v1/"):
+            refusals(exc.status_code, ROUTE_REASONS.get(exc.status_code, "http_error"), None)
             return error_response(
                 exc.status_code,
                 f"{request.method} {request.url.path}: {exc.detail}",
@@ -198,11 +199,5 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
     ]
     app = SwitchboardApp(front, routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.engine, app.state.hooks, app.state.runner = engine, hooks, runner
+    app.state.refusals = refusals
     return app
-
-
-async def _ping(engine: Engine) -> bool:
-    try:
-        return await engine.store.ping()
-    except Exception:
-        return False

@@ -65,10 +65,16 @@ class Circuit:
         if self.failures >= self.threshold:
             self.open_until = now + self.cooldown
 
-    def state(self, now: float) -> str:
+    def report(self, now: float) -> tuple[str, float]:
+        """`closed`, `open` or `half-open`, and the seconds an open circuit has left."""
         if self.failures < self.threshold:
-            return "closed"
-        return "half-open" if now >= self.open_until else f"open ({self.open_until - now:.0f}s left)"
+            return "closed", 0.0
+        left = self.open_until - now
+        return ("open", left) if left > 0 else ("half-open", 0.0)
+
+    def state(self, now: float) -> str:
+        name, left = self.report(now)
+        return f"open ({left:.0f}s left)" if name == "open" else name
 
 
 @dataclass(slots=True)

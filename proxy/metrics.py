@@ -30,6 +30,15 @@ class Metrics:
             ["platform", "status"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "switchboard_api_requests_refused",
+            "OpenAI API requests answered with a 4xx by status and reason: Switchboard's own (a bad "
+            "key, an unknown channel, an invalid, slow or too large request) or upstream_rejected "
+            "(the backend refused the caller's request).",
+            ["status", "reason"],
+            registry=self.registry,
+        )
+        self._refused: dict[tuple[int, str], Counter] = {}
 
         # labelled children by (channel, provider, outcome): `labels()` takes a lock and hashes
         # on every call, and this runs on every request. Bounded by the config (channels x
@@ -43,6 +52,13 @@ class Metrics:
             children = self._children[key] = (self.attempts.labels(*key), self.latency.labels(provider))
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_refused(self, status: int, reason: str) -> None:
+        """One refused API request. `reason` is one of our own codes (a bounded set)."""
+        child = self._refused.get((status, reason))
+        if child is None:
+            child = self._refused[status, reason] = self.refused.labels(str(status), reason)
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

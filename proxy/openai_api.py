@@ -19,7 +19,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -32,6 +32,7 @@ from proxy.engine import Engine
 from proxy.errors import CALLER_STATUSES, ChainFailed, RequestError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
+from proxy.refusals import UPSTREAM
 from proxy.routing import conversation as conversation_of
 from proxy.types import ChatRequest, Completion, Delta, Message
 
@@ -45,6 +46,14 @@ JSON_HEAD = ((b"content-type", b"application/json"),)
 #: A 408 (the body was too slow) closes the connection: the rest of the body is not worth reading.
 CLOSE_HEAD = (*JSON_HEAD, (b"connection", b"close"))
 SSE_HEAD = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
+
+#: Told of every refused request: its status, our reason code (None: invalid request) and the
+#: offending field. Called on the refusal paths only.
+Refused = Callable[[int, str | None, str | None], None]
+
+
+def _not_counted(status: int, reason: str | None, param: str | None) -> None:
+    return None
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
@@ -116,11 +125,15 @@ def _json_type(value: Any) -> str:
 
 class OpenAIFrontDoor:
     """The OpenAI-compatible API. The instance itself is the ASGI app of
-    `POST /v1/chat/completions` (the hot path: no Starlette Request/Response objects)."""
+    `POST /v1/chat/completions` (the hot path: no Starlette Request/Response objects).
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    `/v1/models` offers only the channels that have an enabled provider."""
+
+    def __init__(self, engine: Engine, settings: Settings, refused: Refused = _not_counted) -> None:
         self.engine = engine
         self.settings = settings
+        self.refused = refused
+        self.offered = tuple(c for c in settings.channels if c.providers)
         self.keys: dict[str, tuple[str, KeyConfig]] = {
             digest(k.key): (k.name or digest(k.key)[:12], k) for k in settings.raw.keys
         }
@@ -230,10 +243,13 @@ class OpenAIFrontDoor:
                 return await self._stream(channel, req, record, usage, receive, send)
             provider, result = await self.engine.complete(channel, req)
         except RequestError as e:
+            self.refused(e.status, e.code, e.param)
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
             return await send_bytes(send, e.status, body, CLOSE_HEAD if e.status == 408 else JSON_HEAD)
         except RequestRejected as e:
-            return await send_bytes(send, *rejected(e), JSON_HEAD)
+            status, body = rejected(e)
+            self.refused(status, UPSTREAM, e.param)
+            return await send_bytes(send, status, body, JSON_HEAD)
         except ChainFailed as e:
             assert channel is not None
             return await send_bytes(send, *self._chain_failed(channel, e), JSON_HEAD)
@@ -360,17 +376,30 @@ class OpenAIFrontDoor:
         try:
             _, key = self._auth(_authorization(request))
         except RequestError as e:
+            self.refused(e.status, e.code, None)
             return error_response(e.status, e.message, "invalid_request_error", code=e.code)
-        data = [self._model(c) for c in self.settings.channels if key.allows(c.name)]
+        data = [self._model(c) for c in self.offered if key.allows(c.name)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON_TYPE)
 
     async def model(self, request: Request) -> Response:
         try:
             _, key = self._auth(_authorization(request))
             channel = self._channel(key, request.path_params["model"])
+            if not channel.providers:
+                raise self._not_offered(channel)
         except RequestError as e:
+            self.refused(e.status, e.code, e.param)
             return error_response(e.status, e.message, "invalid_request_error", param=e.param, code=e.code)
         return Response(orjson.dumps(self._model(channel)), media_type=JSON_TYPE)
+
+    def _not_offered(self, channel: Channel) -> RequestError:
+        why = ", ".join(f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped)
+        return RequestError(
+            f"The model '{channel.name}' is not offered: the channel has no enabled provider (disabled: {why}).",
+            status=404,
+            param="model",
+            code="model_not_found",
+        )
 
     def _model(self, c: Channel) -> dict[str, Any]:
         return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}

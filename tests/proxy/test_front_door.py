@@ -70,9 +70,21 @@ async def test_streaming_answer_with_usage(base_url):
 
 async def test_models_lists_only_allowed_channels(base_url):
     models = await client(base_url).models.list()
-    assert {m.id for m in models.data} == {"demo", "prompted", "private", "dead"}
+    assert {m.id for m in models.data} == {"demo", "prompted", "private"}
     limited = await client(base_url, "sk-limited").models.list()
     assert [m.id for m in limited.data] == ["demo"]
+    assert (await client(base_url).models.retrieve("demo")).id == "demo"
+
+
+async def test_channel_without_an_enabled_provider_is_not_offered(base_url):
+    """`dead` has one provider and it is disabled: not listed, and asking for it says why."""
+    assert "dead" not in {m.id for m in (await client(base_url).models.list()).data}
+    with pytest.raises(openai.NotFoundError) as e:
+        await client(base_url).models.retrieve("dead")
+    assert e.value.code == "model_not_found" and e.value.param == "model"
+    assert "no enabled provider" in e.value.message and "UNSET_SECRET is not set" in e.value.message
+    with pytest.raises(openai.NotFoundError):  # the key's permissions still come first
+        await client(base_url, "sk-limited").models.retrieve("private")
 
 
 async def test_bad_key_is_401(base_url):
@@ -169,8 +181,8 @@ async def test_session_memory_for_stateless_clients(base_url):
 async def test_health_and_readiness(base_url):
     async with httpx.AsyncClient() as h:
         assert (await h.get(f"{base_url}/healthz")).json() == {"status": "ok"}
-        r = await h.get(f"{base_url}/readyz")
-        assert r.status_code == 200 and r.json()["status"] == "ready"
+        r = await h.get(f"{base_url}/readyz")  # `dead` cannot be served, the others can
+        assert r.status_code == 200 and r.json()["status"] == "degraded"
         m = await h.get(f"{base_url}/metrics")
         assert m.status_code == 200 and "switchboard_provider_attempts" in m.text
         nf = await h.get(f"{base_url}/v1/nothing", headers={"authorization": f"Bearer {KEY}"})
