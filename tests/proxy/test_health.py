@@ -124,3 +124,18 @@ async def test_no_servable_channel_is_503():
     assert body["providers"]["off"]["enabled"] is False
     assert {name: c["servable"] for name, c in body["channels"].items()} == {"main": False, "gpt": False}
     assert alive.status_code == 200 and alive.json() == {"status": "ok"}  # liveness is not readiness
+
+
+async def test_unreachable_store_is_503_and_still_reports_providers():
+    async with FakeOpenAI() as fake:
+        app = create_app(settings(fake.base_url, [{"name": "demo", "providers": ["echo"]}]))
+        async with serve_asgi(app) as url:
+
+            async def down() -> bool:
+                raise ConnectionError("store down")
+
+            app.state.engine.store.ping = down
+            r = await readyz(url)
+    body = r.json()
+    assert r.status_code == 503 and body["status"] == "not ready" and body["reason"] == "store unreachable"
+    assert body["store"] == "unreachable" and body["channels"]["demo"]["servable"] is True

@@ -53,7 +53,7 @@ async def slow_body(url: str) -> bytes:
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        b"authorization: Bearer " + KEY.encode() + b"\r\ncontent-length: 100\r\n\r\n{\"model\":"
+        b"authorization: Bearer " + KEY.encode() + b'\r\ncontent-length: 100\r\n\r\n{"model":'
     )
     await writer.drain()
     answer = await reader.read()  # until the server closes the connection
