@@ -170,11 +170,18 @@ def test_deadlines_are_validated_config_and_serve_uses_the_header_deadline(tmp_p
     path = tmp_path / "config.yaml"
     path.write_text("server: {header_timeout: 4}\nstore: {url: 'memory://'}\n")
     seen: dict[str, Any] = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(kw))
-    cli.serve(argparse.Namespace(config=str(path), host=None, port=None))
+
+    def run(server: Any, sockets: Any = None) -> None:
+        seen.update(http=server.config.http, sockets=sockets)
+        for sock in sockets:
+            sock.close()
+
+    monkeypatch.setattr("uvicorn.Server.run", run)
+    assert cli.serve(argparse.Namespace(config=str(path), host=None, port=0)) == 0
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     assert issubclass(seen["http"], AutoHTTPProtocol) and seen["http"].header_timeout == 4
+    assert len(seen["sockets"]) == 1  # serve binds the port itself, before start-up
 
 
 # -- finding 5: a client that leaves mid-body --------------------------------------------------
