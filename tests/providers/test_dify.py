@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from providers.dify import DifyConfig, DifyProvider
@@ -19,12 +18,6 @@ from proxy.types import ChatRequest, Message
 from tests.fakes.dify import FakeDify
 from tests.providers.memstate import MemoryState as State
 from tests.servers import free_port
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

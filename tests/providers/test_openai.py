@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import time
 
-import aiohttp
 import orjson
 import pytest
 
@@ -27,12 +26,6 @@ from tests.providers.memstate import MemoryState
 from tests.servers import free_port
 
 REQ = ChatRequest((Message("system", "be brief"), Message("user", "hello there")), params={"temperature": 0.5})
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -25,12 +25,6 @@ REACHABLE, AUTH_FAILED = ProbeOutcome.REACHABLE, ProbeOutcome.AUTH_FAILED
 
 
 @pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 async def fake():
     async with FakeOpenAI() as f:
         yield f
