@@ -130,7 +130,7 @@ class SwitchboardApp(Starlette):
 def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> Starlette:
     """The app. `on_ready` runs once start-up (engine, store, platforms) has finished."""
     metrics = Metrics()
-    engine = Engine(settings, observe=metrics.observe_attempt)
+    engine = Engine(settings, observe=metrics.observe_attempt, limited=metrics.count_limited)
     runner = Runner(settings.raw.server.max_concurrent_generations)
     dispatcher = Dispatcher(engine, runner, settings)
     refusals = Refusals(metrics)

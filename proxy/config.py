@@ -8,6 +8,7 @@ reason kept for one log line, and channels skip it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from proxy.contracts import AdapterConfig
 from proxy.errors import ConfigError
+from proxy.limits import NO_LIMITS, Limits, LimitsConfig, compile_limits
 from proxy.registry import Registry
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -137,6 +139,9 @@ class RawConfig(_Strict):
     providers: dict[str, dict[str, Any]] = {}
     platforms: dict[str, dict[str, Any]] = {}
     channels: list[ChannelConfig] = []
+    #: Requests per minute, tokens per day and concurrent generations per key, channel and
+    #: chat-platform user (proxy/limits.py).
+    limits: LimitsConfig = LimitsConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +175,7 @@ class Settings:
     channels: tuple[Channel, ...]
     path: Path | None = None
     by_name: dict[str, Channel] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS
 
     def __post_init__(self) -> None:
         self.by_name.update({c.name: c for c in self.channels})
@@ -325,7 +331,16 @@ def parse_config(
             raise ConfigError(f"channels[{i}].name", f"duplicate channel name {ch.name!r}")
         seen.add(ch.name)
         channels.append(_channel(i, ch, prov, plat, base or Path.cwd()))
-    return Settings(raw, prov, plat, tuple(channels))
+    limits = compile_limits(raw.limits, key_ids(raw.keys), [c.name for c in channels], list(plat))
+    return Settings(raw, prov, plat, tuple(channels), limits=limits)
+
+
+def key_ids(keys: Iterable[KeyConfig]) -> list[tuple[str, str]]:
+    """(id, label) of each API key: the front door's id (its `name`, else a digest prefix) and
+    how limits, messages and metrics name it (its `name`, else `keys[N]`); never the secret."""
+    return [
+        (k.name or hashlib.sha256(k.key.encode()).hexdigest()[:12], k.name or f"keys[{i}]") for i, k in enumerate(keys)
+    ]
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
@@ -341,4 +356,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Setti
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(str(p), f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     settings = parse_config(data, env, base=p.resolve().parent)
-    return Settings(settings.raw, settings.providers, settings.platforms, settings.channels, p)
+    return Settings(settings.raw, settings.providers, settings.platforms, settings.channels, p, limits=settings.limits)

@@ -128,6 +128,16 @@ class Claim:
         return self.state in (ClaimState.NEW, ClaimState.TAKEN_OVER)
 
 
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """The result of `Store.hit`: was the amount counted, what is left of the limit in this
+    window, and the seconds until the window ends (when the count starts again from zero)."""
+
+    allowed: bool
+    remaining: int
+    retry_after: float
+
+
 class Store(abc.ABC):
     """Persistent state: transcripts, provider state, processed-event ids, small values.
 
@@ -149,6 +159,11 @@ class Store(abc.ABC):
     reaches the restarted process is answered now instead of waiting for a dead owner's lease.
     A shared store (Redis, several instances) cannot tell a dead owner from a live one and lets
     leases run out.
+
+    Rate limits and budgets (`proxy/limiter.py`) count with `hit` in fixed windows aligned to the
+    clock (the store's clock: Redis's for Redis), so every instance agrees on when a window ends,
+    and hold concurrency slots with `acquire`/`release`, leased so a crashed instance's slots run
+    out by themselves. Both are atomic, one round trip each.
     """
 
     #: Several Switchboard instances may use this store at once.
@@ -209,6 +224,21 @@ class Store(abc.ABC):
     async def release_others(self, owner: str) -> int:
         """Single-instance stores: end the live leases of every other owner (an earlier boot of
         this process, dead by definition); how many. Shared stores do nothing and return 0."""
+
+    @abc.abstractmethod
+    async def hit(self, key: str, amount: int, window: float, limit: int) -> Hit:
+        """Count `amount` on `key` in the current `window`-second window if the count stays
+        within `limit`; nothing is counted when it would not. `amount` 0 only asks whether one
+        more fits (count < limit). Windows start at multiples of `window` since the epoch."""
+
+    @abc.abstractmethod
+    async def acquire(self, key: str, token: str, limit: int, lease: float) -> bool:
+        """Take one of `limit` slots of `key` as `token` for at most `lease` seconds; False when
+        all are taken. Slots whose lease ran out (a crashed holder) are free again."""
+
+    @abc.abstractmethod
+    async def release(self, key: str, token: str) -> None:
+        """Give back the slot `token` holds (nothing when it has run out)."""
 
     @abc.abstractmethod
     async def put(self, key: str, value: str, ttl: float | None = None) -> None: ...

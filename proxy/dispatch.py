@@ -21,11 +21,13 @@ from proxy.claims import Claims, Record, claim_key
 from proxy.config import Settings
 from proxy.contracts import Claim, ClaimState, Platform, Store
 from proxy.engine import Engine
-from proxy.errors import ChainFailed, DeliveryError, RequestRejected, StreamInterrupted
+from proxy.errors import ChainFailed, DeliveryError, OverLimit, RequestRejected, StreamInterrupted, wait_text
 from proxy.failover import Outcome
+from proxy.limiter import NO_GRANT, Grant, Target
+from proxy.limits import Limits
 from proxy.routing import conversation_key, route
 from proxy.runner import Runner
-from proxy.types import Delta, Inbound, Message
+from proxy.types import ChatRequest, Delta, Inbound, Message, Usage
 
 log = logging.getLogger("switchboard.dispatch")
 
@@ -69,6 +71,8 @@ class Answer:
         self.text = ""
         self.images: tuple[str, ...] = ()
         self.failed = self.stopped = self.replaced = False
+        self.usage: Usage | None = None  # as the upstream reported it
+        self.grant: Grant = NO_GRANT  # the limits this answer counts against
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._producer: asyncio.Task[None] | None = None
         self._streaming = True
@@ -122,6 +126,8 @@ class Answer:
             self._queue.put_nowait(None)
 
     def _take(self, d: Delta) -> None:
+        if d.usage:
+            self.usage = d.usage
         if d.images:
             self.images += d.images
         if d.replace:
@@ -219,8 +225,9 @@ class Dispatcher:
             beat = asyncio.create_task(self.claims.heartbeat(msg))
             async with self.runner.slots:
                 answer = await self._answer(platform, msg, rec, job)
-                job.attach(answer)
-                await platform.deliver(msg, answer)
+                if answer is not None:  # None: over a limit, and the user was told this window
+                    job.attach(answer)
+                    await platform.deliver(msg, answer)
         except asyncio.CancelledError:
             finished = False
             await self._undelivered(msg, "shutdown")
@@ -236,6 +243,10 @@ class Dispatcher:
                 beat.cancel()
             if answer is not None:
                 await answer.close()
+                if answer.failed or answer.stopped:
+                    await answer.grant.release()
+                else:
+                    await answer.grant.finish(answer.usage, answer.text)
             await self._end_claim(msg, finished)
             job.finish(answer.text if answer else "")
 
@@ -258,7 +269,7 @@ class Dispatcher:
         with contextlib.suppress(Exception):
             await self.engine.store.put(f"undelivered:{msg.platform}:{msg.event_id}", why, 7 * 86400)
 
-    async def _answer(self, platform: Platform, msg: Inbound, rec: Record, job: Job) -> Answer:
+    async def _answer(self, platform: Platform, msg: Inbound, rec: Record, job: Job) -> Answer | None:
         if msg.kind != "text":
             return Answer.fixed(UNSUPPORTED)
         routed = route(self.settings.channels, msg)
@@ -280,6 +291,13 @@ class Dispatcher:
         request = await self.engine.request(
             channel, turn, conversation=conversation, user=f"{msg.platform}:{msg.user_id}"
         )
+        limits = self.settings.limits
+        grant = NO_GRANT
+        if limits.active:
+            try:
+                grant = await self._admit(limits, channel.name, msg, request)
+            except OverLimit as e:
+                return await self._over_limit(limits, e, channel.name, msg)
         source = self.engine.stream(channel, request, Outcome())
 
         async def record(answer: Answer) -> None:
@@ -288,7 +306,32 @@ class Dispatcher:
             await self.claims.answered(msg, answer.text, answer.images)
             await self.engine.record(conversation, turn, answer.text)
 
-        return Answer.generated(source, record)
+        answer = Answer.generated(source, record)
+        answer.grant = grant
+        return answer
+
+    async def _admit(self, limits: Limits, channel: str, msg: Inbound, request: ChatRequest) -> Grant:
+        targets = []
+        if (rule := limits.user(msg.platform, msg.user_id)) is not None:
+            targets.append(Target(rule, f"{msg.platform}:{msg.user_id}"))
+        if (rule := limits.channels.get(channel)) is not None:
+            targets.append(Target(rule, channel))
+        if not targets:
+            return NO_GRANT
+        grant = await self.engine.limiter.admit(targets, limits.slot_lease)
+        grant.prompt = request.messages
+        return grant
+
+    async def _over_limit(self, limits: Limits, e: OverLimit, channel: str, msg: Inbound) -> Answer | None:
+        """One notice per user, limit and window (remembered in the store, so also across
+        instances); later messages in the window get no answer at all."""
+        log.info("%s user over the %s limit of %s %s", msg.platform, e.kind, e.rule.scope, e.rule.name)
+        window_left = e.retry_after if e.kind != "concurrent" else e.window
+        noticed = f"limit-notice:{msg.platform}:{msg.user_id}:{e.rule.scope}:{e.kind}"
+        if not await self.engine.store.claim(noticed, max(window_left, 0.5)):
+            return None
+        text = limits.notice(e.rule, limits.channels.get(channel), msg.platform)
+        return Answer.fixed(text.replace("{wait}", wait_text(e.retry_after)))
 
 
 class PlatformCtx:

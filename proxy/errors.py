@@ -8,6 +8,9 @@ SwitchboardError
 │                          in our log.
 ├── RequestError           a caller sent something malformed (bad JSON, missing field, too
 │                          large). Answered 4xx with a message that names the problem.
+├── OverLimit              a key, channel or user reached a configured limit (`limits:`);
+│                          answered 429 + Retry-After, or once per window in chat. Nothing
+│                          goes upstream.
 └── ProviderError          an upstream backend failed. Providers raise these and never retry;
     │                      the core's failover decides (see `retryable` and `counts`).
     ├── ProviderTimeout        connect/read timeout                      retry, then fail over
@@ -33,6 +36,7 @@ maps by HTTP status alone.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -63,6 +67,50 @@ class RequestError(SwitchboardError):
     def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None) -> None:
         self.message, self.status, self.param, self.code = message, status, param, code
         super().__init__(message)
+
+
+class OverLimit(SwitchboardError):
+    """A configured limit is reached. `kind` is `rpm`, `tokens_per_day` or `concurrent`; `rule`
+    the `proxy.limits.Rule` (its scope and name say whose); `who` the counter's owner (a user's
+    id: for the store key only, never in metrics); `retry_after` the seconds until the window
+    ends (1 for concurrency)."""
+
+    CODES = {"rpm": "rate_limit_exceeded", "tokens_per_day": "tokens_per_day_exceeded",
+             "concurrent": "concurrency_limit_exceeded"}  # fmt: skip
+
+    def __init__(self, kind: str, rule: Any, who: str, limit: int, retry_after: float, window: float) -> None:
+        self.kind, self.rule, self.who, self.limit = kind, rule, who, limit
+        self.retry_after, self.window = retry_after, window
+        super().__init__(self.describe())
+
+    @property
+    def code(self) -> str:
+        return self.CODES[self.kind]
+
+    def describe(self) -> str:
+        whose = f"{self.rule.scope} '{self.rule.name}'"
+        per = _per(self.window)
+        if self.kind == "rpm":
+            what = f"Rate limit reached for {whose}: {self.limit} requests {per}."
+        elif self.kind == "tokens_per_day":
+            what = f"Token budget used up for {whose}: {self.limit} tokens {per}."
+        else:
+            what = f"Concurrency limit reached for {whose}: {self.limit} generations at once."
+        return f"{what} Try again in {wait_text(self.retry_after)}."
+
+
+def wait_text(seconds: float) -> str:
+    """`42 s`, `3 min`, `5 h`: how long until a window ends, for people."""
+    if seconds < 90:
+        return f"{max(1, math.ceil(seconds))} s"
+    if seconds < 5400:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{math.ceil(seconds / 3600)} h"
+
+
+def _per(window: float) -> str:
+    named = {60.0: "per minute", 3600.0: "per hour", 86400.0: "per day"}
+    return named.get(window, f"per {window:g} s")
 
 
 class DeliveryError(SwitchboardError):

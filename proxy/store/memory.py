@@ -6,7 +6,7 @@ import copy
 import time
 from dataclasses import dataclass
 
-from proxy.contracts import Claim, ClaimState, Store
+from proxy.contracts import Claim, ClaimState, Hit, Store
 from proxy.store import TRANSCRIPT_CAP, last_turns
 from proxy.types import JSON, Message
 
@@ -30,6 +30,8 @@ class MemoryStore(Store):
         self._transcripts: dict[str, list[Message]] = {}
         self._states: dict[str, dict[str, JSON]] = {}
         self._values: dict[str, tuple[str, float | None]] = {}
+        self._counters: dict[str, tuple[float, int]] = {}  # key -> (its window's end, count)
+        self._slots: dict[str, dict[str, float]] = {}  # key -> {token: lease end}
         self._next_purge = 0.0
 
     async def open(self) -> None:
@@ -141,6 +143,36 @@ class MemoryStore(Store):
             if not held.done and held.owner != owner and held.until > now:
                 held.until, ended = now, ended + 1
         return ended
+
+    async def hit(self, key: str, amount: int, window: float, limit: int) -> Hit:
+        now = time.time()
+        end = (now // window + 1) * window
+        held = self._counters.get(key)
+        count = held[1] if held is not None and held[0] == end else 0
+        if count + max(amount, 1) > limit:
+            return Hit(False, max(0, limit - count), end - now)
+        if amount:
+            if len(self._counters) > 10_000 and held is None:  # windows that ended: forget them
+                self._counters = {k: v for k, v in self._counters.items() if v[0] > now}
+            self._counters[key] = (end, count + amount)
+        return Hit(True, limit - count - amount, end - now)
+
+    async def acquire(self, key: str, token: str, limit: int, lease: float) -> bool:
+        now = time.time()
+        slots = self._slots.setdefault(key, {})
+        for t in [t for t, until in slots.items() if until <= now]:
+            del slots[t]
+        if len(slots) >= limit:
+            return False
+        slots[token] = now + lease
+        return True
+
+    async def release(self, key: str, token: str) -> None:
+        slots = self._slots.get(key)
+        if slots is not None:
+            slots.pop(token, None)
+            if not slots:
+                del self._slots[key]
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
         self._store(key, value, ttl)

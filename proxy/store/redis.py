@@ -8,6 +8,10 @@ Leased claims (see `proxy.contracts.Store`): `<p>:c:<key>` is a hash (owner, unt
 payload) that expires with the dedupe ttl, and `<p>:leases` a sorted set of unsettled claims by
 the time their lease runs out (for `expired_claims`). Claim and renew are Lua scripts on the
 server's clock, so instances with skewed clocks agree; an old `<p>:k:<key>` marker counts as DONE.
+
+Limits: `<p>:w:<key>:<window index>` is a counter that expires with its window, `<p>:slots:<key>`
+a sorted set of concurrency slots by the time their lease runs out; both are Lua scripts on the
+server's clock.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import orjson
 import redis.asyncio as aioredis
 
-from proxy.contracts import Claim, ClaimState, Store
+from proxy.contracts import Claim, ClaimState, Hit, Store
 from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
 from proxy.types import JSON, Message
 
@@ -51,6 +55,34 @@ local untl = now + tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'until', untl)
 if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'payload', ARGV[4]) end
 redis.call('ZADD', KEYS[2], untl, KEYS[1])
+return 1
+"""
+
+#: KEYS: counter prefix. ARGV: amount, window ms, limit. Returns allowed, remaining, ms left.
+HIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local w = tonumber(ARGV[2])
+local idx = math.floor(now / w)
+local key = KEYS[1] .. ':' .. idx
+local left = (idx + 1) * w - now
+local amount, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local n = tonumber(redis.call('GET', key) or '0')
+if n + math.max(amount, 1) > limit then return {0, math.max(0, limit - n), left} end
+if amount > 0 then
+  n = redis.call('INCRBY', key, amount)
+  redis.call('PEXPIRE', key, left + 1000)
+end
+return {1, limit - n, left}
+"""
+#: KEYS: slot set. ARGV: token, limit, lease ms.
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
@@ -173,6 +205,18 @@ class RedisStore(Store):
 
     async def release_others(self, owner: str) -> int:
         return 0  # shared: a lease of another owner may belong to a live instance
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    async def hit(self, key: str, amount: int, window: float, limit: int) -> Hit:
+        out = await self._r.eval(HIT, 1, f"{self.prefix}:w:{key}", amount, _ms(window), limit)  # type: ignore[misc]
+        return Hit(bool(out[0]), int(out[1]), int(out[2]) / 1000)
+
+    async def acquire(self, key: str, token: str, limit: int, lease: float) -> bool:
+        return bool(await self._r.eval(ACQUIRE, 1, f"{self.prefix}:slots:{key}", token, limit, _ms(lease)))  # type: ignore[misc]
+
+    async def release(self, key: str, token: str) -> None:
+        await self._r.zrem(f"{self.prefix}:slots:{key}", token)
 
 
 def _ms(seconds: float) -> str:

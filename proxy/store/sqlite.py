@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 import aiosqlite
 import orjson
 
-from proxy.contracts import Claim, ClaimState, Store
+from proxy.contracts import Claim, ClaimState, Hit, Store
 from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
 from proxy.types import JSON, Message
 
@@ -38,6 +38,18 @@ CREATE TABLE IF NOT EXISTS claims (
     k TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL, expires REAL NOT NULL,
     done INTEGER NOT NULL DEFAULT 0, payload TEXT);
 CREATE INDEX IF NOT EXISTS claims_open ON claims (done, until);
+CREATE TABLE IF NOT EXISTS counters (k TEXT PRIMARY KEY, ends REAL NOT NULL, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (k TEXT NOT NULL, token TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (k, token));
+"""
+#: One statement (atomic on its own): a new window starts the count at the amount; an old one is
+#: counted from zero; the amount is added only while the count stays within the limit (?4), and
+#: `amount` 0 asks whether one more fits. Returns the count after the hit, or no row when refused.
+HIT = """
+INSERT INTO counters (k, ends, n) SELECT ?1, ?2, ?3 WHERE max(?3, 1) <= ?4
+ON CONFLICT (k) DO UPDATE SET
+    n = CASE WHEN ends = excluded.ends THEN n + excluded.n ELSE excluded.n END, ends = excluded.ends
+    WHERE (CASE WHEN ends = excluded.ends THEN n ELSE 0 END) + max(excluded.n, 1) <= ?4
+RETURNING n
 """
 #: Schema 1 → 2: dedupe markers of the old `claim` become answered leased claims.
 MIGRATE_1 = """
@@ -176,6 +188,8 @@ class SQLiteStore(Store):
             self._next_purge = now + PURGE_EVERY
             await db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (now,))
             await db.execute("DELETE FROM claims WHERE expires <= ?", (now,))
+            await db.execute("DELETE FROM counters WHERE ends <= ?", (now,))
+            await db.execute("DELETE FROM slots WHERE until <= ?", (now,))
 
     async def claim_lease(self, key: str, *, owner: str, lease: float, ttl: float, payload: str | None = None) -> Claim:
         now = time.time()
@@ -248,6 +262,31 @@ class SQLiteStore(Store):
                 "UPDATE claims SET until = ? WHERE done = 0 AND owner != ? AND until > ?", (now, owner, now)
             )
             return cur.rowcount
+
+    async def hit(self, key: str, amount: int, window: float, limit: int) -> Hit:
+        now = time.time()
+        end = (now // window + 1) * window
+        async with self._tx:  # one trip to the connection's thread
+            rows = list(await self._db.execute_fetchall(HIT, (key, end, amount, limit)))
+        if rows:
+            return Hit(True, limit - int(rows[0][0]), end - now)
+        async with self._db.execute("SELECT n, ends FROM counters WHERE k = ?", (key,)) as cur:
+            row = await cur.fetchone()  # refused: how much is left (only for the answer)
+        count = int(row[0]) if row is not None and row[1] == end else 0
+        return Hit(False, max(0, limit - count), end - now)
+
+    async def acquire(self, key: str, token: str, limit: int, lease: float) -> bool:
+        now = time.time()
+        async with self._transaction("BEGIN IMMEDIATE") as db:
+            await db.execute("DELETE FROM slots WHERE k = ? AND until <= ?", (key, now))
+            cur = await db.execute(
+                "INSERT INTO slots (k, token, until) SELECT ?, ?, ? WHERE (SELECT count(*) FROM slots WHERE k = ?) < ?",
+                (key, token, now + lease, key, limit),
+            )
+            return cur.rowcount == 1
+
+    async def release(self, key: str, token: str) -> None:
+        await self._write("DELETE FROM slots WHERE k = ? AND token = ?", (key, token))
 
     async def put(self, key: str, value: str, ttl: float | None = None) -> None:
         now = time.time()
