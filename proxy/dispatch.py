@@ -23,8 +23,8 @@ from proxy.contracts import Claim, ClaimState, Platform, Store
 from proxy.engine import Engine
 from proxy.errors import ChainFailed, DeliveryError, OverLimit, RequestRejected, StreamInterrupted, wait_text
 from proxy.failover import Outcome
-from proxy.limiter import NO_GRANT, Grant, Target
-from proxy.limits import Limits
+from proxy.limiter import NO_GRANT, Grant
+from proxy.limits import Limits, Target
 from proxy.routing import conversation_key, route
 from proxy.runner import Runner
 from proxy.types import ChatRequest, Delta, Inbound, Message, Usage
@@ -314,8 +314,8 @@ class Dispatcher:
         targets = []
         if (rule := limits.user(msg.platform, msg.user_id)) is not None:
             targets.append(Target(rule, f"{msg.platform}:{msg.user_id}"))
-        if (rule := limits.channels.get(channel)) is not None:
-            targets.append(Target(rule, channel))
+        if (target := limits.channel_targets.get(channel)) is not None:
+            targets.append(target)
         if not targets:
             return NO_GRANT
         grant = await self.engine.limiter.admit(targets, limits.slot_lease)

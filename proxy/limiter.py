@@ -29,12 +29,10 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from proxy.contracts import Store
 from proxy.errors import OverLimit
-from proxy.limits import Rule
-from proxy.store.memory import MemoryStore
+from proxy.limits import Target
 from proxy.types import Message, Usage
 
 log = logging.getLogger("switchboard.limits")
@@ -49,18 +47,6 @@ Observer = Callable[[str, str, str], None]
 
 def _ignore(kind: str, scope: str, name: str) -> None:
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One rule applied to one counter: `who` is the key, channel or `<platform>:<user>`."""
-
-    rule: Rule
-    who: str
-
-    @property
-    def base(self) -> str:
-        return f"rl:{self.rule.scope}:{self.who}"
 
 
 def estimate_tokens(messages: Iterable[Message], answer: str) -> int:
@@ -102,44 +88,60 @@ class Limiter:
     def __init__(self, store: Store, observe: Observer = _ignore) -> None:
         self.store = store
         self.observe = observe
-        self.local: dict[str, int] = {}  # slots held in this process, when the store is local
-        #: Where requests per window count: the store when shared, else this process.
-        self.windows: Store = store if store.shared else MemoryStore()
+        self.shared = store.shared
+        self.local: dict[str, int] = {}  # local store: slots held, by key
+        self._counts: dict[str, list[float]] = {}  # local store: rpm key -> [window end, count]
         self._spent: dict[str, tuple[float, int]] = {}  # local store: budget key -> (window end, spent)
         self._unsaved: dict[tuple[str, float], int] = {}  # local store: (budget key, window) -> tokens
         self._flusher: asyncio.Task[None] | None = None
-        self._tokens = (f"{secrets.token_hex(4)}-{i}" for i in itertools.count())
+        self._prefix = secrets.token_hex(4)  # slot tokens: this process's prefix and a counter
+        self._ids = itertools.count()
 
     async def admit(self, targets: Sequence[Target], lease: float) -> Grant:
         """Check every target's limits; raise `OverLimit` for the first one reached."""
         for t in targets:
             r = t.rule
             if r.tokens is not None:
-                left = await self._budget_left(t.base + ":tok", r.token_window, r.tokens)
+                left = await self._budget_left(t.tok_key, r.token_window, r.tokens)
                 if left is not None:
                     raise self._refused(t, "tokens_per_day", r.tokens, left, r.token_window)
-        windows = self.windows
         for t in targets:
             r = t.rule
             if r.rpm is not None:
-                hit = await windows.hit(t.base + ":rpm", 1, r.request_window, r.rpm)
-                if not hit.allowed:
-                    raise self._refused(t, "rpm", r.rpm, hit.retry_after, r.request_window)
+                left = await self._count(t.rpm_key, r.request_window, r.rpm)
+                if left is not None:
+                    raise self._refused(t, "rpm", r.rpm, left, r.request_window)
         slots: list[tuple[str, str]] = []
         for t in targets:
             r = t.rule
             if r.concurrent is not None:
-                key = t.base + ":slots"
-                token = next(self._tokens)
-                if not await self._acquire(key, token, r.concurrent, lease):
+                token = f"{self._prefix}-{next(self._ids)}" if self.shared else ""
+                if not await self._acquire(t.slot_key, token, r.concurrent, lease):
                     await self.free(slots)
                     raise self._refused(t, "concurrent", r.concurrent, 1.0, r.request_window)
-                slots.append((key, token))
+                slots.append((t.slot_key, token))
         return Grant(self, targets, slots)
+
+    async def _count(self, key: str, window: float, limit: int) -> float | None:
+        """Count one request; None when it fits, else the seconds until the window ends."""
+        if self.shared:
+            hit = await self.store.hit(key, 1, window, limit)
+            return None if hit.allowed else hit.retry_after
+        now = time.time()
+        end = (now // window + 1) * window
+        counted = self._counts.get(key)
+        if counted is None or counted[0] != end:
+            if counted is None and len(self._counts) > 10_000:  # forget windows that ended
+                self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
+            counted = self._counts[key] = [end, 0]
+        if counted[1] >= limit:
+            return end - now
+        counted[1] += 1
+        return None
 
     async def _budget_left(self, key: str, window: float, limit: int) -> float | None:
         """None while the budget has tokens left, else the seconds until its window ends."""
-        if self.store.shared:
+        if self.shared:
             hit = await self.store.hit(key, 0, window, limit)
             return None if hit.allowed else hit.retry_after
         now = time.time()
@@ -151,7 +153,7 @@ class Limiter:
         return None if cached[1] < limit else end - now
 
     async def _acquire(self, key: str, token: str, limit: int, lease: float) -> bool:
-        if self.store.shared:
+        if self.shared:
             return await self.store.acquire(key, token, limit, lease)
         held = self.local.get(key, 0)
         if held >= limit:
@@ -161,7 +163,7 @@ class Limiter:
 
     async def free(self, slots: Sequence[tuple[str, str]]) -> None:
         for key, token in slots:
-            if not self.store.shared:
+            if not self.shared:
                 held = self.local.get(key, 1) - 1
                 if held > 0:
                     self.local[key] = held
@@ -180,8 +182,8 @@ class Limiter:
             return
         spent = usage.total_tokens if usage and usage.total_tokens else estimate_tokens(grant.prompt, text)
         for t in budgets:
-            key, window = t.base + ":tok", t.rule.token_window
-            if not self.store.shared:
+            key, window = t.tok_key, t.rule.token_window
+            if not self.shared:
                 end = (time.time() // window + 1) * window
                 cached = self._spent.get(key)
                 if cached is not None and cached[0] == end:

@@ -91,6 +91,18 @@ class Rule:
         return self.rpm is None and self.tokens is None and self.concurrent is None
 
 
+class Target:
+    """One rule applied to one counter (`who`: the key id, channel or `<platform>:<user>`), with
+    its store keys spelled once."""
+
+    __slots__ = ("rpm_key", "rule", "slot_key", "tok_key", "who")
+
+    def __init__(self, rule: Rule, who: str) -> None:
+        self.rule, self.who = rule, who
+        base = f"rl:{rule.scope}:{who}"
+        self.rpm_key, self.tok_key, self.slot_key = base + ":rpm", base + ":tok", base + ":slots"
+
+
 @dataclass(frozen=True)
 class Limits:
     """The compiled `limits:` block, kept in `Settings` (a reload brings its own)."""
@@ -102,10 +114,16 @@ class Limits:
     message: str = DEFAULT_MESSAGE
     platform_messages: Mapping[str, str] = field(default_factory=dict)
     slot_lease: float = 300.0
+    key_targets: Mapping[str, Target] = field(init=False, default_factory=dict)
+    channel_targets: Mapping[str, Target] = field(init=False, default_factory=dict)
 
     @property
     def active(self) -> bool:
         return bool(self.keys or self.channels or self.any_user or any(not r.empty for r in self.users.values()))
+
+    def __post_init__(self) -> None:  # a request finds its targets ready (the hot path)
+        object.__setattr__(self, "key_targets", {k: Target(r, k) for k, r in self.keys.items()})
+        object.__setattr__(self, "channel_targets", {c: Target(r, c) for c, r in self.channels.items()})
 
     def user(self, platform: str, user_id: str) -> Rule | None:
         rule = self.users.get(f"{platform}:{user_id}", self.any_user)

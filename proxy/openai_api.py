@@ -33,7 +33,7 @@ from proxy.engine import Engine
 from proxy.errors import CALLER_STATUSES, ChainFailed, OverLimit, RequestError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
-from proxy.limiter import NO_GRANT, Grant, Target
+from proxy.limiter import NO_GRANT, Grant
 from proxy.limits import Limits
 from proxy.refusals import UPSTREAM
 from proxy.routing import conversation as conversation_of
@@ -228,11 +228,8 @@ class OpenAIFrontDoor:
     async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest) -> Grant:
         """The key's and the channel's limits (the last step of `_build`: nothing after it
         raises, so the caller always gets the grant to release). Raises `OverLimit`."""
-        targets = []
-        if (rule := limits.keys.get(key_id)) is not None:
-            targets.append(Target(rule, key_id))
-        if (rule := limits.channels.get(channel.name)) is not None:
-            targets.append(Target(rule, channel.name))
+        key, chan = limits.key_targets.get(key_id), limits.channel_targets.get(channel.name)
+        targets = (key, chan) if key and chan else (key,) if key else (chan,) if chan else ()
         if not targets:
             return NO_GRANT
         grant = await self.engine.limiter.admit(targets, limits.slot_lease)
