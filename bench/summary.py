@@ -6,11 +6,12 @@ from typing import Any
 
 from targets import Paths
 
-ORDER = ("direct", "passthrough", "switchboard", "portkey", "litellm")
+ORDER = ("direct", "passthrough", "switchboard", "switchboard-limits", "portkey", "litellm")
 LABEL = {
     "direct": "direct upstream",
     "passthrough": "bare passthrough",
     "switchboard": "**Switchboard**",
+    "switchboard-limits": "Switchboard with `limits:`",
     "portkey": "Portkey gateway",
     "litellm": "LiteLLM proxy",
 }
@@ -63,6 +64,14 @@ def checks(doc: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     ratio_check("non-streaming req/s at 50 conns ≥ 50 % of bare passthrough", "json_c50", "passthrough", 0.5)
     ratio_check("streaming req/s at 50 conns ≥ 50× LiteLLM proxy", "sse_c50", "litellm", 50)
     ratio_check("streaming req/s at 50 conns ≥ 50 % of bare passthrough", "sse_c50", "passthrough", 0.5)
+    lim = ratio(rps("switchboard-limits", "json_c50"), rps("switchboard", "json_c50"))
+    out.append(
+        (
+            "non-streaming req/s at 50 conns with limits (key rpm + tokens, channel rpm + concurrent) ≥ 0.9× without",
+            f"{lim:.2f}×" if lim is not None else "n/a (switchboard-limits not measured)",
+            None if lim is None else lim >= 0.9,
+        )
+    )
     sb, direct = get(r, "switchboard", "json_c1", "p50_ms"), get(r, "direct", "json_c1", "p50_ms")
     added = sb - direct if sb is not None and direct is not None else None
     out.append(

@@ -15,6 +15,12 @@ import yaml
 from procs import free_port
 
 SLACK_SECRET = "bench-signing-secret"
+#: The `switchboard-limits` target: the same config plus limits on every key and on the bench
+#: channel, high enough that nothing is refused, so the cell measures what checking them costs.
+LIMITS = {
+    "keys": {"*": {"rpm": 1_000_000_000, "tokens_per_day": 1_000_000_000_000}},
+    "channels": {"bench": {"rpm": 1_000_000_000, "concurrent": 10_000}},
+}
 
 
 @dataclass
@@ -62,8 +68,11 @@ def slack_available(paths: Paths) -> bool:
     return (paths.root / "platforms/slack.py").exists()
 
 
-def switchboard_config(paths: Paths, port: int, upstream: str, slack_api: str | None) -> Path:
-    """bench/config.yaml with the ports filled in, plus the Slack platform when it exists."""
+def switchboard_config(
+    paths: Paths, port: int, upstream: str, slack_api: str | None, limits: dict[str, Any] | None = None
+) -> Path:
+    """bench/config.yaml with the ports filled in, plus the Slack platform when it exists (and
+    `limits` when given)."""
     data: dict[str, Any] = yaml.safe_load((paths.bench / "config.yaml").read_text())
     text = orjson.dumps(data).decode()
     text = text.replace("${BENCH_PORT}", str(port)).replace("${BENCH_UPSTREAM}", upstream)
@@ -77,7 +86,9 @@ def switchboard_config(paths: Paths, port: int, upstream: str, slack_api: str | 
             "api_base": slack_api,
         }
         data["channels"].insert(0, {"name": "slack", "match": {"platform": "slack"}, "providers": ["up"], "history": 0})
-    path = paths.out / "switchboard.yaml"
+    if limits:
+        data["limits"] = limits
+    path = paths.out / ("switchboard-limits.yaml" if limits else "switchboard.yaml")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -101,7 +112,7 @@ def build(paths: Paths, upstream_port: int, slack_api: str | None) -> list[Targe
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     same = {"json": "m", "sse": "m", "slow": "slow"}
     channels = {"json": "bench", "sse": "bench", "slow": "slow"}
-    sb_port, pt_port = free_port(), free_port()
+    sb_port, pt_port, lim_port = free_port(), free_port(), free_port()
     targets = [
         Target("direct", [], upstream_port, same),
         Target(
@@ -124,6 +135,19 @@ def build(paths: Paths, upstream_port: int, slack_api: str | None) -> list[Targe
             {"authorization": "Bearer sk-bench"},
             cwd=paths.root,
             python=True,
+        ),
+        Target(  # the same, with limits: `make bench` reports its req/s ÷ Switchboard's
+            "switchboard-limits",
+            [
+                str(paths.root / ".venv/bin/switchboard"),
+                "serve",
+                "--config",
+                str(switchboard_config(paths, lim_port, upstream, None, LIMITS)),
+            ],
+            lim_port,
+            channels,
+            {"authorization": "Bearer sk-bench"},
+            cwd=paths.root,
         ),
     ]
     portkey = paths.bench / "node_modules/@portkey-ai/gateway/build/start-server.js"
