@@ -62,12 +62,15 @@ class ReplyTarget:
 
 class DingTalkConfig(AdapterConfig):
     kind: Literal["dingtalk"] = "dingtalk"
+    """`dingtalk`: a DingTalk robot's outgoing HTTP callback, answered through its sessionWebhook."""
     app_secret: str = Field(min_length=1)
-    #: Hosts a sessionWebhook may point at (https, default port, /robot/sendBySession only).
+    """The robot's AppSecret, which signs each callback (`sign` header)."""
     session_webhook_hosts: list[str] = ["oapi.dingtalk.com"]
-    #: Plain-http hosts allowed as webhooks: for tests on loopback only; empty in production.
+    """Hosts a sessionWebhook may point at (https, default port, /robot/sendBySession only)."""
     allow_insecure_webhook_hosts: list[str] = []
+    """Plain-http hosts allowed as webhooks: for tests on loopback only; empty in production."""
     replay_window_ms: int = Field(3_600_000, ge=1000)
+    """Milliseconds a callback's `timestamp` may be off."""
 
 
 def sign(secret: str, timestamp: str) -> str:
@@ -97,8 +100,8 @@ def parse_webhook(raw: str, hosts: list[str], insecure: list[str]) -> URL | str:
 
 class DingTalkPlatform(Platform):
     config_model = DingTalkConfig
-    #: DingTalk markdown messages stay well-formed up to about this many characters.
     text_limit: ClassVar[int] = 5000
+    """DingTalk markdown messages stay well-formed up to about this many characters."""
 
     async def start(self) -> None:
         if self.config.allow_insecure_webhook_hosts:

@@ -45,22 +45,27 @@ MESSAGE_EVENT = "im.message.receive_v1"
 
 class FeishuConfig(AdapterConfig):
     kind: Literal["feishu"] = "feishu"
+    """`feishu`: Feishu / Lark event subscriptions (im.message.receive_v1)."""
     app_id: str = Field(min_length=1)
+    """The app's App ID (`cli_…`)."""
     app_secret: str = Field(min_length=1)
+    """The app's App Secret, for tenant access tokens."""
     verification_token: str = Field(min_length=1)
-    #: Turns on encrypted events and signature checks ("" or absent: token mode).
+    """The event subscription's Verification Token, checked on every event."""
     encrypt_key: str | None = None
+    """Turns on encrypted events and signature checks ("" or absent: token mode)."""
     domain: Literal["feishu", "lark"] = "feishu"
-    #: Overrides the domain's host (tests point it at a fake).
+    """`feishu` (open.feishu.cn) or `lark` (open.larksuite.com)."""
     api_base: str | None = None
-    #: Stream the answer into a card that is updated as tokens arrive; false: send once.
+    """Overrides the domain's host (tests point it at a fake)."""
     stream: bool = True
-    #: Seconds between two card updates (Feishu allows 5 per second per chat, for all bots).
+    """Stream the answer into a card that is updated as tokens arrive; false: send once."""
     update_interval: float = Field(1.0, ge=0)
-    #: Seconds a signed request's timestamp may be off.
+    """Seconds between two card updates (Feishu allows 5 per second per chat, for all bots)."""
     replay_window: int = Field(300, ge=1)
-    #: Characters per message or card; longer answers continue in another one.
+    """Seconds a signed request's timestamp may be off."""
     text_limit: int = Field(4000, ge=100, le=8000)
+    """Characters per message or card; longer answers continue in another one."""
 
     @field_validator("encrypt_key", "api_base")
     @classmethod

@@ -50,20 +50,29 @@ FORM = "application/x-www-form-urlencoded"
 
 class SlackConfig(AdapterConfig):
     kind: Literal["slack"] = "slack"
+    """`slack`: Slack Events API, interactivity and shortcuts."""
     signing_secret: str = Field(min_length=1)
+    """The app's signing secret; requests whose `X-Slack-Signature` does not match are refused."""
     bot_token: str = Field(min_length=1)
+    """The bot user OAuth token (`xoxb-…`) for chat.postMessage / chat.update."""
     api_base: str = "https://slack.com/api"
-    #: Seconds between streamed edits of one message (chat.update is Tier 3: about 1/s).
+    """Slack Web API root (tests point it at a fake)."""
     update_interval: float = Field(1.0, ge=0)
+    """Seconds between streamed edits of one message (chat.update is Tier 3: about 1/s)."""
     replay_window: int = Field(REPLAY_WINDOW, ge=1, le=REPLAY_WINDOW)
-    #: Characters per message; longer answers continue in further thread replies.
+    """Seconds a signed request's timestamp may be off (at most Slack's 300)."""
     text_limit: int = Field(3900, ge=20, le=40_000)
-    #: Longest Retry-After we wait for before giving up on a call.
+    """Characters per message; longer answers continue in further thread replies."""
     max_retry_wait: float = Field(30.0, ge=0)
+    """Longest Retry-After we wait for before giving up on a call."""
     placeholder: str = "…"
+    """Text posted at once and then replaced by the streamed answer."""
     stopped_note: str = "_(stopped)_"
+    """Appended to an answer that was stopped with the stop shortcut."""
     stop_callback: str = "stop_generating"
+    """Callback id of the message shortcut that stops a generation."""
     delete_callback: str = "delete_message"
+    """Callback id of the message shortcut that deletes one of the bot's messages."""
 
 
 class SlackPlatform(Platform):

@@ -74,21 +74,27 @@ DIGITS = re.compile(r"[0-9]{1,19}")
 
 class SynologyConfig(AdapterConfig):
     kind: Literal["synology"] = "synology"
-    #: Token of the outgoing webhook / bot allowed to call us (or several in `tokens`).
+    """`synology`: Synology Chat outgoing webhooks and bots."""
     token: str | None = None
+    """Token of the outgoing webhook / bot allowed to call us (or several in `tokens`)."""
     tokens: list[str] = Field(default_factory=list)
-    #: NAS base URL for the bot API, e.g. https://nas.example:5001.
+    """Several accepted tokens, as `token`."""
     api_base: str | None = None
+    """NAS base URL for the bot API, e.g. https://nas.example:5001."""
     bot_token: str | None = None
-    #: Incoming-webhook URL for channel replies (it carries its own token).
+    """The bot's token for the bot API at `api_base` (direct-message answers)."""
     incoming_url: str | None = None
-    #: Per channel_id incoming-webhook URLs, when several channels post to us.
+    """Incoming-webhook URL for channel replies (it carries its own token)."""
     incoming_urls: dict[str, str] = Field(default_factory=dict)
+    """Per channel_id incoming-webhook URLs, when several channels post to us."""
     allow_users: list[str] | None = None
+    """User ids that may use the bot; unset: everyone."""
     verify_tls: bool = True
+    """Check the NAS's TLS certificate (false for a self-signed one)."""
     text_limit: int = Field(2000, ge=100)
-    #: Pause between the parts of a split answer (Synology throttles quick successive posts).
+    """Characters per message; longer answers are sent in several parts."""
     send_interval: float = Field(0.5, ge=0, le=10)
+    """Pause between the parts of a split answer (Synology throttles quick successive posts)."""
 
     @field_validator("token", "api_base", "bot_token", "incoming_url")
     @classmethod

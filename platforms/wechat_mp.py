@@ -58,28 +58,33 @@ KINDS = {"shortvideo": "video"}
 
 class WeChatMPConfig(AdapterConfig):
     kind: Literal["wechat_mp"] = "wechat_mp"
+    """`wechat_mp`: a WeChat Official Account's message server."""
     token: str = Field(min_length=1)
+    """The Token set in the account's server configuration; it signs every request."""
     app_id: str | None = None
+    """The account's AppID; needed with `encoding_aes_key` or `app_secret`."""
     app_secret: str | None = None
-    #: When set, safe mode: bodies must be encrypted and replies are encrypted.
+    """The account's AppSecret, for the customer-service message API (answers later than WeChat's 5 s)."""
     encoding_aes_key: str | None = None
+    """When set, safe mode: bodies must be encrypted and replies are encrypted."""
     api_base: str = "https://api.weixin.qq.com"
-    #: Seconds a signed timestamp may differ from our clock.
+    """WeChat API root (tests point it at a fake)."""
     replay_window: float = Field(300.0, gt=0)
-    #: Seconds a delivery waits for the answer before it gives up on it (< WeChat's 5 s).
+    """Seconds a signed timestamp may differ from our clock."""
     reply_wait: float = Field(4.5, gt=0, lt=5)
-    #: Seconds an unanswered delivery stays open waiting for WeChat's next delivery.
+    """Seconds a delivery waits for the answer before it gives up on it (< WeChat's 5 s)."""
     hold_max: float = Field(10.0, gt=0)
-    #: Deliveries WeChat makes of one message; the last one hands the answer off.
+    """Seconds an unanswered delivery stays open waiting for WeChat's next delivery."""
     deliveries: int = Field(3, ge=1, le=10)
-    #: Characters per message. WeChat documents no current limit for text; an old doc mirror
-    #: says about 2,048 bytes. 2,000 characters keeps Latin text whole in one message; lower it
-    #: (e.g. to 680) if replies are mostly Chinese and a byte limit bites.
+    """Deliveries WeChat makes of one message; the last one hands the answer off."""
     text_limit: int = Field(2000, ge=100, le=20000)
-    #: Seconds a finished answer is kept per MsgId for retries that arrive after a restart.
+    """Characters per message. WeChat documents no current limit for text; an old doc mirror says about 2,048 bytes.
+    2,000 characters keeps Latin text whole in one message; lower it (e.g. to 680) if replies are mostly Chinese and
+    a byte limit bites."""
     answer_ttl: float = Field(600.0, gt=0)
-    #: Seconds an answer waits for the user's "1".
+    """Seconds a finished answer is kept per MsgId for retries that arrive after a restart."""
     later_ttl: float = Field(2 * 86400.0, gt=0)
+    """Seconds an answer waits for the user's "1"."""
 
     @field_validator("app_id", "app_secret", "encoding_aes_key", mode="before")
     @classmethod

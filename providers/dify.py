@@ -88,21 +88,28 @@ APP_MODES = {"chat": CHAT_MODES, "agent": CHAT_MODES, "completion": {"completion
 
 class DifyConfig(AdapterConfig):
     kind: Literal["dify"] = "dify"
+    """`dify`: a Dify app over its service API."""
     base_url: str = "https://api.dify.ai/v1"
+    """The Dify API root (self-hosted: `https://host/v1`)."""
     api_key: str = Field(min_length=1)
+    """The app's API key (`app-…`)."""
     app_mode: Literal["chat", "agent", "completion", "workflow"] = "chat"
+    """The Dify app's type, which decides the endpoint: `chat` and `agent` use chat-messages, `completion` completion-
+    messages, `workflow` workflows/run."""
     inputs: dict[str, Any] = {}
-    #: workflow apps: which output holds the answer.
+    """Values for the app's input variables, sent with every request."""
     output_key: str = "answer"
-    #: completion and workflow apps: which input variable receives the user's text.
+    """workflow apps: which output holds the answer."""
     query_input: str = "query"
-    #: earlier turns folded into the query of a new conversation (context after failover).
+    """completion and workflow apps: which input variable receives the user's text."""
     fold_turns: int = Field(10, ge=0)
-    #: stop Dify's generation when we leave a stream early (caller gone, stopped, timed out).
+    """earlier turns folded into the query of a new conversation (context after failover)."""
     stop_on_disconnect: bool = True
+    """stop Dify's generation when we leave a stream early (caller gone, stopped, timed out)."""
     timeout: float = Field(10.0, gt=0)
-    #: Dify pings every ~10 s while it works; wait longer than that between events.
+    """Seconds to connect to Dify."""
     read_timeout: float = Field(60.0, gt=10)
+    """Dify pings every ~10 s while it works; wait longer than that between events."""
 
 
 class ConversationGone(Misconfigured):

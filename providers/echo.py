@@ -15,10 +15,13 @@ from proxy.types import ChatRequest, Delta, Usage
 
 class EchoConfig(AdapterConfig):
     kind: Literal["echo"] = "echo"
+    """`echo`: answers with the user's own text; for tests and demos, no backend."""
     prefix: str = "echo: "
-    #: Seconds between streamed words (for demos of streaming); 0 streams at once.
+    """Text put before the echoed message."""
     delay: float = Field(0.0, ge=0, le=10)
+    """Seconds between streamed words (for demos of streaming); 0 streams at once."""
     model: str = "echo"
+    """Model name reported in answers."""
 
 
 class EchoProvider(Provider):

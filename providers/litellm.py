@@ -38,13 +38,19 @@ from proxy.types import JSON, ChatRequest, Completion, Delta, Usage
 
 class LiteLLMConfig(AdapterConfig):
     kind: Literal["litellm"] = "litellm"
+    """`litellm`: any backend the litellm library speaks to, in process (extra `litellm`)."""
     model: str = Field(min_length=1)
+    """litellm model string with its provider prefix, e.g. `anthropic/claude-3-5-sonnet-latest`."""
     api_base: str | None = None
+    """Overrides the backend's API root."""
     api_key: str | None = None
-    #: Drop OpenAI parameters the backend does not support instead of failing.
+    """Key for the backend; unset: litellm reads its usual environment variables."""
     drop_params: bool = True
+    """Drop OpenAI parameters the backend does not support instead of failing."""
     timeout: float = Field(120.0, gt=0)
+    """Seconds a whole request may take."""
     params: dict[str, Any] = {}
+    """Default generation parameters; the caller's and the channel's override them."""
 
 
 def _import_litellm() -> Any:

@@ -28,6 +28,7 @@ _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 
 class OpenAIConfig(OpenAICompatConfig):
     kind: Literal["openai"] = "openai"
+    """`openai`: any OpenAI-compatible chat-completions API."""
 
 
 class OpenAIProvider(OpenAICompatProvider):

@@ -32,22 +32,26 @@ from proxy.types import JSON, Delta, Usage
 
 class OpenAICompatConfig(AdapterConfig):
     base_url: str = "https://api.openai.com/v1"
+    """The OpenAI-compatible API root, ending in `/v1` or the server's equivalent."""
     api_key: str | None = None
-    #: A key pool: requests spread over these keys (see providers/keypool.py).
+    """Bearer key for the upstream; unset for keyless local servers. Not together with `api_keys`."""
     api_keys: list[str] | None = None
+    """A key pool: requests spread over these keys (see providers/keypool.py)."""
     model: str = "gpt-4o-mini"
-    #: Extra request headers, e.g. `x-api2d-no-cache: "1"`.
+    """Model sent upstream unless the channel names one."""
     headers: dict[str, str] = {}
-    #: Seconds to connect, and to wait for the first byte / between streamed chunks.
+    """Extra request headers, e.g. `x-api2d-no-cache: "1"`."""
     timeout: float = Field(10.0, gt=0)
+    """Seconds to connect to the upstream."""
     read_timeout: float = Field(120.0, gt=0)
-    #: Default generation parameters; the caller's and the channel's override them.
+    """Seconds to wait for the first byte of the answer and between streamed chunks."""
     params: dict[str, Any] = {}
-    #: Send the caller's `max_tokens` / `max_completion_tokens` under this name (reasoning models
-    #: want `max_completion_tokens`, many compatible servers only know `max_tokens`).
+    """Default generation parameters; the caller's and the channel's override them."""
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
-    #: Ask for the usage chunk (`stream_options.include_usage`); some compatible servers reject it.
+    """Send the caller's `max_tokens` / `max_completion_tokens` under this name (reasoning models want
+    `max_completion_tokens`, many compatible servers only know `max_tokens`)."""
     stream_usage: bool = True
+    """Ask for the usage chunk (`stream_options.include_usage`); some compatible servers reject it."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OpenAICompatConfig:

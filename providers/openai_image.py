@@ -20,10 +20,15 @@ from proxy.types import ChatRequest, Delta
 
 class OpenAIImageConfig(OpenAICompatConfig):
     kind: Literal["openai_image"] = "openai_image"
+    """`openai_image`: an images/generations API; the user's text is the prompt and the answer links the images."""
     model: str = "dall-e-3"
+    """Image model sent upstream unless the channel names one."""
     size: str = "1024x1024"
+    """Image size as the API spells it, e.g. `1024x1024`, `1792x1024`."""
     n: int = Field(1, ge=1, le=4)
+    """Images per request."""
     read_timeout: float = Field(180.0, gt=0)
+    """Seconds to wait for the upstream's answer (image generation is slow)."""
 
 
 class OpenAIImageProvider(OpenAICompatProvider):

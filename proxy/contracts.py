@@ -23,7 +23,7 @@ from proxy.types import JSON, ChatRequest, Completion, Delta, Inbound, Message, 
 class AdapterConfig(BaseModel):
     """Base of every provider/platform config block. Unknown keys are an error (typos)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     kind: str
 
 

@@ -31,45 +31,45 @@ DEFAULT_MESSAGE = "You have reached your usage limit; please try again in {wait}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class RuleConfig(_Strict):
     """The limits of one key, channel or user."""
 
-    #: Requests per `request_window` (a minute unless set).
     rpm: int | None = Field(None, ge=1)
-    #: Prompt + completion tokens (as the upstream reports them) per `token_window` (a day).
+    """Requests per `request_window` (a minute unless set)."""
     tokens_per_day: int | None = Field(None, ge=1)
-    #: Generations running at once.
+    """Prompt + completion tokens (as the upstream reports them) per `token_window` (a day)."""
     concurrent: int | None = Field(None, ge=1)
-    #: Seconds `rpm` counts over; windows are aligned to the clock (a minute starts at :00).
+    """Generations running at once."""
     request_window: float = Field(60.0, gt=0, le=86400)
-    #: Seconds `tokens_per_day` counts over (a UTC day unless set).
+    """Seconds `rpm` counts over; windows are aligned to the clock (a minute starts at :00)."""
     token_window: float = Field(86400.0, gt=0, le=366 * 86400)
-    #: What a chat-platform user reads when over this limit (channels and users; `{wait}` is the
-    #: time until the window ends).
+    """Seconds `tokens_per_day` counts over (a UTC day unless set)."""
     message: str | None = None
+    """What a chat-platform user reads when over this limit (channels and users; `{wait}` is the time until the window
+    ends)."""
 
 
 class PlatformLimitConfig(_Strict):
-    #: The over-limit notice on this platform (`{wait}`: the time until the window ends).
     message: str
+    """The over-limit notice on this platform (`{wait}`: the time until the window ends)."""
 
 
 class LimitsConfig(_Strict):
-    #: Limits per API key (by key `name`, or `keys[N]`; `"*"`: every key).
     keys: dict[str, RuleConfig] = {}
-    #: Limits per channel (by name; `"*"`: every channel), on every front door.
+    """Limits per API key (by key `name`, or `keys[N]`; `"*"`: every key)."""
     channels: dict[str, RuleConfig] = {}
-    #: Limits per chat-platform user (`<platform>:<user id>`; `"*"`: every user).
+    """Limits per channel (by name; `"*"`: every channel), on every front door."""
     users: dict[str, RuleConfig] = {}
-    #: Over-limit notices per platform (by platform name), over the default `message`.
+    """Limits per chat-platform user (`<platform>:<user id>`; `"*"`: every user)."""
     platforms: dict[str, PlatformLimitConfig] = {}
-    #: The over-limit notice a chat-platform user gets, once per window.
+    """Over-limit notices per platform (by platform name), over the default `message`."""
     message: str = DEFAULT_MESSAGE
-    #: Seconds a concurrency slot outlives a crashed instance (shared stores only).
+    """The over-limit notice a chat-platform user gets, once per window."""
     slot_lease: float = Field(300.0, gt=0, le=86400)
+    """Seconds a concurrency slot outlives a crashed instance (shared stores only)."""
 
 
 @dataclass(frozen=True, slots=True)
