@@ -7,9 +7,11 @@ and the background runner, and drains in-flight replies on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from proxy.admin import Admin
 from proxy.config import Settings
 from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
@@ -31,6 +34,7 @@ from proxy.metrics import Metrics
 from proxy.openai_api import OpenAIFrontDoor, error_response
 from proxy.recovery import Recovery
 from proxy.refusals import Refusals
+from proxy.reload import Reloader, watch
 from proxy.runner import Runner
 from proxy.types import WebRequest
 
@@ -42,28 +46,66 @@ CLOSE = {"connection": "close"}
 class Hooks:
     """`/hooks/{name}`: hand the raw request to the platform adapter of that name."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.dispatcher = dispatcher
         self.platforms: dict[str, Platform] = {}
+        self._handling: dict[Platform, int] = {}  # webhook requests in flight, per adapter
 
-    async def start(self, dispatcher: Dispatcher) -> None:
-        for name, a in self.settings.platforms.items():
+    async def start(self) -> None:
+        self.platforms.update(await self._build(self.settings, list(self.settings.platforms)))
+
+    async def _build(self, settings: Settings, names: list[str]) -> dict[str, Platform]:
+        built: dict[str, Platform] = {}
+        for name in names:
+            a = settings.platforms[name]
             if a.disabled is None and a.cls is not None:
-                platform = a.cls(name, a.config, dispatcher.context(name))
+                platform = a.cls(name, a.config, self.dispatcher.context(name))
                 try:
                     await platform.start()
                 except Exception:
                     log.exception("platform %s (%s) failed to start; it stays enabled", name, a.kind)
-                self.platforms[name] = platform
+                built[name] = platform
                 log.info("platform %s (%s) listening at /hooks/%s", name, a.kind, name)
+        return built
 
-    async def close(self) -> None:
-        for p in self.platforms.values():
+    # -- reload (proxy/reload.py) ------------------------------------------------------------
+
+    async def build(self, running: Settings, new: Settings) -> dict[str, Platform]:
+        """Start the platforms of `new` whose block is new or changed."""
+        changed = [n for n, a in new.platforms.items() if running.platforms.get(n) != a or n not in self.platforms]
+        return await self._build(new, changed)
+
+    def use(self, new: Settings, built: dict[str, Platform]) -> list[Platform]:
+        """Swap to `new` (synchronously, in place: recovery reads the same mapping); returns the
+        adapters replaced or removed."""
+        self.settings = new
+        retired = [
+            p
+            for n, p in self.platforms.items()
+            if n in built or (a := new.platforms.get(n)) is None or a.disabled is not None
+        ]
+        for p in retired:
+            self.platforms.pop(p.name, None)
+        self.platforms.update(built)
+        return retired
+
+    def busy(self, platform: Platform) -> bool:
+        """Is a webhook request or a reply of this adapter in flight?"""
+        if self._handling.get(platform):
+            return True
+        return any(p is platform for p, _ in self.dispatcher.claims.active.values())
+
+    async def close_all(self, platforms: Iterable[Platform]) -> None:
+        for p in platforms:
             try:
                 await p.close()
             except Exception:
                 log.exception("closing platform %s failed", p.name)
+
+    async def close(self) -> None:
+        await self.close_all(self.platforms.values())
 
     async def handle(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -73,6 +115,7 @@ class Hooks:
             why = f"platform {name!r} is disabled: {adapter.disabled}" if adapter else f"no platform named {name!r}"
             return Response(why, 404 if adapter is None else 503)
         status = 500
+        self._handling[platform] = self._handling.get(platform, 0) + 1
         try:
             server = self.settings.raw.server
             declared = request.headers.get("content-length")
@@ -104,6 +147,9 @@ class Hooks:
             return Response("internal error", 500)
         finally:
             self.metrics.hooks.labels(name, str(status)).inc()
+            left = self._handling.pop(platform) - 1
+            if left:
+                self._handling[platform] = left
 
 
 HOT_PATH = "/v1/chat/completions"
@@ -127,22 +173,40 @@ class SwitchboardApp(Starlette):
             await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> Starlette:
-    """The app. `on_ready` runs once start-up (engine, store, platforms) has finished."""
+def create_app(
+    settings: Settings, *, on_ready: Callable[[], None] | None = None, reload_on_sighup: bool = False
+) -> Starlette:
+    """The app. `on_ready` runs once start-up (engine, store, platforms) has finished.
+    `reload_on_sighup` (`serve`): SIGHUP reloads the config instead of ending the process."""
     metrics = Metrics()
-    engine = Engine(settings, observe=metrics.observe_attempt, limited=metrics.count_limited)
+    engine = Engine(settings, observe=metrics.observe_attempt)
     runner = Runner(settings.raw.server.max_concurrent_generations)
     dispatcher = Dispatcher(engine, runner, settings)
     refusals = Refusals(metrics)
     front = OpenAIFrontDoor(engine, settings, refusals)
-    hooks = Hooks(settings, metrics)
+    hooks = Hooks(settings, metrics, dispatcher)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
+
+    def use(new: Settings) -> None:  # part of the reload's synchronous swap
+        front.use(new)
+        dispatcher.settings = new
+
+    reloader = Reloader(engine, use, hooks, metrics.count_reload)
+    admin = Admin(lambda: engine.settings, reloader)
+    stop_watching = asyncio.Event()
+
+    def on_sighup() -> None:
+        runner.spawn(reloader.reload("sighup"), "reload:sighup")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
-        await hooks.start(dispatcher)
+        await hooks.start()
         await recovery.start()
+        if reload_on_sighup:  # uvicorn handles SIGINT/SIGTERM only; SIGHUP would end the process
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
+        if settings.raw.server.watch_config and settings.path is not None:
+            runner.spawn(watch(reloader, settings.path, stop_watching), "watch-config")
         log.info(
             "switchboard ready: %d channel(s), %d provider(s), %d platform(s)",
             len(settings.channels),
@@ -154,6 +218,9 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         try:
             yield
         finally:
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            stop_watching.set()
             recovery.stop()
             cut = await runner.drain(settings.raw.server.drain_seconds)
             if cut:
@@ -162,6 +229,7 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
                     cut,
                     "y" if cut == 1 else "ies",
                 )
+            await reloader.close()
             await hooks.close()
             await engine.close()
 
@@ -169,7 +237,7 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        status, body = await readiness(settings, engine)
+        status, body = await readiness(engine.settings, engine)
         return Response(orjson.dumps(body), status, media_type="application/json")
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -196,8 +264,9 @@ def create_app(settings: Settings, *, on_ready: Callable[[], None] | None = None
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/admin/reload", admin.reload, methods=["POST"]),
     ]
     app = SwitchboardApp(front, routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.engine, app.state.hooks, app.state.runner = engine, hooks, runner
-    app.state.refusals = refusals
+    app.state.refusals, app.state.reloader = refusals, reloader
     return app

@@ -1,4 +1,4 @@
-"""`switchboard` / `python -m proxy`: serve, check, chat."""
+"""`switchboard` / `python -m proxy`: serve, check, chat, reload."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import errno
 import gc
 import logging
 import os
+import signal
 import socket
 import sys
 from functools import partial
@@ -71,7 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     for line in route_table(settings):
         logging.getLogger("switchboard").info("route %s", line.strip())
     config = uvicorn.Config(
-        create_app(settings, on_ready=partial(tune_gc, server.gc_threshold)),
+        create_app(settings, on_ready=partial(tune_gc, server.gc_threshold), reload_on_sighup=True),
         log_level="warning" if server.log_level == "info" else server.log_level,
         access_log=False,
         lifespan="on",
@@ -246,12 +247,64 @@ async def _chat(settings: Settings, name: str, session: str) -> int:
     return 0
 
 
-def config_reference(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Print the config reference (docs/config-reference.md is this output)."""
-    from proxy.config_reference import markdown
+# ---------------------------------------------------------------------------------------- reload
 
-    (out or sys.stdout).write(markdown())
-    return 0
+
+def reload(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Ask a running server to reload its config: `POST /admin/reload` with the admin key in
+    SWITCHBOARD_ADMIN_KEY, or SIGHUP to `--pid`. 0 when it reloaded, 1 when it refused the config
+    (the running one stays) or could not be reached, 2 when this command was used wrongly."""
+    out = out or sys.stdout
+    if args.pid is not None:
+        try:
+            os.kill(args.pid, signal.SIGHUP)
+        except OSError as e:
+            print(f"cannot signal process {args.pid}: {e.strerror}", file=sys.stderr)
+            return 1
+        print(f"sent SIGHUP to process {args.pid}; its log says how the reload went", file=out)
+        return 0
+    key = os.environ.get("SWITCHBOARD_ADMIN_KEY", "")
+    if not key:
+        print("set SWITCHBOARD_ADMIN_KEY to one of the server's admin.keys (or give --pid)", file=sys.stderr)
+        return 2
+    url = args.url or _server_url(_load(args.config))
+    return _post_reload(url.rstrip("/") + "/admin/reload", key, out)
+
+
+def _server_url(settings: Settings) -> str:
+    host = settings.raw.server.host
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.raw.server.port}"
+
+
+def _post_reload(url: str, key: str, out: TextIO) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, b"", {"Authorization": f"Bearer {key}"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            status, body = answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        print(f"cannot reach {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 1
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {}
+    if status == 200:
+        changed = ", ".join(data.get("changed", [])) or "nothing changed"
+        print(f"reloaded: {changed}", file=out)
+        if data.get("needs_restart"):
+            print(f"needs a restart: {', '.join(data['needs_restart'])}", file=out)
+        return 0
+    why = data.get("error")
+    message = why.get("message") if isinstance(why, dict) else why
+    print(f"reload failed (HTTP {status}): {message or body.decode(errors='replace')[:300]}", file=sys.stderr)
+    return 1
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -275,9 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--session", default=os.environ.get("USER", "local"))
     p.set_defaults(func=chat)
-    p = sub.add_parser("config-reference", help="print every config key, its type, default and meaning")
-    p.add_argument("--format", choices=["markdown"], default="markdown")
-    p.set_defaults(func=config_reference)
+    p = sub.add_parser("reload", help="make a running server reload its config")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="where to find the server's address")
+    p.add_argument("--url", help="the server's base URL (default: from the config's server.host/port)")
+    p.add_argument("--pid", type=int, help="send SIGHUP to this process instead of calling /admin/reload")
+    p.set_defaults(func=reload)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -15,8 +15,6 @@ import aiohttp
 from proxy.config import Channel, Settings
 from proxy.contracts import Provider, Store
 from proxy.failover import Failover, Observer, Outcome
-from proxy.limiter import Limiter
-from proxy.limiter import Observer as LimitObserver
 from proxy.registry import Registry
 from proxy.types import JSON, ChatRequest, Completion, Delta, Message
 
@@ -64,13 +62,9 @@ def open_store(url: str, registry: Registry | None = None) -> Store:
 
 
 class Engine:
-    def __init__(
-        self, settings: Settings, *, observe: Observer | None = None, limited: LimitObserver | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, observe: Observer | None = None) -> None:
         self.settings = settings
         self.store = open_store(settings.raw.store.url)
-        #: Enforces `settings.limits` (each request passes the rules of the config it started on).
-        self.limiter = Limiter(self.store, limited) if limited else Limiter(self.store)
         self.http: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
         self.failover: Failover | None = None
@@ -89,19 +83,40 @@ class Engine:
             json_serialize=lambda o: __import__("orjson").dumps(o).decode(),
         )
         await self.store.open()
-        for name, a in self.settings.providers.items():
-            if a.disabled is None and a.cls is not None:
-                self.providers[name] = a.cls(name, a.config, self.http)
-        await asyncio.gather(*(p.start() for p in self.providers.values()))
+        enabled = [n for n, a in self.settings.providers.items() if a.disabled is None and a.cls is not None]
+        self.providers = await self.build_providers(self.settings, enabled)
         self.failover = Failover(self.providers, self.settings.raw.failover, self._observe)
 
-    async def close(self) -> None:
-        for p in self.providers.values():
+    async def build_providers(self, settings: Settings, names: Sequence[str]) -> dict[str, Provider]:
+        """Construct and start the named (enabled) providers of `settings`. When one fails to
+        start, those already started are closed and the error is raised."""
+        assert self.http is not None
+        built: dict[str, Provider] = {}
+        for name in names:
+            a = settings.providers[name]
+            assert a.cls is not None
+            built[name] = a.cls(name, a.config, self.http)
+        results = await asyncio.gather(*(p.start() for p in built.values()), return_exceptions=True)
+        failed = [(n, r) for n, r in zip(built, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            await self.close_providers(built.values())
+            raise failed[0][1]
+        return built
+
+    async def close_providers(self, providers: Iterable[Provider]) -> None:
+        for p in providers:
             try:
                 await p.close()
             except Exception:
                 log.exception("closing provider %s failed", p.name)
-        await self.limiter.close()
+
+    def use(self, settings: Settings, providers: dict[str, Provider], failover: Failover) -> None:
+        """Swap to a reloaded config: requests that start from now on use it; those in flight
+        keep the Failover (and providers) they started on."""
+        self.settings, self.providers, self.failover = settings, providers, failover
+
+    async def close(self) -> None:
+        await self.close_providers(self.providers.values())
         await self.store.close()
         if self.http is not None:
             await self.http.close()

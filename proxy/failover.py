@@ -90,10 +90,25 @@ def _outcome(err: BaseException) -> str:
 
 
 class Failover:
-    def __init__(self, providers: dict[str, Provider], config: FailoverConfig, observe: Observer | None = None) -> None:
+    def __init__(
+        self,
+        providers: dict[str, Provider],
+        config: FailoverConfig,
+        observe: Observer | None = None,
+        *,
+        circuits: dict[str, Circuit] | None = None,
+    ) -> None:
+        """`circuits`: those of a previous Failover (a reload) to keep, by provider name; they
+        keep their counts and take this config's thresholds."""
         self.providers = providers
         self.config = config
-        self.circuits = {n: Circuit(config.circuit_failures, config.circuit_cooldown) for n in providers}
+        kept = circuits or {}
+        self.circuits = {n: kept.get(n) or Circuit(config.circuit_failures, config.circuit_cooldown) for n in providers}
+        for c in self.circuits.values():
+            c.threshold, c.cooldown = config.circuit_failures, config.circuit_cooldown
+        #: Answers running on this Failover now: a reload closes the providers it replaced once
+        #: the Failover they belong to has none left.
+        self.inflight = 0
         self._observe = observe or (lambda *a: None)
 
     # -- retry policy ------------------------------------------------------------------------
@@ -134,13 +149,25 @@ class Failover:
         now = time.monotonic()
         out = []
         for name in chain:
-            if self.circuits[name].allows(now):
+            circuit = self.circuits.get(name)
+            if circuit is None:  # a request that began on a config a reload has since replaced
+                attempts.append((name, "skipped, removed by a config reload"))
+            elif circuit.allows(now):
                 out.append(name)
             else:
                 attempts.append((name, "skipped, circuit open"))
         return out
 
     async def complete(
+        self, channel: str, chain: Sequence[str], request: ChatRequest, state_for: StateFor
+    ) -> tuple[str, Completion]:
+        self.inflight += 1
+        try:
+            return await self._complete(channel, chain, request, state_for)
+        finally:
+            self.inflight -= 1
+
+    async def _complete(
         self, channel: str, chain: Sequence[str], request: ChatRequest, state_for: StateFor
     ) -> tuple[str, Completion]:
         attempts: list[tuple[str, str]] = []
@@ -165,29 +192,33 @@ class Failover:
         """Deltas of the first provider that starts answering. Close it (aclose) to stop early."""
         attempts: list[tuple[str, str]] = []
         errors: list[ProviderError] = []
-        for name in self._candidates(chain, attempts):
-            provider = self.providers[name]
-            started = time.monotonic()
-            try:
-                it, first = await self._with_retries(partial(_open, provider, request, state_for(name)))
-            except RequestRejected as err:
-                raise self._rejected(channel, name, err, started) from None
-            except ProviderError as err:
-                self._failed(channel, name, err, started, attempts, errors)
-                continue
-            outcome.provider, outcome.model = name, request.model or provider.default_model
-            async with contextlib.aclosing(it):  # type: ignore[type-var]
+        self.inflight += 1
+        try:
+            for name in self._candidates(chain, attempts):
+                provider = self.providers[name]
+                started = time.monotonic()
                 try:
-                    if first is not None:
-                        yield first
-                    async for delta in it:
-                        yield delta
+                    it, first = await self._with_retries(partial(_open, provider, request, state_for(name)))
+                except RequestRejected as err:
+                    raise self._rejected(channel, name, err, started) from None
                 except ProviderError as err:
                     self._failed(channel, name, err, started, attempts, errors)
-                    raise StreamInterrupted(err.message, provider=name, status=err.status) from err
-            self._succeeded(channel, name, started)
-            return
-        raise ChainFailed(channel, attempts, errors)
+                    continue
+                outcome.provider, outcome.model = name, request.model or provider.default_model
+                async with contextlib.aclosing(it):  # type: ignore[type-var]
+                    try:
+                        if first is not None:
+                            yield first
+                        async for delta in it:
+                            yield delta
+                    except ProviderError as err:
+                        self._failed(channel, name, err, started, attempts, errors)
+                        raise StreamInterrupted(err.message, provider=name, status=err.status) from err
+                self._succeeded(channel, name, started)
+                return
+            raise ChainFailed(channel, attempts, errors)
+        finally:
+            self.inflight -= 1
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -30,14 +29,12 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
 from proxy.engine import Engine
-from proxy.errors import CALLER_STATUSES, ChainFailed, OverLimit, RequestError, RequestRejected, StreamInterrupted
+from proxy.errors import CALLER_STATUSES, ChainFailed, RequestError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
-from proxy.limiter import NO_GRANT, Grant
-from proxy.limits import Limits
 from proxy.refusals import UPSTREAM
 from proxy.routing import conversation as conversation_of
-from proxy.types import ChatRequest, Completion, Delta, Message, Usage
+from proxy.types import ChatRequest, Completion, Delta, Message
 
 log = logging.getLogger("switchboard.openai")
 
@@ -126,6 +123,20 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+class DoorView:
+    """What the front door reads from one config, prepared once per config (at start-up and on
+    each reload). A request reads `door.view` once and keeps it: a reload swaps the reference."""
+
+    __slots__ = ("keys", "offered", "settings")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.offered = tuple(c for c in settings.channels if c.providers)
+        self.keys: dict[str, tuple[str, KeyConfig]] = {
+            digest(k.key): (k.name or digest(k.key)[:12], k) for k in settings.raw.keys
+        }
+
+
 class OpenAIFrontDoor:
     """The OpenAI-compatible API. The instance itself is the ASGI app of
     `POST /v1/chat/completions` (the hot path: no Starlette Request/Response objects).
@@ -134,12 +145,8 @@ class OpenAIFrontDoor:
 
     def __init__(self, engine: Engine, settings: Settings, refused: Refused = _not_counted) -> None:
         self.engine = engine
-        self.settings = settings
+        self.view = DoorView(settings)
         self.refused = refused
-        self.offered = tuple(c for c in settings.channels if c.providers)
-        self.keys: dict[str, tuple[str, KeyConfig]] = {
-            digest(k.key): (k.name or digest(k.key)[:12], k) for k in settings.raw.keys
-        }
         self.max_body = settings.raw.server.max_body_bytes
         self.body_timeout = settings.raw.server.body_timeout
         self.created = int(time.time())
@@ -147,13 +154,22 @@ class OpenAIFrontDoor:
         self._id_prefix = "chatcmpl-" + secrets.token_hex(8)
         self._ids = itertools.count(1)
 
+    @property
+    def settings(self) -> Settings:
+        """The config new requests use (a reload replaces it)."""
+        return self.view.settings
+
+    def use(self, settings: Settings) -> None:
+        """A reload: requests from now on use `settings`; those in flight keep their view."""
+        self.view = DoorView(settings)
+
     # -- helpers -----------------------------------------------------------------------------
 
-    def _auth(self, header: bytes | None) -> tuple[str, KeyConfig]:
+    def _auth(self, header: bytes | None, view: DoorView) -> tuple[str, KeyConfig]:
         # looked up by the SHA-256 of the token, so no comparison ever runs on the secret itself
         scheme, _, token = (header or b"").partition(b" ")
         token = token.strip()
-        found = self.keys.get(digest(token)) if token and scheme.lower() == b"bearer" else None
+        found = view.keys.get(digest(token)) if token and scheme.lower() == b"bearer" else None
         if found is None:
             raise RequestError(
                 "Incorrect API key provided. Send 'Authorization: Bearer <key>' with one of the configured keys.",
@@ -162,10 +178,10 @@ class OpenAIFrontDoor:
             )
         return found
 
-    def _channel(self, key: KeyConfig, name: Any) -> Channel:
+    def _channel(self, key: KeyConfig, name: Any, view: DoorView) -> Channel:
         if not isinstance(name, str) or not name:
             raise RequestError("'model' is required and must name a channel.", param="model")
-        channel = self.settings.by_name.get(name)
+        channel = view.settings.by_name.get(name)
         if channel is None or not key.allows(name):
             raise RequestError(
                 f"The model '{name}' does not exist or you do not have access to it.",
@@ -178,9 +194,10 @@ class OpenAIFrontDoor:
     def _answer_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
-    async def _build(self, scope: Scope, receive: Receive) -> tuple[Channel, ChatRequest, list[Message], bool, Grant]:
+    async def _build(self, scope: Scope, receive: Receive) -> tuple[Channel, ChatRequest, list[Message], bool]:
+        view = self.view  # this request's config, whatever a reload does meanwhile
         headers = header_map(scope, WANTED_HEADERS)
-        key_name, key = self._auth(headers.get(b"authorization"))
+        key_name, key = self._auth(headers.get(b"authorization"), view)
         body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
         try:
             data = orjson.loads(body)
@@ -188,7 +205,7 @@ class OpenAIFrontDoor:
             raise RequestError("We could not parse the JSON body of your request.") from None
         if not isinstance(data, dict):
             raise RequestError("The request body must be a JSON object.")
-        channel = self._channel(key, data.get("model"))
+        channel = self._channel(key, data.get("model"), view)
         messages = parse_messages(data.get("messages"))
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
@@ -221,20 +238,7 @@ class OpenAIFrontDoor:
             params=params,
             stream=stream,
         )
-        limits = self.settings.limits
-        grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
-        return channel, req, record, bool(options and options.get("include_usage")), grant
-
-    async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest) -> Grant:
-        """The key's and the channel's limits (the last step of `_build`: nothing after it
-        raises, so the caller always gets the grant to release). Raises `OverLimit`."""
-        key, chan = limits.key_targets.get(key_id), limits.channel_targets.get(channel.name)
-        targets = (key, chan) if key and chan else (key,) if key else (chan,) if chan else ()
-        if not targets:
-            return NO_GRANT
-        grant = await self.engine.limiter.admit(targets, limits.slot_lease)
-        grant.prompt = req.messages
-        return grant
+        return channel, req, record, bool(options and options.get("include_usage"))
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -252,46 +256,27 @@ class OpenAIFrontDoor:
                 await send_bytes(send, 500, body, JSON_HEAD)
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        channel = None
         try:
-            channel, req, record, usage, grant = await self._build(scope, receive)
+            channel, req, record, usage = await self._build(scope, receive)
+            if req.stream:
+                return await self._stream(channel, req, record, usage, receive, send)
+            provider, result = await self.engine.complete(channel, req)
         except RequestError as e:
             self.refused(e.status, e.code, e.param)
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
             return await send_bytes(send, e.status, body, CLOSE_HEAD if e.status == 408 else JSON_HEAD)
-        except OverLimit as e:
-            return await send_bytes(send, 429, *over_limit(e))
-        if grant is NO_GRANT:
-            return await self._answer(channel, req, record, usage, grant, receive, send)
-        try:
-            await self._answer(channel, req, record, usage, grant, receive, send)
-        finally:
-            await grant.release()  # nothing when the answer already charged it
-
-    async def _answer(
-        self,
-        channel: Channel,
-        req: ChatRequest,
-        record: list[Message],
-        usage: bool,
-        grant: Grant,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        try:
-            if req.stream:
-                return await self._stream(channel, req, record, usage, grant, receive, send)
-            provider, result = await self.engine.complete(channel, req)
         except RequestRejected as e:
             status, body = rejected(e)
             self.refused(status, UPSTREAM, e.param)
             return await send_bytes(send, status, body, JSON_HEAD)
         except ChainFailed as e:
+            assert channel is not None
             return await send_bytes(send, *self._chain_failed(channel, e), JSON_HEAD)
         if record:
             await self.engine.record(req.conversation, record, result.text)
         body = orjson.dumps(self._completion_body(channel.name, result))
         await send_bytes(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
-        await grant.finish(result.usage, result.text)
 
     def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
@@ -314,7 +299,7 @@ class OpenAIFrontDoor:
 
     def _chain_failed(self, channel: Channel, e: ChainFailed) -> tuple[int, bytes]:
         if e.nothing_tried:
-            disabled = [f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped]
+            disabled = [f"{p} ({_why_off(self.settings, p)})" for p in channel.skipped]
             open_ = [p for p, what in e.attempts if "circuit open" in what]
             why = f"No provider of channel '{channel.name}' is available"
             why += f"; circuit open: {', '.join(open_)}" if open_ else ""
@@ -323,25 +308,14 @@ class OpenAIFrontDoor:
         return 502, error_body(str(e), "server_error", code="all_providers_failed")
 
     async def _stream(
-        self,
-        channel: Channel,
-        req: ChatRequest,
-        record: list[Message],
-        usage: bool,
-        grant: Grant,
-        receive: Receive,
-        send: Send,
+        self, channel: Channel, req: ChatRequest, record: list[Message], usage: bool, receive: Receive, send: Send
     ) -> None:
         outcome = Outcome()
         source = self.engine.stream(channel, req, outcome)
         # the first delta decides the provider (failover happens here, before any byte is sent)
         first = await anext(source, None)
         headers = [*SSE_HEAD, (b"x-switchboard-provider", outcome.provider.encode())]
-        seen = Seen()
-        try:
-            await send_stream(receive, send, headers, self._sse(channel.name, source, first, req, record, usage, seen))
-        finally:  # charged when the stream ends, also when the client left or it broke off
-            await grant.finish(seen.usage, "".join(seen.text))
+        await send_stream(receive, send, headers, self._sse(channel.name, source, first, req, record, usage))
 
     async def _sse(
         self,
@@ -351,7 +325,6 @@ class OpenAIFrontDoor:
         req: ChatRequest,
         record: list[Message],
         include_usage: bool,
-        seen: Seen,
     ) -> AsyncIterator[bytes]:
         head = {
             "id": self._answer_id(),
@@ -368,7 +341,7 @@ class OpenAIFrontDoor:
             end = null_end if finish is None else b',"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
             return prefix + orjson.dumps(delta) + end
 
-        text = seen.text
+        text: list[str] = []
         finish, usage_seen = None, None
         # The role chunk rides along with the first piece, and the closing chunks go out together:
         # fewer writes, same events.
@@ -377,7 +350,7 @@ class OpenAIFrontDoor:
             d = first
             while d is not None:
                 if d.replace:
-                    text[:] = [d.text]
+                    text = [d.text]
                     finish = "content_filter"
                     out += chunk({"content": d.text})
                 elif d.text:
@@ -388,7 +361,7 @@ class OpenAIFrontDoor:
                 if d.finish_reason:
                     finish = finish or d.finish_reason
                 if d.usage:
-                    usage_seen = seen.usage = d.usage
+                    usage_seen = d.usage
                 if out:
                     yield out
                     out = b""
@@ -420,18 +393,20 @@ class OpenAIFrontDoor:
             await self.engine.record(req.conversation, record, "".join(text))
 
     async def models(self, request: Request) -> Response:
+        view = self.view
         try:
-            _, key = self._auth(_authorization(request))
+            _, key = self._auth(_authorization(request), view)
         except RequestError as e:
             self.refused(e.status, e.code, None)
             return error_response(e.status, e.message, "invalid_request_error", code=e.code)
-        data = [self._model(c) for c in self.offered if key.allows(c.name)]
+        data = [self._model(c) for c in view.offered if key.allows(c.name)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON_TYPE)
 
     async def model(self, request: Request) -> Response:
+        view = self.view
         try:
-            _, key = self._auth(_authorization(request))
-            channel = self._channel(key, request.path_params["model"])
+            _, key = self._auth(_authorization(request), view)
+            channel = self._channel(key, request.path_params["model"], view)
             if not channel.providers:
                 raise self._not_offered(channel)
         except RequestError as e:
@@ -440,7 +415,7 @@ class OpenAIFrontDoor:
         return Response(orjson.dumps(self._model(channel)), media_type=JSON_TYPE)
 
     def _not_offered(self, channel: Channel) -> RequestError:
-        why = ", ".join(f"{p} ({self.settings.providers[p].disabled})" for p in channel.skipped)
+        why = ", ".join(f"{p} ({_why_off(self.settings, p)})" for p in channel.skipped)
         return RequestError(
             f"The model '{channel.name}' is not offered: the channel has no enabled provider (disabled: {why}).",
             status=404,
@@ -452,28 +427,19 @@ class OpenAIFrontDoor:
         return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}
 
 
-class Seen:
-    """What a stream carried, for charging it to token budgets when it ends."""
-
-    __slots__ = ("text", "usage")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.usage: Usage | None = None
-
-
-def over_limit(e: OverLimit) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
-    """429 in OpenAI's error JSON with `Retry-After` (whole seconds, at least 1)."""
-    body = error_body(str(e), "rate_limit_error", code=e.code)
-    return body, (*JSON_HEAD, (b"retry-after", b"%d" % max(1, math.ceil(e.retry_after))))
-
-
 def rejected(e: RequestRejected) -> tuple[int, bytes]:
     """The upstream's verdict on the caller's request, in OpenAI's error JSON: its status (400,
     413 or 422), its message (our keys already masked), its code and param when it gave them."""
     status = e.status if e.status in CALLER_STATUSES else 400
     message = f"The backend rejected the request: {e.message}"
     return status, error_body(message, "invalid_request_error", param=e.param, code=e.code or "upstream_rejected")
+
+
+def _why_off(settings: Settings, provider: str) -> str | None:
+    """Why a channel's provider is disabled (a channel of a config a reload replaced may name one
+    the current config no longer has)."""
+    a = settings.providers.get(provider)
+    return a.disabled if a is not None else "removed by a config reload"
 
 
 def _authorization(request: Request) -> bytes | None:
