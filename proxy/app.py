@@ -179,7 +179,7 @@ def create_app(
     """The app. `on_ready` runs once start-up (engine, store, platforms) has finished.
     `reload_on_sighup` (`serve`): SIGHUP reloads the config instead of ending the process."""
     metrics = Metrics()
-    engine = Engine(settings, observe=metrics.observe_attempt)
+    engine = Engine(settings, observe=metrics.observe_attempt, limited=metrics.count_limited)
     runner = Runner(settings.raw.server.max_concurrent_generations)
     dispatcher = Dispatcher(engine, runner, settings)
     refusals = Refusals(metrics)

@@ -247,6 +247,14 @@ async def _chat(settings: Settings, name: str, session: str) -> int:
     return 0
 
 
+def config_reference(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Print the config reference (docs/config-reference.md is this output)."""
+    from proxy.config_reference import markdown
+
+    (out or sys.stdout).write(markdown())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- reload
 
 
@@ -328,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--session", default=os.environ.get("USER", "local"))
     p.set_defaults(func=chat)
+    p = sub.add_parser("config-reference", help="print every config key, its type, default and meaning")
+    p.add_argument("--format", choices=["markdown"], default="markdown")
+    p.set_defaults(func=config_reference)
     p = sub.add_parser("reload", help="make a running server reload its config")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="where to find the server's address")
     p.add_argument("--url", help="the server's base URL (default: from the config's server.host/port)")

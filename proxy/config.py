@@ -8,6 +8,7 @@ reason kept for one log line, and channels skip it.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -21,32 +22,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from proxy.contracts import AdapterConfig
 from proxy.errors import ConfigError
+from proxy.limits import NO_LIMITS, Limits, LimitsConfig, compile_limits
 from proxy.registry import Registry
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
+    """Address `serve` listens on (`0.0.0.0` or `::` for every interface)."""
     port: int = Field(8080, ge=0, le=65535)
+    """TCP port `serve` listens on (0: any free port)."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
-    #: Background generations for platform messages running at once.
+    """Largest request body accepted, in bytes; a larger one is answered 413."""
     max_concurrent_generations: int = Field(64, ge=1)
-    #: How long shutdown waits for in-flight replies.
+    """Background generations for platform messages running at once."""
     drain_seconds: float = Field(30.0, ge=0)
+    """How long shutdown waits for in-flight replies."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: How long processed platform event ids are remembered (Feishu retries for ~7 h).
+    """Log verbosity of the `switchboard` loggers."""
     dedupe_ttl: float = Field(48 * 3600, gt=0)
-    #: Seconds a process holds a platform message it is answering without renewing its claim;
-    #: it renews every third of that. A message whose claim ran out unanswered (a crash, a kill)
-    #: is answered by the next process that sees it, or by the recovery sweep (every half lease).
+    """How long processed platform event ids are remembered (Feishu retries for ~7 h)."""
     claim_lease: float = Field(30.0, ge=0.5, le=3600)
-    #: Messages claimed longer ago than this are not answered by recovery, only logged.
+    """Seconds a process holds a platform message it is answering without renewing its claim; it renews every third of
+    that. A message whose claim ran out unanswered (a crash, a kill) is answered by the next process that sees it,
+    or by the recovery sweep (every half lease)."""
     recover_within: float = Field(3600.0, gt=0)
+    """Messages claimed longer ago than this are not answered by recovery, only logged."""
 
     @field_validator("claim_lease")
     @classmethod
@@ -54,22 +60,24 @@ class ServerConfig(_Strict):
         if v >= info.data.get("dedupe_ttl", float("inf")):
             raise ValueError("must be shorter than server.dedupe_ttl")
         return v
-    #: `serve` only: Python's gen-0 garbage-collection threshold (0 keeps Python's defaults).
-    #: With the start-up heap frozen out of collections and this above Python's 700, request
-    #: churn no longer triggers collections; kept small, each pass stays short when many streams
-    #: are open (pause times and throughput measured in BENCHMARKS.md).
     gc_threshold: int = Field(2_000, ge=0)
-    #: Seconds a connection has to send a request's line and headers, counted from when it opened
-    #: or its previous response ended; then 408 and closed (slow-loris guard; `serve` only).
+    """`serve` only: Python's gen-0 garbage-collection threshold (0 keeps Python's defaults). With the start-up heap
+    frozen out of collections and this above Python's 700, request churn no longer triggers collections; kept small,
+    each pass stays short when many streams are open (pause times and throughput measured in BENCHMARKS.md)."""
     header_timeout: float = Field(10.0, gt=0, le=300)
-    #: Seconds a request body has to arrive once the handler starts reading it; then 408.
+    """Seconds a connection has to send a request's line and headers, counted from when it opened or its previous
+    response ended; then 408 and closed (slow-loris guard; `serve` only)."""
     body_timeout: float = Field(30.0, gt=0, le=3600)
-    #: Reload the config when its file changes (as SIGHUP and `POST /admin/reload` do).
+    """Seconds a request body has to arrive once the handler starts reading it; then 408."""
     watch_config: bool = False
+    """Reload the config when its file (or a `prompt_file` next to it) changes, as SIGHUP and
+    `POST /admin/reload` do."""
 
 
 class StoreConfig(_Strict):
     url: str = "sqlite:///data/switchboard.db"
+    """Where conversations, dedupe marks and claims live: `sqlite:///path` (relative to the working directory),
+    `memory://` (one process, lost on restart) or `redis://host:6379/0` (shared by several instances)."""
 
     @field_validator("url")
     @classmethod
@@ -85,30 +93,36 @@ class StoreConfig(_Strict):
 
 class KeyConfig(_Strict):
     key: str = Field(min_length=1)
+    """The bearer token an OpenAI-API caller sends (`Authorization: Bearer …`); keep it in a `${VAR}`."""
     channels: list[str] = ["*"]
+    """Channels (by name) this key may use as `model`; `"*"`: every channel."""
     name: str | None = None
+    """A label for logs, metrics and `limits.keys` (default: `keys[N]`); never the key itself."""
 
     def allows(self, channel: str) -> bool:
         return "*" in self.channels or channel in self.channels
 
 
 class AdminConfig(_Strict):
-    #: Bearer keys for `/admin/*` (reload), separate from the API `keys`: an API key is not an
-    #: admin key and an admin key is not an API key. An empty or unset one is left out; with none,
-    #: `/admin/*` answers 403.
     keys: list[str] = []
+    """Bearer keys for `/admin/*` (reload), separate from the API `keys`: an API key is not an
+    admin key and an admin key is not an API key. An empty or unset one is left out; with none,
+    `/admin/*` answers 403."""
 
 
 class FailoverConfig(_Strict):
-    #: Tries per provider for a retryable error (1 = no retry), before moving down the chain.
     attempts: int = Field(2, ge=1, le=10)
+    """Tries per provider for a retryable error (1 = no retry), before moving down the chain."""
     backoff_base: float = Field(0.25, ge=0)
+    """Seconds before the first retry of a provider; doubles per retry (with jitter)."""
     backoff_max: float = Field(4.0, ge=0)
-    #: Longest Retry-After we wait for before failing over instead.
+    """Longest wait between two retries, in seconds."""
     retry_after_max: float = Field(10.0, ge=0)
-    #: Consecutive failed requests that open a provider's circuit, and how long it stays open.
+    """Longest Retry-After we wait for before failing over instead."""
     circuit_failures: int = Field(3, ge=1)
+    """Consecutive failed requests that open a provider's circuit, and how long it stays open."""
     circuit_cooldown: float = Field(30.0, ge=0)
+    """Seconds an open circuit skips the provider before one trial request goes through."""
 
 
 StrList = str | list[str]
@@ -116,26 +130,40 @@ StrList = str | list[str]
 
 class MatchConfig(_Strict):
     platform: StrList | None = None
+    """Platform name(s) (keys of `platforms`) whose messages this channel takes; unset: any."""
     chat: StrList | None = None
+    """Chat / conversation id(s) this channel takes; unset: any."""
     user: StrList | None = None
-    #: Text prefixes (case-insensitive, stripped from the text), e.g. ["ai:", "gpt:"].
+    """Sender user id(s) this channel takes; unset: any."""
     prefix: StrList | None = None
+    """Text prefixes (case-insensitive, stripped from the text), e.g. ["ai:", "gpt:"]."""
     direct: bool | None = None
+    """true: direct messages only; false: group chats only; unset: both."""
 
 
 class ChannelConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:\-/]+$")
+    """Unique channel name; OpenAI-API callers send it as `model`."""
     match: MatchConfig = MatchConfig()
+    """Which chat-platform messages this channel answers (every condition given must hold; the first matching channel
+    wins)."""
     providers: list[str] = Field(min_length=1)
+    """Provider names (keys of `providers`) in failover order; disabled ones are skipped."""
     prompt: str | None = None
+    """System prompt put before the conversation."""
     prompt_file: str | None = None
+    """File holding the system prompt, relative to the config file; not together with `prompt`."""
     model: str | None = None
-    #: Generation parameter overrides (temperature, max_tokens, ...), applied over the caller's.
+    """Model name sent to the providers, overriding each provider's own `model`."""
     params: dict[str, Any] = {}
-    #: Exchanges of stored history sent with each turn (0 = none).
+    """Generation parameter overrides (temperature, max_tokens, ...), applied over the caller's."""
     history: int = Field(10, ge=0, le=1000)
+    """Exchanges of stored history sent with each turn (0 = none)."""
     session: Literal["user", "chat", "thread"] = "user"
+    """Whose history a group-chat turn shares: `user` (per user), `chat` (the whole chat) or `thread` (per thread);
+    direct chats are always per user."""
     description: str | None = None
+    """Free text shown in `GET /v1/models` and `check`."""
 
 
 class RawConfig(_Strict):
@@ -143,10 +171,14 @@ class RawConfig(_Strict):
     store: StoreConfig = StoreConfig()
     keys: list[KeyConfig] = []
     admin: AdminConfig = AdminConfig()
+    """Admin keys for `/admin/*` (hot reload)."""
     failover: FailoverConfig = FailoverConfig()
     providers: dict[str, dict[str, Any]] = {}
     platforms: dict[str, dict[str, Any]] = {}
     channels: list[ChannelConfig] = []
+    limits: LimitsConfig = LimitsConfig()
+    """Requests per minute, tokens per day and concurrent generations per key, channel and chat-platform user
+    (proxy/limits.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +212,7 @@ class Settings:
     channels: tuple[Channel, ...]
     path: Path | None = None
     by_name: dict[str, Channel] = field(default_factory=dict)
+    limits: Limits = NO_LIMITS
 
     def __post_init__(self) -> None:
         self.by_name.update({c.name: c for c in self.channels})
@@ -337,7 +370,16 @@ def parse_config(
             raise ConfigError(f"channels[{i}].name", f"duplicate channel name {ch.name!r}")
         seen.add(ch.name)
         channels.append(_channel(i, ch, prov, plat, base or Path.cwd()))
-    return Settings(raw, prov, plat, tuple(channels))
+    limits = compile_limits(raw.limits, key_ids(raw.keys), [c.name for c in channels], list(plat))
+    return Settings(raw, prov, plat, tuple(channels), limits=limits)
+
+
+def key_ids(keys: Iterable[KeyConfig]) -> list[tuple[str, str]]:
+    """(id, label) of each API key: the front door's id (its `name`, else a digest prefix) and
+    how limits, messages and metrics name it (its `name`, else `keys[N]`); never the secret."""
+    return [
+        (k.name or hashlib.sha256(k.key.encode()).hexdigest()[:12], k.name or f"keys[{i}]") for i, k in enumerate(keys)
+    ]
 
 
 def _drop_unset_admin_keys(data: dict[str, Any], missing: dict[str, set[str]]) -> None:
@@ -367,4 +409,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Setti
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(str(p), f"not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     settings = parse_config(data, env, base=p.resolve().parent)
-    return Settings(settings.raw, settings.providers, settings.platforms, settings.channels, p)
+    return Settings(settings.raw, settings.providers, settings.platforms, settings.channels, p, limits=settings.limits)

@@ -15,6 +15,8 @@ import aiohttp
 from proxy.config import Channel, Settings
 from proxy.contracts import Provider, Store
 from proxy.failover import Failover, Observer, Outcome
+from proxy.limiter import Limiter
+from proxy.limiter import Observer as LimitObserver
 from proxy.registry import Registry
 from proxy.types import JSON, ChatRequest, Completion, Delta, Message
 
@@ -62,9 +64,13 @@ def open_store(url: str, registry: Registry | None = None) -> Store:
 
 
 class Engine:
-    def __init__(self, settings: Settings, *, observe: Observer | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, observe: Observer | None = None, limited: LimitObserver | None = None
+    ) -> None:
         self.settings = settings
         self.store = open_store(settings.raw.store.url)
+        #: Enforces `settings.limits` (each request passes the rules of the config it started on).
+        self.limiter = Limiter(self.store, limited) if limited else Limiter(self.store)
         self.http: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
         self.failover: Failover | None = None
@@ -117,6 +123,7 @@ class Engine:
 
     async def close(self) -> None:
         await self.close_providers(self.providers.values())
+        await self.limiter.close()
         await self.store.close()
         if self.http is not None:
             await self.http.close()

@@ -39,6 +39,14 @@ class Metrics:
             registry=self.registry,
         )
         self._refused: dict[tuple[int, str], Counter] = {}
+        self.limited = Counter(
+            "switchboard_limited_requests",
+            "Requests refused by a configured limit (OpenAI API 429s and chat messages), by limit "
+            "kind (rpm, tokens_per_day, concurrent), scope (key, channel, user) and name (a key's "
+            "name or keys[N], a channel, or the `limits.users` entry that applied, e.g. *).",
+            ["kind", "scope", "name"],
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "switchboard_config_reloads",
             "Config reloads by trigger (sighup, watch, admin) and outcome: changed, unchanged, or "
@@ -69,6 +77,10 @@ class Metrics:
 
     def count_reload(self, trigger: str, outcome: str) -> None:
         self.reloads.labels(trigger, outcome).inc()
+
+    def count_limited(self, kind: str, scope: str, name: str) -> None:
+        """One request refused by a limit; the labels come from config (bounded)."""
+        self.limited.labels(kind, scope, name).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

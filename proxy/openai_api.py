@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,12 +30,14 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
 from proxy.engine import Engine
-from proxy.errors import CALLER_STATUSES, ChainFailed, RequestError, RequestRejected, StreamInterrupted
+from proxy.errors import CALLER_STATUSES, ChainFailed, OverLimit, RequestError, RequestRejected, StreamInterrupted
 from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
+from proxy.limiter import NO_GRANT, Grant
+from proxy.limits import Limits
 from proxy.refusals import UPSTREAM
 from proxy.routing import conversation as conversation_of
-from proxy.types import ChatRequest, Completion, Delta, Message
+from proxy.types import ChatRequest, Completion, Delta, Message, Usage
 
 log = logging.getLogger("switchboard.openai")
 
@@ -194,7 +197,7 @@ class OpenAIFrontDoor:
     def _answer_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
-    async def _build(self, scope: Scope, receive: Receive) -> tuple[Channel, ChatRequest, list[Message], bool]:
+    async def _build(self, scope: Scope, receive: Receive) -> tuple[Channel, ChatRequest, list[Message], bool, Grant]:
         view = self.view  # this request's config, whatever a reload does meanwhile
         headers = header_map(scope, WANTED_HEADERS)
         key_name, key = self._auth(headers.get(b"authorization"), view)
@@ -238,7 +241,20 @@ class OpenAIFrontDoor:
             params=params,
             stream=stream,
         )
-        return channel, req, record, bool(options and options.get("include_usage"))
+        limits = self.settings.limits
+        grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
+        return channel, req, record, bool(options and options.get("include_usage")), grant
+
+    async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest) -> Grant:
+        """The key's and the channel's limits (the last step of `_build`: nothing after it
+        raises, so the caller always gets the grant to release). Raises `OverLimit`."""
+        key, chan = limits.key_targets.get(key_id), limits.channel_targets.get(channel.name)
+        targets = (key, chan) if key and chan else (key,) if key else (chan,) if chan else ()
+        if not targets:
+            return NO_GRANT
+        grant = await self.engine.limiter.admit(targets, limits.slot_lease)
+        grant.prompt = req.messages
+        return grant
 
     # -- endpoints ---------------------------------------------------------------------------
 
@@ -256,27 +272,46 @@ class OpenAIFrontDoor:
                 await send_bytes(send, 500, body, JSON_HEAD)
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
-        channel = None
         try:
-            channel, req, record, usage = await self._build(scope, receive)
-            if req.stream:
-                return await self._stream(channel, req, record, usage, receive, send)
-            provider, result = await self.engine.complete(channel, req)
+            channel, req, record, usage, grant = await self._build(scope, receive)
         except RequestError as e:
             self.refused(e.status, e.code, e.param)
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
             return await send_bytes(send, e.status, body, CLOSE_HEAD if e.status == 408 else JSON_HEAD)
+        except OverLimit as e:
+            return await send_bytes(send, 429, *over_limit(e))
+        if grant is NO_GRANT:
+            return await self._answer(channel, req, record, usage, grant, receive, send)
+        try:
+            await self._answer(channel, req, record, usage, grant, receive, send)
+        finally:
+            await grant.release()  # nothing when the answer already charged it
+
+    async def _answer(
+        self,
+        channel: Channel,
+        req: ChatRequest,
+        record: list[Message],
+        usage: bool,
+        grant: Grant,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        try:
+            if req.stream:
+                return await self._stream(channel, req, record, usage, grant, receive, send)
+            provider, result = await self.engine.complete(channel, req)
         except RequestRejected as e:
             status, body = rejected(e)
             self.refused(status, UPSTREAM, e.param)
             return await send_bytes(send, status, body, JSON_HEAD)
         except ChainFailed as e:
-            assert channel is not None
             return await send_bytes(send, *self._chain_failed(channel, e), JSON_HEAD)
         if record:
             await self.engine.record(req.conversation, record, result.text)
         body = orjson.dumps(self._completion_body(channel.name, result))
         await send_bytes(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
+        await grant.finish(result.usage, result.text)
 
     def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
@@ -308,14 +343,25 @@ class OpenAIFrontDoor:
         return 502, error_body(str(e), "server_error", code="all_providers_failed")
 
     async def _stream(
-        self, channel: Channel, req: ChatRequest, record: list[Message], usage: bool, receive: Receive, send: Send
+        self,
+        channel: Channel,
+        req: ChatRequest,
+        record: list[Message],
+        usage: bool,
+        grant: Grant,
+        receive: Receive,
+        send: Send,
     ) -> None:
         outcome = Outcome()
         source = self.engine.stream(channel, req, outcome)
         # the first delta decides the provider (failover happens here, before any byte is sent)
         first = await anext(source, None)
         headers = [*SSE_HEAD, (b"x-switchboard-provider", outcome.provider.encode())]
-        await send_stream(receive, send, headers, self._sse(channel.name, source, first, req, record, usage))
+        seen = Seen()
+        try:
+            await send_stream(receive, send, headers, self._sse(channel.name, source, first, req, record, usage, seen))
+        finally:  # charged when the stream ends, also when the client left or it broke off
+            await grant.finish(seen.usage, "".join(seen.text))
 
     async def _sse(
         self,
@@ -325,6 +371,7 @@ class OpenAIFrontDoor:
         req: ChatRequest,
         record: list[Message],
         include_usage: bool,
+        seen: Seen,
     ) -> AsyncIterator[bytes]:
         head = {
             "id": self._answer_id(),
@@ -341,7 +388,7 @@ class OpenAIFrontDoor:
             end = null_end if finish is None else b',"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
             return prefix + orjson.dumps(delta) + end
 
-        text: list[str] = []
+        text = seen.text
         finish, usage_seen = None, None
         # The role chunk rides along with the first piece, and the closing chunks go out together:
         # fewer writes, same events.
@@ -350,7 +397,7 @@ class OpenAIFrontDoor:
             d = first
             while d is not None:
                 if d.replace:
-                    text = [d.text]
+                    text[:] = [d.text]
                     finish = "content_filter"
                     out += chunk({"content": d.text})
                 elif d.text:
@@ -361,7 +408,7 @@ class OpenAIFrontDoor:
                 if d.finish_reason:
                     finish = finish or d.finish_reason
                 if d.usage:
-                    usage_seen = d.usage
+                    usage_seen = seen.usage = d.usage
                 if out:
                     yield out
                     out = b""
@@ -425,6 +472,22 @@ class OpenAIFrontDoor:
 
     def _model(self, c: Channel) -> dict[str, Any]:
         return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}
+
+
+class Seen:
+    """What a stream carried, for charging it to token budgets when it ends."""
+
+    __slots__ = ("text", "usage")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.usage: Usage | None = None
+
+
+def over_limit(e: OverLimit) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+    """429 in OpenAI's error JSON with `Retry-After` (whole seconds, at least 1)."""
+    body = error_body(str(e), "rate_limit_error", code=e.code)
+    return body, (*JSON_HEAD, (b"retry-after", b"%d" % max(1, math.ceil(e.retry_after))))
 
 
 def rejected(e: RequestRejected) -> tuple[int, bytes]:
