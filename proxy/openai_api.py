@@ -241,7 +241,7 @@ class OpenAIFrontDoor:
             params=params,
             stream=stream,
         )
-        limits = self.settings.limits
+        limits = view.settings.limits
         grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
         return channel, req, record, bool(options and options.get("include_usage")), grant
 
