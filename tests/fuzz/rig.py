@@ -155,6 +155,16 @@ class _Errors(logging.Handler):
         self.records.append(record)
 
 
+#: The rest of a one-platform fuzz config: a memory store, no retries, every message answered
+#: by the echo provider (`{**ECHO_ONLY, "platforms": {...}}`).
+ECHO_ONLY: dict[str, Any] = {
+    "store": {"url": "memory://"},
+    "failover": {"attempts": 1},
+    "providers": {"echo": {"kind": "echo"}},
+    "channels": [{"name": "echo", "providers": ["echo"]}],
+}
+
+
 class Rig:
     """The real app from `config`, its lifespan run, requests sent through ASGITransport."""
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.rig import FUZZ, Rig, body_of
+from tests.fuzz.rig import ECHO_ONLY, FUZZ, Rig, body_of
 from tests.platforms.dingtalk.dingtalk_kit import SECRET, FakeWebhook, payload, signed_headers
 
 
@@ -28,13 +28,10 @@ async def hook():
 @pytest.fixture
 async def rig(hook: FakeWebhook):
     config = {
-        "store": {"url": "memory://"},
-        "failover": {"attempts": 1},
-        "providers": {"echo": {"kind": "echo"}},
+        **ECHO_ONLY,
         "platforms": {
             "ding": {"kind": "dingtalk", "app_secret": SECRET, "allow_insecure_webhook_hosts": ["127.0.0.1"]}
         },
-        "channels": [{"name": "support", "match": {"platform": "ding"}, "providers": ["echo"]}],
     }
     async with Rig(config).running() as r:
         yield r

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.rig import FUZZ, Rig, body_of, json_bytes, mutated
+from tests.fuzz.rig import ECHO_ONLY, FUZZ, Rig, body_of, json_bytes, mutated
 from tests.platforms.feishu.feishu_kit import (
     APP_ID,
     APP_SECRET,
@@ -58,11 +58,8 @@ async def rig():
         common = {"kind": "feishu", "app_id": APP_ID, "app_secret": APP_SECRET, "verification_token": TOKEN}
         common |= {"api_base": api.base, "stream": False}
         config = {
-            "store": {"url": "memory://"},
-            "failover": {"attempts": 1},
-            "providers": {"echo": {"kind": "echo"}},
+            **ECHO_ONLY,
             "platforms": {"lark": {**common, "encrypt_key": KEY}, "larkt": common},
-            "channels": [{"name": "c", "providers": ["echo"]}],
         }
         async with Rig(config).running() as r:
             yield r

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.rig import FUZZ, Rig, body_of, json_bytes, mutated
+from tests.fuzz.rig import ECHO_ONLY, FUZZ, Rig, body_of, json_bytes, mutated
 from tests.platforms.slack.fake_slack import FakeSlack
 from tests.platforms.slack.slack_kit import FORM, PAYLOADS, SECRET, TOKEN, payload, sign
 
@@ -39,9 +39,7 @@ shortcuts = (
 async def rig():
     async with FakeSlack() as slack:
         config = {
-            "store": {"url": "memory://"},
-            "failover": {"attempts": 1},
-            "providers": {"echo": {"kind": "echo"}},
+            **ECHO_ONLY,
             "platforms": {
                 "slack": {
                     "kind": "slack",
@@ -51,7 +49,6 @@ async def rig():
                     "update_interval": 0,
                 }
             },
-            "channels": [{"name": "eng", "match": {"platform": "slack"}, "providers": ["echo"]}],
         }
         async with Rig(config).running() as r:
             yield r

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.rig import FUZZ, HUGE, ODD_STRINGS, Rig
+from tests.fuzz.rig import ECHO_ONLY, FUZZ, HUGE, ODD_STRINGS, Rig
 from tests.platforms.synology.synology_kit import BOT_TOKEN, HOOK_TOKEN, FakeNAS, form
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -54,9 +54,7 @@ async def nas():
 @pytest.fixture
 async def rig(nas: FakeNAS):
     config = {
-        "store": {"url": "memory://"},
-        "failover": {"attempts": 1},
-        "providers": {"echo": {"kind": "echo"}},
+        **ECHO_ONLY,
         "platforms": {
             "nas": {
                 "kind": "synology",
@@ -67,7 +65,6 @@ async def rig(nas: FakeNAS):
                 "send_interval": 0,
             }
         },
-        "channels": [{"name": "rest", "match": {"platform": "nas"}, "providers": ["echo"]}],
     }
     async with Rig(config).running() as r:
         yield r

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.rig import FUZZ, ODD_STRINGS, Rig
+from tests.fuzz.rig import ECHO_ONLY, FUZZ, ODD_STRINGS, Rig
 from tests.platforms.wechat_mp.wechat_kit import (
     AES_KEY,
     APP_ID,
@@ -73,11 +73,8 @@ async def rig():
     async with FakeWeChatAPI() as api:
         common = {"kind": "wechat_mp", "token": TOKEN, "api_base": api.base_url, "reply_wait": 0.5, "hold_max": 0.3}
         config = {
-            "store": {"url": "memory://"},
-            "failover": {"attempts": 1},
-            "providers": {"echo": {"kind": "echo"}},
+            **ECHO_ONLY,
             "platforms": {"wx": common, "wxs": {**common, "app_id": APP_ID, "encoding_aes_key": AES_KEY}},
-            "channels": [{"name": "demo", "providers": ["echo"]}],
         }
         async with Rig(config).running() as r:
             yield r
