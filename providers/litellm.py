@@ -24,6 +24,7 @@ from proxy.contracts import AdapterConfig, Provider, ProviderState
 from proxy.errors import (
     AuthFailed,
     BadResponse,
+    ContextTooLong,
     Misconfigured,
     ProviderError,
     ProviderTimeout,
@@ -82,7 +83,7 @@ def map_error(lib: Any, err: BaseException, provider: str, secret: str | None = 
     if isinstance(err, (lib.AuthenticationError, lib.PermissionDeniedError)):
         return AuthFailed(message, provider=provider, status=status)
     if isinstance(err, lib.ContextWindowExceededError):
-        return RequestRejected(message, provider=provider, status=400, code="context_length_exceeded")
+        return ContextTooLong(message, provider=provider, status=400, code="context_length_exceeded")
     if isinstance(err, lib.BadRequestError) and "unexpected response" in message:
         # Ollama's own `{"error": ...}` line (out of memory, model crashed): the backend failed
         return ProviderUnavailable(message, provider=provider, status=status)

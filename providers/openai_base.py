@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from providers.keypool import KeyPool, mask
 from providers.upstream import DONE, UNPARSEABLE, JSONEvents, non_json_error, probe_get, retry_after, scrub
 from proxy.contracts import AdapterConfig, Provider
-from proxy.errors import BadResponse, ProviderError, QuotaExceeded, error_for_status
+from proxy.errors import BadResponse, ContextTooLong, ProviderError, QuotaExceeded, error_for_status
 from proxy.probe import ProbeOutcome, ProbeResult
 from proxy.types import JSON, Delta, Usage
 
@@ -138,12 +138,24 @@ def error_from_body(
     if not isinstance(data, dict):
         return non_json_error(status, headers, body, provider)
     message, code, param, type_ = _fields_of(data)
-    message = scrub(message, secrets)
+    return _openai_error(status, scrub(message, secrets), provider, code, param, type_, retry_after(headers))
+
+
+def _openai_error(
+    status: int,
+    message: str,
+    provider: str,
+    code: str | None,
+    param: str | None = None,
+    type_: str | None = None,
+    wait: float | None = None,
+) -> ProviderError:
+    """OpenAI's codes that decide more than the status does, then the status."""
     if "insufficient_quota" in (code, type_):
         return QuotaExceeded(message, provider=provider, status=status, code=code)
-    return error_for_status(
-        status, message, provider=provider, code=code, param=param, retry_after=retry_after(headers)
-    )
+    if code == "context_length_exceeded":
+        return ContextTooLong(message, provider=provider, status=400, code=code, param=param)
+    return error_for_status(status, message, provider=provider, code=code, param=param, retry_after=wait)
 
 
 def _fields_of(data: JSON) -> tuple[str, str | None, str | None, str | None]:
@@ -183,18 +195,14 @@ def stream_error(data: JSON, provider: str, secrets: Iterable[str] = ()) -> Prov
     message = scrub(message, secrets)
     raw = err.get("code") if isinstance(err, dict) else None
     code = _str(raw)
-    if code == "insufficient_quota":
-        return QuotaExceeded(message, provider=provider, status=429, code=code)
-    if code == "rate_limit_exceeded":
+    if code in ("rate_limit_exceeded", "insufficient_quota"):
         status = 429
     elif isinstance(raw, int) and 400 <= raw < 600:  # vLLM and friends put the status here
         status = raw
-    elif code == "context_length_exceeded":
-        status = 400
     else:
         status = 502
     param = _str(err.get("param")) if isinstance(err, dict) else None
-    return error_for_status(status, message, provider=provider, code=code, param=param)
+    return _openai_error(status, message, provider, code, param)
 
 
 async def sse_deltas(

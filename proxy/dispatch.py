@@ -21,7 +21,15 @@ from proxy.claims import Claims, Record, claim_key
 from proxy.config import Settings
 from proxy.contracts import Claim, ClaimState, Platform, Store
 from proxy.engine import Engine
-from proxy.errors import ChainFailed, DeliveryError, OverLimit, RequestRejected, StreamInterrupted, wait_text
+from proxy.errors import (
+    ChainFailed,
+    ContextTooLong,
+    DeliveryError,
+    OverLimit,
+    RequestRejected,
+    StreamInterrupted,
+    wait_text,
+)
 from proxy.failover import Outcome
 from proxy.limiter import NO_GRANT, Grant
 from proxy.limits import Limits, Target
@@ -45,7 +53,7 @@ TOO_LONG = "Sorry, our conversation has grown too long for the assistant. Send /
 def rejected_text(err: RequestRejected) -> str:
     """What the user reads when the backend refused their message (a caller error)."""
     reason = err.message.strip()
-    if err.code == "context_length_exceeded" or "context length" in reason.lower():
+    if isinstance(err, ContextTooLong):
         return TOO_LONG
     if len(reason) > 200:
         reason = reason[:199] + "…"

@@ -23,6 +23,7 @@ SwitchboardError
     ├── RequestRejected        the upstream says the *caller's request* is wrong (400, 413, 422,
     │                          context too long). The caller's error: no retry, no failover, no
     │                          circuit or key-health count; answered to the caller as a 4xx.
+    │   └── ContextTooLong     the prompt, history included, is longer than the model takes
     ├── BadResponse            the upstream answered something we cannot parse  retry, fail over
     ├── StreamInterrupted      the upstream failed after the first token reached the caller;
     │                          the core never switches provider then
@@ -194,6 +195,11 @@ class BadResponse(ProviderError):
 
 class StreamInterrupted(ProviderError):
     retryable = False
+
+
+class ContextTooLong(RequestRejected):
+    """The prompt, history included, is longer than the model takes (each provider recognises its
+    vendor's way of saying so). A chat user can fix it with /clear."""
 
 
 #: Statuses by which an upstream says the request itself is wrong.

@@ -277,3 +277,24 @@ async def test_stream_framing_variants_parse_alike(http, fake):
 async def test_describe_has_no_key(http, fake):
     text = provider(http, fake.base_url, model="m1").describe()
     assert "model=m1" in text and "1 key (1 ok" in text and "sk-test-1" not in text
+
+
+async def test_context_too_long_is_its_own_caller_error(http, fake):
+    """The chat platforms tell the user to /clear on this type, not on a message text match."""
+    from proxy.errors import ContextTooLong
+
+    body = {
+        "error": {
+            "message": "too long",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    fake.fail(400, body)
+    with pytest.raises(ContextTooLong) as e:
+        await provider(http, fake.base_url).complete(REQ, MemoryState())
+    assert (e.value.status, e.value.code, e.value.param) == (400, "context_length_exceeded", "messages")
+    fake.error_in_stream(after=0, code="context_length_exceeded", message="too long")
+    with pytest.raises(ContextTooLong):
+        await collect(provider(http, fake.base_url))
