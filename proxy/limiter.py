@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from proxy.contracts import Store
 from proxy.errors import OverLimit
 from proxy.limits import Target
+from proxy.store import window_end
 from proxy.types import Message, Usage
 
 log = logging.getLogger("switchboard.limits")
@@ -128,7 +129,7 @@ class Limiter:
             hit = await self.store.hit(key, 1, window, limit)
             return None if hit.allowed else hit.retry_after
         now = time.time()
-        end = (now // window + 1) * window
+        end = window_end(now, window)
         counted = self._counts.get(key)
         if counted is None or counted[0] != end:
             if counted is None and len(self._counts) > 10_000:  # forget windows that ended
@@ -145,7 +146,7 @@ class Limiter:
             hit = await self.store.hit(key, 0, window, limit)
             return None if hit.allowed else hit.retry_after
         now = time.time()
-        end = (now // window + 1) * window
+        end = window_end(now, window)
         cached = self._spent.get(key)
         if cached is None or cached[0] != end:  # once per window: what earlier runs spent
             hit = await self.store.hit(key, 0, window, limit)

@@ -49,3 +49,10 @@ async def tail_turns(read_tail: Callable[[int], Awaitable[list[Message]]], turns
         if len(tail) < limit or sum(m.role == "user" for m in tail) >= turns:
             return last_turns(tail, turns)
         limit *= 4
+
+
+def window_end(now: float, window: float) -> float:
+    """When the fixed counting window holding `now` ends. Windows are aligned to the Unix epoch,
+    so every store and the limiter's local counts agree on them (Redis does the same in Lua)."""
+    return (now // window + 1) * window
+

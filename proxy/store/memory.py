@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from proxy.contracts import Claim, ClaimState, Hit, Store
-from proxy.store import TRANSCRIPT_CAP, last_turns
+from proxy.store import TRANSCRIPT_CAP, last_turns, window_end
 from proxy.types import JSON, Message
 
 #: Seconds between sweeps of expired claims and values.
@@ -146,7 +146,7 @@ class MemoryStore(Store):
 
     async def hit(self, key: str, amount: int, window: float, limit: int) -> Hit:
         now = time.time()
-        end = (now // window + 1) * window
+        end = window_end(now, window)
         held = self._counters.get(key)
         count = held[1] if held is not None and held[0] == end else 0
         if count + max(amount, 1) > limit:

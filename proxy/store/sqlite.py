@@ -21,7 +21,7 @@ import aiosqlite
 import orjson
 
 from proxy.contracts import Claim, ClaimState, Hit, Store
-from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
+from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns, window_end
 from proxy.types import JSON, Message
 
 SCHEMA_VERSION = 2
@@ -265,7 +265,7 @@ class SQLiteStore(Store):
 
     async def hit(self, key: str, amount: int, window: float, limit: int) -> Hit:
         now = time.time()
-        end = (now // window + 1) * window
+        end = window_end(now, window)
         async with self._tx:  # one trip to the connection's thread
             rows = list(await self._db.execute_fetchall(HIT, (key, end, amount, limit)))
         if rows:
