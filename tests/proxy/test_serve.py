@@ -102,7 +102,19 @@ def test_a_provider_whose_package_is_missing_is_disabled_with_the_install_comman
     assert settings.by_name["c"].providers == ("echo",) and settings.by_name["c"].skipped == ("big",)
 
 
-def test_the_litellm_provider_declares_its_package():
-    from providers.litellm import LiteLLMProvider
+def test_without_litellm_installed_a_litellm_provider_is_disabled_not_a_crash(monkeypatch):
+    import importlib.util
 
-    assert LiteLLMProvider.requires == {"litellm": "litellm"}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litellm" else real(name, *a))
+    settings = parse_config(
+        {
+            "providers": {"local": {"kind": "litellm", "model": "ollama_chat/qwen2.5"}, "echo": {"kind": "echo"}},
+            "channels": [{"name": "c", "providers": ["local", "echo"]}],
+        },
+        {},
+    )
+    assert settings.providers["local"].disabled == (
+        "needs litellm (make run EXTRAS=litellm, or pip install -e '.[litellm]')"
+    )
+    assert settings.by_name["c"].providers == ("echo",)
