@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -243,6 +243,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put(self, key: str, value: str, ttl: float | None = None) -> None: ...
 
+    # -- the bus between instances (proxy/bus.py) ------------------------------------------------
+
+    async def publish(self, message: str) -> None:
+        """Send `message` to every instance listening on this store, this one included.
+        Single-instance stores have nobody to tell: nothing happens. Raises when the store is down."""
+        return None
+
+    def listen(self) -> AsyncIterator[str] | None:
+        """The messages published on this store, as they arrive: an endless iterator whose first
+        item is "" once it is subscribed, and which raises when the store goes away (the bus opens
+        it again). None: nothing to listen to (one instance)."""
+        return None
+
     @abc.abstractmethod
     async def get(self, key: str) -> str | None: ...
 
@@ -288,11 +301,28 @@ class Job(Protocol):
         """Wait until `deliver` returned; the final text."""
 
 
+class Broadcast(Protocol):
+    """The bus between instances sharing a store (`proxy/bus.py`), as adapters see it. Name
+    topics after the adapter (`f"{self.name}:stop"`) so two platforms of one kind do not mix."""
+
+    @property
+    def active(self) -> bool:
+        """Are there other instances (a shared store)? When not, nothing needs publishing."""
+
+    def on(self, topic: str, handler: Callable[[dict[str, Any]], Awaitable[None] | None]) -> None:
+        """Run `handler(data)` for each message on `topic` published by another instance."""
+
+    async def publish(self, topic: str, data: dict[str, Any]) -> bool:
+        """Tell the other instances (best effort: False when the store is down; never raises)."""
+
+
 class PlatformContext(Protocol):
     """What the core gives every platform adapter."""
 
     http: aiohttp.ClientSession
     store: Store
+    #: The other instances sharing the store (a stop pressed there, an answer made there).
+    bus: Broadcast
 
     async def claim(self, key: str) -> Claim:
         """Persistent dedupe, leased (see `Store`): true (NEW, TAKEN_OVER) when this message is

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from proxy.bus import Bus
 from proxy.claims import Claims, Record, claim_key
 from proxy.config import Settings
 from proxy.contracts import Claim, ClaimState, Platform, Store
@@ -357,6 +358,10 @@ class PlatformCtx:
     @property
     def store(self) -> Store:
         return self._d.engine.store
+
+    @property
+    def bus(self) -> Bus:
+        return self._d.engine.bus
 
     async def claim(self, key: str) -> Claim:
         if claim_key(self.name, key) in self._d.claims.active:  # being answered here

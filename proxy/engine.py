@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from proxy.bus import Bus
 from proxy.config import Channel, Settings
 from proxy.contracts import Provider, Store
 from proxy.failover import Failover, Observer, Outcome
@@ -69,6 +70,8 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.store = open_store(settings.raw.store.url)
+        #: News for and from the other instances on a shared store (circuits, keys, platforms).
+        self.bus = Bus(self.store)
         #: Enforces `settings.limits` (each request passes the rules of the config it started on).
         self.limiter = Limiter(self.store, limited) if limited else Limiter(self.store)
         self.http: aiohttp.ClientSession | None = None
@@ -89,6 +92,7 @@ class Engine:
             json_serialize=lambda o: __import__("orjson").dumps(o).decode(),
         )
         await self.store.open()
+        self.bus.start()
         enabled = [n for n, a in self.settings.providers.items() if a.disabled is None and a.cls is not None]
         self.providers = await self.build_providers(self.settings, enabled)
         self.failover = Failover(self.providers, self.settings.raw.failover, self._observe)
@@ -124,6 +128,7 @@ class Engine:
     async def close(self) -> None:
         await self.close_providers(self.providers.values())
         await self.limiter.close()
+        await self.bus.close()
         await self.store.close()
         if self.http is not None:
             await self.http.close()

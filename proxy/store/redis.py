@@ -12,10 +12,14 @@ server's clock, so instances with skewed clocks agree; an old `<p>:k:<key>` mark
 Limits: `<p>:w:<key>:<window index>` is a counter that expires with its window, `<p>:slots:<key>`
 a sorted set of concurrency slots by the time their lease runs out; both are Lua scripts on the
 server's clock.
+
+The bus between instances (`proxy/bus.py`) is the pub/sub channel `<p>:bus`, listened to on a
+connection of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import orjson
@@ -205,6 +209,26 @@ class RedisStore(Store):
 
     async def release_others(self, owner: str) -> int:
         return 0  # shared: a lease of another owner may belong to a live instance
+
+    # -- the bus ---------------------------------------------------------------------------------
+
+    async def publish(self, message: str) -> None:
+        await self._r.publish(f"{self.prefix}:bus", message)
+
+    async def listen(self) -> AsyncIterator[str]:  # type: ignore[override]
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(f"{self.prefix}:bus")
+            yield ""  # subscribed
+            while True:
+                # a bounded wait, so a connection that died silently is noticed by the next read
+                m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if m is None:
+                    await pubsub.ping()
+                elif m.get("type") == "message":
+                    yield _text(m["data"])
+        finally:
+            await pubsub.aclose()
 
     # -- limits ----------------------------------------------------------------------------------
 

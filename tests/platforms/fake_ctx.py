@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import Any
 
+from proxy.bus import Bus
+from proxy.store.memory import MemoryStore
 from proxy.types import Inbound
 
 
@@ -14,6 +16,7 @@ class FakeCtx:
         self.notes: dict[str, dict[str, Any]] = {}
         self.submitted: list[Inbound] = []
         self.spawned: list[str] = []
+        self.bus = Bus(MemoryStore())  # one instance: publishing does nothing
 
     async def claim(self, key: str) -> bool:
         first = key not in self.claimed
