@@ -10,6 +10,12 @@ Protocol quirks handled here (reference section 3):
   it is ready. On the last delivery we answer `success` and push the answer through the
   customer-service API, or, without an app secret, say it is coming and serve it when the user
   sends "1".
+- Behind a load balancer each delivery may reach another instance (a shared Redis store). The
+  deliveries are numbered in the store; a newer one releases the older ones over the bus
+  (`proxy/bus.py`); the instance that made the answer stores it and announces it, so the delivery
+  waiting on any instance replies with it. Whether an answer goes in a passive reply or is pushed
+  is decided once per message by a store claim (the message's "fate") that both the last
+  delivery giving up and the finished answer try to take, so it goes out one way, once.
 - One passive reply per message, so a long answer's first `text_limit` characters go in it and
   the rest through the customer-service API (or "1").
 
@@ -20,8 +26,6 @@ redelivery and gets it as the passive reply; without a retry (or after the passi
 the answer goes through the customer-service API when `app_id`/`app_secret` are set, else it is
 kept for "1". With a shared (Redis) store a dead instance's lease must run out first (a retry
 meanwhile waits, then gets `success`/"send 1"), so keep `server.claim_lease` short there.
-`_pending` (the deliveries waiting for an answer) is process memory: a retry that reaches another
-instance than the one generating cannot take the answer from it (a later operations issue).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from cachetools import TTLCache
@@ -54,6 +58,8 @@ COMING = "This answer needs a little more time. Send 1 in a moment and I will sh
 STILL_WORKING = "Still working on it. Send 1 again in a moment."
 MORE = "\n\n(Send 1 for the rest.)"
 KINDS = {"shortvideo": "video"}
+#: Seconds a delivery that lost the hand-off to `deliver` waits for the answer it is storing.
+STORE_GRACE = 0.3
 
 
 class WeChatMPConfig(AdapterConfig):
@@ -117,6 +123,8 @@ class WeChatMPPlatform(Platform):
         self._pending: TTLCache[str, Pending] = TTLCache(maxsize=10_000, ttl=max(120.0, 4 * config.hold_max))
 
     async def start(self) -> None:
+        self.ctx.bus.on(f"{self.name}:delivery", self._remote_delivery)
+        self.ctx.bus.on(f"{self.name}:ready", self._remote_ready)
         if self.config.app_id and self.config.app_secret:
             self._cs = CustomerService(self.ctx.http, self.config.api_base, self.config.app_id, self.config.app_secret)
 
@@ -190,28 +198,55 @@ class WeChatMPPlatform(Platform):
             return SUCCESS
         key = msg.event_id
         pending = self._pending.get(key)
-        if pending is not None:  # WeChat's next delivery of a message we are answering
-            return await self._wait(pending, pending.redelivered(), replier)
+        if pending is not None:  # WeChat's next delivery of a message being answered here
+            return await self._wait(key, pending, await self._arrived(key, pending), replier)
         # Registered before any await, so a concurrent duplicate delivery waits on this one.
         pending = self._pending[key] = Pending(msg.chat_id)
+        number = await self._arrived(key, pending)
         claim = await self.ctx.claim(key)
-        if not claim and getattr(claim, "state", None) is ClaimState.IN_FLIGHT:
-            return await self._wait(pending, 2, replier)  # answered by a recovered job (or another instance)
-        if not claim:  # answered before (a restart)
-            stored = await self.ctx.store.get(self._answer_key(key))
-            pending.answer.set_result(Ready(stored or ""))
-            return replier.text(stored) if stored else SUCCESS
+        if claim.state is ClaimState.IN_FLIGHT:
+            # being answered by another instance (or a recovered job): the answer comes over the
+            # bus, or was stored just before this delivery started listening for it
+            stored = await self._stored(key)
+            if stored is not None:
+                pending.set(stored)
+            return await self._wait(key, pending, number, replier)
+        if not claim:  # answered before (on another instance, or before a restart)
+            stored = await self._stored(key)
+            pending.set(stored or Ready(""))
+            return replier.text(stored.first) if stored and stored.first else SUCCESS
         if msg.kind == "text" and msg.text.strip() == "1":
             served = await self._serve_later(msg.chat_id)
             if served is not None:
-                await self.ctx.store.put(self._answer_key(key), served, self.config.answer_ttl)
+                await self._store_answer(key, Ready(served))
                 await self.ctx.settle(key)  # answered here: a retry gets the stored answer
-                pending.answer.set_result(Ready(served))
+                pending.set(Ready(served))
                 return replier.text(served)
         self.ctx.submit(self, msg)
-        return await self._wait(pending, 1, replier)
+        return await self._wait(key, pending, number, replier)
 
-    async def _wait(self, pending: Pending, number: int, replier: Replier) -> WebResponse:
+    async def _arrived(self, key: str, pending: Pending) -> int:
+        """Number this delivery of `key` among all deliveries to every instance (a store claim
+        per number: concurrent deliveries get different ones), and release the older deliveries
+        still waiting, here and on the other instances."""
+        number = self.config.deliveries
+        for i in range(1, self.config.deliveries + 1):
+            if await self.ctx.store.claim(self._key(f"d{i}", key), self.config.answer_ttl):
+                number = i
+                break
+        pending.arrived(number)
+        if number > 1 and self.ctx.bus.active:
+            await self.ctx.bus.publish(f"{self.name}:delivery", {"key": key, "n": number})
+        return number
+
+    async def _wait(self, key: str, pending: Pending, number: int, replier: Replier) -> WebResponse:
+        pending.waiting += 1
+        try:
+            return await self._reply(key, pending, number, replier)
+        finally:
+            pending.waiting -= 1
+
+    async def _reply(self, key: str, pending: Pending, number: int, replier: Replier) -> WebResponse:
         ready = await pending.wait(self.config.reply_wait)
         last = number >= self.config.deliveries
         if ready is None and not last:
@@ -219,12 +254,30 @@ class WeChatMPPlatform(Platform):
             if ready is None and pending.deliveries > number:
                 return DROPPED  # a newer delivery took over; WeChat no longer reads this one
         if ready is None:
-            pending.handed_off = True  # `deliver` will push it (or keep it for "1")
-            return SUCCESS if self._cs else replier.text(COMING)
-        if ready.rest and self._cs and not pending.rest_taken:
-            pending.rest_taken = True
+            ready = await self._give_up(key, pending)
+            if ready is None:  # `deliver` will push it (or keep it for "1")
+                return SUCCESS if self._cs else replier.text(COMING)
+        if ready.rest and self._cs and await self.ctx.store.claim(self._key("rest", key), self.config.answer_ttl):
             self.ctx.spawn(self._send_later(pending.open_id, list(ready.rest)), "customer-service")
         return replier.text(ready.first) if ready.first else SUCCESS
+
+    async def _give_up(self, key: str, pending: Pending) -> Ready | None:
+        """No delivery will be open when the answer is ready: hand it off to `deliver`
+        (customer-service API or "1"), unless the answer is there after all — then it is
+        returned. Across instances, a delivery that gives up and `deliver` both claim the
+        message's fate; `deliver` replies passively only when it wins, or when a delivery is
+        waiting in its own process (this one, until it returns), so an answer goes out one way."""
+        won = await self.ctx.store.claim(self._key("fate", key), self.config.answer_ttl)
+        if won:
+            await self.ctx.store.put(self._key("working", pending.open_id), key, self.config.later_ttl)
+        found = pending.ready()
+        if found is None and not won:  # `deliver` won (its answer is stored) or another delivery did
+            found = await self._stored(key)
+            if found is None:
+                found = await pending.wait(STORE_GRACE) or await self._stored(key)
+        if found is not None and won:
+            await self.ctx.store.delete(self._key("working", pending.open_id))
+        return found or pending.ready()  # no await since the last look: `deliver` cannot slip in
 
     # -- outbound --------------------------------------------------------------------------------
 
@@ -234,23 +287,53 @@ class WeChatMPPlatform(Platform):
         text = "\n".join([answer.text, *answer.images]).strip()
         note = 0 if self._cs else len(MORE)
         parts = split_text(text, self.config.text_limit - note)
-        pending = self._pending.get(msg.event_id)
-        if pending is None or pending.handed_off:
+        key = msg.event_id
+        pending = self._pending.get(key)
+        won = await self.ctx.store.claim(self._key("fate", key), self.config.answer_ttl)
+        if pending is None or not (won or pending.waiting):
+            # the last delivery gave up on it, or none is waiting here (a recovered answer, or one
+            # that took longer than this process remembers deliveries)
             await self._send_later(msg.chat_id, parts)
-            if pending is not None:
-                pending.finished = True
+            await self.ctx.store.delete(self._key("working", msg.chat_id))
             return
         ready = Ready(parts[0] if parts else "", tuple(parts[1:]))
         if ready.rest and not self._cs:
             await self._keep_for_later(msg.chat_id, list(ready.rest))
             ready = Ready(ready.first + MORE)
-        if ready.first:
-            await self.ctx.store.put(self._answer_key(msg.event_id), ready.first, self.config.answer_ttl)
-        if pending.handed_off:  # the last delivery gave up while we were storing
-            await self._send_later(msg.chat_id, parts)
-            pending.finished = True
-        else:
-            pending.answer.set_result(ready)
+        await self._store_answer(key, ready)
+        pending.set(ready)
+        if not won:  # a delivery that gave up earlier left its note; one is waiting here now
+            await self.ctx.store.delete(self._key("working", msg.chat_id))
+        if self.ctx.bus.active:  # the delivery waiting now may be on another instance
+            news = {"key": key, "first": ready.first, "rest": list(ready.rest)}
+            await self.ctx.bus.publish(f"{self.name}:ready", news)
+
+    def _remote_delivery(self, data: dict[str, Any]) -> None:
+        pending = self._pending.get(str(data.get("key")))
+        if pending is not None and isinstance(data.get("n"), int):
+            pending.arrived(data["n"])
+
+    def _remote_ready(self, data: dict[str, Any]) -> None:
+        pending = self._pending.get(str(data.get("key")))
+        first, rest = data.get("first"), data.get("rest")
+        if pending is not None and isinstance(first, str) and isinstance(rest, list):
+            pending.set(Ready(first, tuple(str(r) for r in rest)))
+
+    async def _store_answer(self, key: str, ready: Ready) -> None:
+        value = orjson.dumps([ready.first, *ready.rest]).decode()
+        await self.ctx.store.put(self._key("answer", key), value, self.config.answer_ttl)
+
+    async def _stored(self, key: str) -> Ready | None:
+        raw = await self.ctx.store.get(self._key("answer", key))
+        if raw is None:
+            return None
+        try:
+            parts = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return Ready(raw)  # stored by an earlier version: the passive part as plain text
+        if not isinstance(parts, list) or not parts:
+            return Ready(raw)
+        return Ready(str(parts[0]), tuple(str(p) for p in parts[1:]))
 
     async def _send_later(self, open_id: str, parts: list[str]) -> None:
         sent = await self._push(open_id, parts) if self._cs else 0
@@ -283,14 +366,16 @@ class WeChatMPPlatform(Platform):
                 return str(parts[0]) + MORE
             await self.ctx.store.delete(self._later_key(open_id))
             return str(parts[0])
-        waiting = any(p.open_id == open_id and p.handed_off and not p.finished for p in self._pending.values())
+        waiting = await self.ctx.store.get(self._key("working", open_id)) is not None
         return STILL_WORKING if waiting else None
 
-    def _answer_key(self, key: str) -> str:
-        return f"wechat_mp:{self.name}:answer:{key}"
+    def _key(self, what: str, key: str) -> str:
+        """Store keys of this account: `answer`/`fate`/`rest`/`d<n>` per message, `working` and
+        `later` per user."""
+        return f"wechat_mp:{self.name}:{what}:{key}"
 
     def _later_key(self, open_id: str) -> str:
-        return f"wechat_mp:{self.name}:later:{open_id}"
+        return self._key("later", open_id)
 
 
 class Replier:

@@ -1,9 +1,11 @@
 """One user message being answered across WeChat's deliveries of it.
 
 WeChat waits 5 s for a passive reply, then drops the connection and delivers the same message
-again (3 deliveries in total). Every delivery of a message waits on the same `Pending`: the
-finished answer goes out on whichever delivery is waiting when it is ready, and a delivery
-that is still waiting when a newer one arrives is released (WeChat has dropped it already).
+again (3 deliveries in total), to whichever instance the load balancer picks. Every delivery of
+a message that reaches one process waits on the same `Pending`: the finished answer goes out on
+whichever delivery is waiting when it is ready (made here, or announced over the bus by the
+instance that made it), and a delivery that is still waiting when a newer one arrives, here or
+elsewhere, is released (WeChat has dropped it already).
 """
 
 from __future__ import annotations
@@ -23,25 +25,28 @@ class Ready:
 
 
 class Pending:
+    """The deliveries of one message waiting in this process. Deliveries are numbered across
+    instances (the adapter counts them in the store), so `arrived` may skip numbers."""
+
     def __init__(self, open_id: str) -> None:
         self.open_id = open_id
         self.answer: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
-        #: Deliveries of this message seen so far (counted, not timed).
-        self.deliveries = 1
-        #: No delivery will take the answer any more: `deliver` sends it another way.
-        self.handed_off = False
-        #: `deliver` has finished (only tracked once handed off).
-        self.finished = False
-        #: The rest of a long answer was already given to the customer-service API.
-        self.rest_taken = False
+        #: The highest delivery number seen so far, here or (over the bus) on another instance.
+        self.deliveries = 0
+        #: Deliveries in this process waiting on it now (the answer can go out on one of them).
+        self.waiting = 0
         self._newer = asyncio.Event()
 
-    def redelivered(self) -> int:
-        """Count a new delivery and release the ones still waiting. Returns its number."""
-        self.deliveries += 1
-        self._newer.set()
-        self._newer = asyncio.Event()
-        return self.deliveries
+    def arrived(self, number: int) -> None:
+        """Delivery `number` arrived (here or elsewhere): release the older ones still waiting."""
+        if number > self.deliveries:
+            self.deliveries = number
+            self._newer.set()
+            self._newer = asyncio.Event()
+
+    def set(self, ready: Ready) -> None:
+        if not self.answer.done():
+            self.answer.set_result(ready)
 
     def ready(self) -> Ready | None:
         return self.answer.result() if self.answer.done() else None

@@ -3,52 +3,18 @@ share the counters and the concurrency slots."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import openai
 import pytest
-import yaml
 
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.servers import free_port
+from tests.instances import serving
 
 ROOT = Path(__file__).parents[2]
 KEY = "sk-shared"
 HI = [{"role": "user", "content": "hi"}]
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp: Path, name: str, config: dict[str, Any]) -> AsyncIterator[str]:
-    port = free_port()
-    path, log = tmp / f"{name}.yaml", tmp / f"{name}.log"
-    path.write_text(yaml.safe_dump({**config, "server": {"port": port}}))
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", "--config", str(path), cwd=ROOT, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as c:
-            for _ in range(600):
-                assert proc.returncode is None, log.read_text()[-3000:]
-                with contextlib.suppress(httpx.TransportError):
-                    if (await c.get(f"{url}/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"{name} did not start\n{log.read_text()[-3000:]}")
-        yield url
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 20)
 
 
 def client(url: str) -> openai.AsyncOpenAI:

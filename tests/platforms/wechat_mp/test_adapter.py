@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from wechatpy.crypto import WeChatCrypto
 
 from platforms.wechat_mp import COMING, MORE, STILL_WORKING, WeChatMPConfig, WeChatMPPlatform
-from proxy.contracts import Platform, PlatformContext
+from proxy.bus import Bus
+from proxy.contracts import Claim, ClaimState, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.store.memory import MemoryStore
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -38,10 +39,12 @@ class FakeCtx:
         self.http: Any = None
         self.submitted: list[Inbound] = []
         self.tasks: list[asyncio.Task[Any]] = []
+        self.bus = Bus(self.store)  # one instance: publishing does nothing
 
-    async def claim(self, key: str) -> bool:
+    async def claim(self, key: str) -> Claim:
         await asyncio.sleep(0.01)  # a real store answers from another thread or server
-        return await self.store.claim(f"seen:{key}", 3600)
+        first = await self.store.claim(f"seen:{key}", 3600)
+        return Claim(ClaimState.NEW if first else ClaimState.DONE)
 
     async def settle(self, key: str) -> None:
         await self.store.claim(f"seen:{key}", 3600)
