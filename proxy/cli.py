@@ -14,20 +14,18 @@ import sys
 from functools import partial
 from typing import TextIO
 
+from proxy import logs
 from proxy.config import Settings, load_config
 from proxy.contracts import Provider
 from proxy.errors import ConfigError
+from proxy.logs import LogFormat
 from proxy.probe import PROBE_SECONDS, ProbeOutcome, ProbeResult
 
 DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.yaml")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: LogFormat = "text") -> None:
+    logs.setup(level, fmt)
 
 
 def _load(path: str) -> Settings:
@@ -62,7 +60,7 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     server = settings.raw.server
-    setup_logging(server.log_level)
+    setup_logging(server.log_level, server.log_format)
     host, port = args.host or server.host, args.port if args.port is not None else server.port
     try:  # bound before start-up, so "ready" is only ever logged with the port ours
         sock = listen(host, port)
@@ -74,6 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         create_app(settings, on_ready=partial(tune_gc, server.gc_threshold), reload_on_sighup=True),
         log_level="warning" if server.log_level == "info" else server.log_level,
+        log_config=None,  # uvicorn's lines go through our handler (text or JSON, off the loop)
         access_log=False,
         lifespan="on",
         loop="auto",

@@ -44,7 +44,12 @@ class ServerConfig(_Strict):
     drain_seconds: float = Field(30.0, ge=0)
     """How long shutdown waits for in-flight replies."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    """Log verbosity of the `switchboard` loggers."""
+    """Log verbosity of the `switchboard` loggers (a reload applies it)."""
+    log_format: Literal["text", "json"] = "text"
+    """`text` lines for people, or `json`: one object per line (`ts`, `level`, `logger`, then `event` and its fields,
+    or `msg`), for a log pipeline. Written by a thread of its own, never by the event loop."""
+    log_content: bool = False
+    """Log message contents (prompts and answers) in the per-request lines. Off: only sizes and counts."""
     dedupe_ttl: float = Field(48 * 3600, gt=0)
     """How long processed platform event ids are remembered (Feishu retries for ~7 h)."""
     claim_lease: float = Field(30.0, ge=0.5, le=3600)

@@ -20,8 +20,9 @@ platform when no webhook request and no reply of its own is in flight. There is 
 since an answer may be long; shutdown closes whatever is still waiting.
 
 What is bound at start-up cannot change live: every `server.*` field (host, port, timeouts,
-leases, gc, ...) and `store.url`. A reload that changes one keeps the running value, reports
-"needs a restart: server.port" in its result and log, and applies the rest.
+leases, gc, log format, ...) and `store.url`. A reload that changes one keeps the running value,
+reports "needs a restart: server.port" in its result and log, and applies the rest. The log
+level and `server.log_content` do reload.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxy import logs
 from proxy.config import Adapter, RawConfig, Settings, load_config
 from proxy.contracts import Platform, Provider
 from proxy.engine import Engine
@@ -44,6 +46,8 @@ from proxy.failover import Failover
 log = logging.getLogger("switchboard.reload")
 #: Sections bound at start-up: a change is reported, not applied.
 RESTART_SECTIONS = ("server", "store")
+#: Fields of the `server` section a reload does apply.
+LIVE_SERVER_FIELDS = ("log_level", "log_content")
 #: Sections compared name by name (adapters and channels); every other section is reported whole.
 NAMED_SECTIONS = ("providers", "platforms", "channels")
 #: How often a retired adapter is checked for work still using it.
@@ -103,13 +107,18 @@ def differences(old: Settings, new: Settings) -> tuple[list[str], list[str]]:
     restart = []
     for section in RESTART_SECTIONS:
         was, now = getattr(old.raw, section), getattr(new.raw, section)
-        restart += [f"{section}.{f}" for f in type(was).model_fields if getattr(was, f) != getattr(now, f)]
+        diff = [f for f in type(was).model_fields if getattr(was, f) != getattr(now, f)]
+        live = [f for f in diff if section == "server" and f in LIVE_SERVER_FIELDS]
+        changed += [f"{section}.{f}" for f in live]
+        restart += [f"{section}.{f}" for f in diff if f not in live]
     return changed, restart
 
 
 def keep_start_up_bound(new: Settings, running: Settings) -> Settings:
     """`new`, with the running value of every section that cannot change live."""
-    raw = new.raw.model_copy(update={s: getattr(running.raw, s) for s in RESTART_SECTIONS})
+    kept = {s: getattr(running.raw, s) for s in RESTART_SECTIONS}
+    kept["server"] = kept["server"].model_copy(update={f: getattr(new.raw.server, f) for f in LIVE_SERVER_FIELDS})
+    raw = new.raw.model_copy(update=kept)
     return dataclasses.replace(new, raw=raw, by_name={})
 
 
@@ -173,6 +182,7 @@ class Reloader:
         retired_platforms = self.platforms.use(new, platforms)
         self._old.append(old)
         # --
+        logs.set_level(new.raw.server.log_level)
         if retired or retired_platforms:
             task = asyncio.create_task(self._retire(retired, retired_platforms))
             self._retiring[task] = (retired, retired_platforms)

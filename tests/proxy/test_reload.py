@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,12 @@ async def test_reload_applies_changes_and_keeps_what_did_not_change(tmp_path: Pa
             config["channels"] = [ch for ch in config["channels"] if ch["name"] != "g"]
             config["channels"].append({"name": "e", "providers": ["main"]})
             del config["providers"]["gone"]
-            config["server"] = {"port": 9999}
+            config["server"] = {"port": 9999, "log_level": "error"}
             write(cfg, config)
+            level = logging.getLogger("switchboard").level
             r = await apost(url)
+            applied_level = logging.getLogger("switchboard").level
+            logging.getLogger("switchboard").setLevel(level)
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["status"] == "reloaded"
@@ -134,8 +138,10 @@ async def test_reload_applies_changes_and_keeps_what_did_not_change(tmp_path: Pa
                 "channels.c (changed)",
                 "channels.g (removed)",
                 "channels.e (added)",
+                "server.log_level",
             }
             assert body["needs_restart"] == ["server.port"]
+            assert applied_level == logging.ERROR  # the log level reloads
             assert engine.settings.raw.server.port == 8080  # the running value stays
 
             await client.chat.completions.create(model="c", messages=hi)
