@@ -138,6 +138,29 @@ class Hit:
     retry_after: float
 
 
+@dataclass(slots=True)
+class UsageRow:
+    """Tokens spent in one hour (`hour`: its start, epoch seconds) by one combination of channel,
+    provider, model, API key name, platform and platform user ("" where none applies): what
+    `Store.add_usage` adds up and `Store.usage` returns. `estimated` counts the requests whose
+    figures Switchboard estimated because the upstream reported none."""
+
+    hour: int
+    channel: str
+    provider: str
+    model: str
+    key: str
+    platform: str
+    user: str
+    prompt: int = 0
+    completion: int = 0
+    requests: int = 0
+    estimated: int = 0
+
+    def dims(self) -> tuple[str, str, str, str, str, str]:
+        return (self.channel, self.provider, self.model, self.key, self.platform, self.user)
+
+
 class Store(abc.ABC):
     """Persistent state: transcripts, provider state, processed-event ids, small values.
 
@@ -242,6 +265,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, key: str, value: str, ttl: float | None = None) -> None: ...
+
+    # -- usage (proxy/usage.py) ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        """Add each row's counts to its stored hour bucket (created when new). Buckets are kept
+        `proxy.usage.RETENTION` seconds."""
+
+    @abc.abstractmethod
+    async def usage(self, since: float) -> list[UsageRow]:
+        """Every bucket from the hour holding `since` (epoch seconds) on."""
 
     # -- the bus between instances (proxy/bus.py) ------------------------------------------------
 

@@ -6,7 +6,7 @@ import copy
 import time
 from dataclasses import dataclass
 
-from proxy.contracts import Claim, ClaimState, Hit, Store
+from proxy.contracts import Claim, ClaimState, Hit, Store, UsageRow
 from proxy.store import TRANSCRIPT_CAP, last_turns, window_end
 from proxy.types import JSON, Message
 
@@ -32,6 +32,7 @@ class MemoryStore(Store):
         self._values: dict[str, tuple[str, float | None]] = {}
         self._counters: dict[str, tuple[float, int]] = {}  # key -> (its window's end, count)
         self._slots: dict[str, dict[str, float]] = {}  # key -> {token: lease end}
+        self._usage: dict[tuple[int, tuple[str, ...]], UsageRow] = {}
         self._next_purge = 0.0
 
     async def open(self) -> None:
@@ -182,3 +183,18 @@ class MemoryStore(Store):
 
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        for r in rows:
+            kept = self._usage.get((r.hour, r.dims()))
+            if kept is None:
+                self._usage[r.hour, r.dims()] = copy.copy(r)
+            else:
+                kept.prompt += r.prompt
+                kept.completion += r.completion
+                kept.requests += r.requests
+                kept.estimated += r.estimated
+
+    async def usage(self, since: float) -> list[UsageRow]:
+        first = since // 3600 * 3600
+        return [copy.copy(r) for (hour, _), r in self._usage.items() if hour >= first]

@@ -25,9 +25,10 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import orjson
 import redis.asyncio as aioredis
 
-from proxy.contracts import Claim, ClaimState, Hit, Store
+from proxy.contracts import Claim, ClaimState, Hit, Store, UsageRow
 from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
 from proxy.types import JSON, Message
+from proxy.usage import RETENTION
 
 #: KEYS: claim hash, lease set, legacy marker. ARGV: owner, lease ms, ttl ms, has payload, payload.
 CLAIM = """
@@ -209,6 +210,51 @@ class RedisStore(Store):
 
     async def release_others(self, owner: str) -> int:
         return 0  # shared: a lease of another owner may belong to a live instance
+
+    # -- usage -----------------------------------------------------------------------------------
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        """`<p>:u:<hour>` is a hash per hour; a field per combination and count (HINCRBY: the
+        instances' counts add up)."""
+        if not rows:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            for r in rows:
+                key, dims = f"{self.prefix}:u:{r.hour}", orjson.dumps(r.dims()).decode()
+                for name, n in (("p", r.prompt), ("c", r.completion), ("n", r.requests), ("e", r.estimated)):
+                    if n:
+                        pipe.hincrby(key, f"{name}{dims}", n)
+                pipe.expireat(key, r.hour + RETENTION)
+            await pipe.execute()
+
+    async def usage(self, since: float) -> list[UsageRow]:
+        secs, _ = await self._r.time()
+        hours = list(range(int(since // 3600 * 3600), int(secs) + 1, 3600))
+        async with self._r.pipeline(transaction=False) as pipe:
+            for h in hours:
+                pipe.hgetall(f"{self.prefix}:u:{h}")
+            found = await pipe.execute()
+        rows: list[UsageRow] = []
+        for hour, fields in zip(hours, found, strict=True):
+            per: dict[str, UsageRow] = {}
+            for raw_field, raw_n in fields.items():
+                name = _text(raw_field)
+                dims = name[1:]
+                row = per.get(dims)
+                if row is None:
+                    row = per[dims] = UsageRow(hour, *orjson.loads(dims))
+                n = int(raw_n)
+                match name[0]:
+                    case "p":
+                        row.prompt = n
+                    case "c":
+                        row.completion = n
+                    case "n":
+                        row.requests = n
+                    case "e":
+                        row.estimated = n
+            rows += per.values()
+        return rows
 
     # -- the bus ---------------------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager
 import aiosqlite
 import orjson
 
-from proxy.contracts import Claim, ClaimState, Hit, Store
+from proxy.contracts import Claim, ClaimState, Hit, Store, UsageRow
 from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns, window_end
 from proxy.types import JSON, Message
+from proxy.usage import RETENTION
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -40,6 +41,17 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE INDEX IF NOT EXISTS claims_open ON claims (done, until);
 CREATE TABLE IF NOT EXISTS counters (k TEXT PRIMARY KEY, ends REAL NOT NULL, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS slots (k TEXT NOT NULL, token TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (k, token));
+CREATE TABLE IF NOT EXISTS usage (
+    hour INTEGER NOT NULL, channel TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+    key TEXT NOT NULL, platform TEXT NOT NULL, user TEXT NOT NULL,
+    prompt INTEGER NOT NULL, completion INTEGER NOT NULL, requests INTEGER NOT NULL, estimated INTEGER NOT NULL,
+    PRIMARY KEY (hour, channel, provider, model, key, platform, user));
+"""
+ADD_USAGE = """
+INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (hour, channel, provider, model, key, platform, user) DO UPDATE SET
+    prompt = prompt + excluded.prompt, completion = completion + excluded.completion,
+    requests = requests + excluded.requests, estimated = estimated + excluded.estimated
 """
 #: One statement (atomic on its own): a new window starts the count at the amount; an old one is
 #: counted from zero; the amount is added only while the count stays within the limit (?4), and
@@ -190,6 +202,7 @@ class SQLiteStore(Store):
             await db.execute("DELETE FROM claims WHERE expires <= ?", (now,))
             await db.execute("DELETE FROM counters WHERE ends <= ?", (now,))
             await db.execute("DELETE FROM slots WHERE until <= ?", (now,))
+            await db.execute("DELETE FROM usage WHERE hour <= ?", (now - RETENTION,))
 
     async def claim_lease(self, key: str, *, owner: str, lease: float, ttl: float, payload: str | None = None) -> Claim:
         now = time.time()
@@ -306,3 +319,15 @@ class SQLiteStore(Store):
     async def delete(self, key: str) -> None:
         async with self._transaction() as db:
             await db.execute("DELETE FROM kv WHERE k = ?", (key,))
+
+    async def add_usage(self, rows: list[UsageRow]) -> None:
+        if not rows:
+            return
+        async with self._transaction() as db:
+            values = [(r.hour, *r.dims(), r.prompt, r.completion, r.requests, r.estimated) for r in rows]
+            await db.executemany(ADD_USAGE, values)
+
+    async def usage(self, since: float) -> list[UsageRow]:
+        first = int(since // 3600 * 3600)
+        async with self._db.execute("SELECT * FROM usage WHERE hour >= ?", (first,)) as cur:
+            return [UsageRow(*row) for row in await cur.fetchall()]
