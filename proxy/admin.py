@@ -19,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.config import Settings
+from proxy.contracts import Store
 from proxy.reload import Reloader
+from proxy.usage import query
 
 log = logging.getLogger("switchboard.admin")
 JSON_TYPE = "application/json"
@@ -42,9 +44,9 @@ def _digest(value: str) -> bytes:
 
 
 class Admin:
-    def __init__(self, settings: Callable[[], Settings], reloader: Reloader) -> None:
+    def __init__(self, settings: Callable[[], Settings], reloader: Reloader, store: Callable[[], Store]) -> None:
         """`settings` gives the running config (admin keys reload with it)."""
-        self.settings, self.reloader = settings, reloader
+        self.settings, self.reloader, self.store = settings, reloader, store
 
     def refusal(self, request: Request) -> Response | None:
         """None when the request carries an admin key, else the 403/401 answer."""
@@ -68,3 +70,15 @@ class Admin:
             return refused
         result = await self.reloader.reload("admin")
         return Response(orjson.dumps(result.to_json()), 200 if result.ok else 400, media_type=JSON_TYPE)
+
+    async def usage(self, request: Request) -> Response:
+        """`GET /admin/usage?by=channel&since=24h`: tokens per group (see `proxy.usage.query`)."""
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
+        by, since = request.query_params.get("by", "channel"), request.query_params.get("since", "24h")
+        try:
+            body = await query(self.store(), by, since, self.settings().raw.prices)
+        except ValueError as e:
+            return _error(400, str(e), "invalid_request")
+        return Response(orjson.dumps(body), media_type=JSON_TYPE)

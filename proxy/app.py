@@ -179,7 +179,9 @@ def create_app(
     """The app. `on_ready` runs once start-up (engine, store, platforms) has finished.
     `reload_on_sighup` (`serve`): SIGHUP reloads the config instead of ending the process."""
     metrics = Metrics()
-    engine = Engine(settings, observe=metrics.observe_attempt, limited=metrics.count_limited)
+    engine = Engine(
+        settings, observe=metrics.observe_attempt, limited=metrics.count_limited, tokens=metrics.count_tokens
+    )
     runner = Runner(settings.raw.server.max_concurrent_generations)
     dispatcher = Dispatcher(engine, runner, settings)
     refusals = Refusals(metrics)
@@ -192,7 +194,7 @@ def create_app(
         dispatcher.settings = new
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
-    admin = Admin(lambda: engine.settings, reloader)
+    admin = Admin(lambda: engine.settings, reloader, lambda: engine.store)
     stop_watching = asyncio.Event()
 
     def on_sighup() -> None:
@@ -265,6 +267,7 @@ def create_app(
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/admin/reload", admin.reload, methods=["POST"]),
+        Route("/admin/usage", admin.usage, methods=["GET"]),
     ]
     app = SwitchboardApp(front, routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.engine, app.state.hooks, app.state.runner = engine, hooks, runner

@@ -314,6 +314,44 @@ def _post_reload(url: str, key: str, out: TextIO) -> int:
     return 1
 
 
+# ----------------------------------------------------------------------------------------- usage
+
+
+def usage(args: argparse.Namespace) -> int:
+    """Tokens spent, from the store the config names (a running server writes every few seconds)."""
+    from proxy.engine import open_store
+    from proxy.usage import BY, query, table
+
+    settings = _load(args.config)
+
+    async def read() -> dict[str, object]:
+        store = open_store(settings.raw.store.url)
+        await store.open()
+        try:
+            return await query(store, args.by, args.since, settings.raw.prices)
+        finally:
+            await store.close()
+
+    try:
+        data = asyncio.run(read())
+    except ValueError as e:
+        print(f"usage: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        print(f"cannot read usage from the store (store.url): {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        import json
+
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    groups = data["groups"]
+    assert isinstance(groups, list) and args.by in BY
+    print(f"tokens since {data['since']}, by {args.by}")
+    print(table(groups, args.by) if groups else "(no usage recorded)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -343,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", help="the server's base URL (default: from the config's server.host/port)")
     p.add_argument("--pid", type=int, help="send SIGHUP to this process instead of calling /admin/reload")
     p.set_defaults(func=reload)
+    p = sub.add_parser("usage", help="tokens spent, by channel, provider, model, key or user")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--by", choices=["channel", "provider", "model", "key", "platform", "user"], default="channel")
+    p.add_argument("--since", default="24h", help="how far back: 90m, 24h, 7d, 30d (default 24h)")
+    p.add_argument("--json", action="store_true", help="print JSON (the same as GET /admin/usage)")
+    p.set_defaults(func=usage)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -171,6 +171,13 @@ class ChannelConfig(_Strict):
     """Free text shown in `GET /v1/models` and `check`."""
 
 
+class PriceConfig(_Strict):
+    prompt: float = Field(ge=0)
+    """Price of a million prompt (input) tokens, in the currency you report in."""
+    completion: float = Field(ge=0)
+    """Price of a million completion (output) tokens."""
+
+
 class RawConfig(_Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
@@ -184,6 +191,9 @@ class RawConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     """Requests per minute, tokens per day and concurrent generations per key, channel and chat-platform user
     (proxy/limits.py)."""
+    prices: dict[str, PriceConfig] = {}
+    """Prices per model name (as the upstream reports it), for the cost column of `switchboard usage` and
+    `/admin/usage`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,9 +307,20 @@ class Dispatcher:
                 grant = await self._admit(limits, channel.name, msg, request)
             except OverLimit as e:
                 return await self._over_limit(limits, e, channel.name, msg)
-        source = self.engine.stream(channel, request, Outcome())
+        outcome = Outcome()
+        source = self.engine.stream(channel, request, outcome)
 
         async def record(answer: Answer) -> None:
+            self.engine.usage.note(
+                channel=channel.name,
+                provider=outcome.provider,
+                model=outcome.model,
+                platform=msg.platform,
+                user=msg.user_id,
+                usage=answer.usage,
+                prompt=request.messages,
+                answer=answer.text,
+            )
             if answer.stopped and not job.stop_requested:
                 return  # cut off by shutdown, not by the user: the next process answers it whole
             await self.claims.answered(msg, answer.text, answer.images)

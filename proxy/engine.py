@@ -20,6 +20,7 @@ from proxy.limiter import Limiter
 from proxy.limiter import Observer as LimitObserver
 from proxy.registry import Registry
 from proxy.types import JSON, ChatRequest, Completion, Delta, Message
+from proxy.usage import Recorder, TokenObserver
 
 log = logging.getLogger("switchboard")
 
@@ -66,12 +67,19 @@ def open_store(url: str, registry: Registry | None = None) -> Store:
 
 class Engine:
     def __init__(
-        self, settings: Settings, *, observe: Observer | None = None, limited: LimitObserver | None = None
+        self,
+        settings: Settings,
+        *,
+        observe: Observer | None = None,
+        limited: LimitObserver | None = None,
+        tokens: TokenObserver | None = None,
     ) -> None:
         self.settings = settings
         self.store = open_store(settings.raw.store.url)
         #: News for and from the other instances on a shared store (circuits, keys, platforms).
         self.bus = Bus(self.store)
+        #: Tokens spent, by hour and channel/provider/model/key/user, written to the store in batches.
+        self.usage = Recorder(self.store, observe=tokens)
         #: Enforces `settings.limits` (each request passes the rules of the config it started on).
         self.limiter = Limiter(self.store, limited) if limited else Limiter(self.store)
         self.http: aiohttp.ClientSession | None = None
@@ -129,6 +137,7 @@ class Engine:
         await self.close_providers(self.providers.values())
         await self.limiter.close()
         await self.bus.close()
+        await self.usage.close()
         await self.store.close()
         if self.http is not None:
             await self.http.close()

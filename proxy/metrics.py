@@ -47,6 +47,14 @@ class Metrics:
             ["kind", "scope", "name"],
             registry=self.registry,
         )
+        self.tokens = Counter(
+            "switchboard_tokens",
+            "Tokens spent by channel, model and direction (prompt, completion), as the upstream reported them "
+            "or estimated when it did not.",
+            ["channel", "model", "direction"],
+            registry=self.registry,
+        )
+        self._tokens: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         self.reloads = Counter(
             "switchboard_config_reloads",
             "Config reloads by trigger (sighup, watch, admin) and outcome: changed, unchanged, or "
@@ -74,6 +82,18 @@ class Metrics:
         if child is None:
             child = self._refused[status, reason] = self.refused.labels(str(status), reason)
         child.inc()
+
+    def count_tokens(self, channel: str, model: str, prompt: int, completion: int) -> None:
+        """Tokens of one answer. The model label comes from the config or the upstream's answer
+        for a configured channel (bounded in practice by the providers' model lists)."""
+        children = self._tokens.get((channel, model))
+        if children is None:
+            children = self._tokens[channel, model] = (
+                self.tokens.labels(channel, model, "prompt"),
+                self.tokens.labels(channel, model, "completion"),
+            )
+        children[0].inc(prompt)
+        children[1].inc(completion)
 
     def count_reload(self, trigger: str, outcome: str) -> None:
         self.reloads.labels(trigger, outcome).inc()

@@ -197,7 +197,9 @@ class OpenAIFrontDoor:
     def _answer_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
-    async def _build(self, scope: Scope, receive: Receive) -> tuple[Channel, ChatRequest, list[Message], bool, Grant]:
+    async def _build(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[Channel, ChatRequest, list[Message], bool, Grant, str]:
         view = self.view  # this request's config, whatever a reload does meanwhile
         headers = header_map(scope, WANTED_HEADERS)
         key_name, key = self._auth(headers.get(b"authorization"), view)
@@ -243,7 +245,7 @@ class OpenAIFrontDoor:
         )
         limits = view.settings.limits
         grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
-        return channel, req, record, bool(options and options.get("include_usage")), grant
+        return channel, req, record, bool(options and options.get("include_usage")), grant, key_name
 
     async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest) -> Grant:
         """The key's and the channel's limits (the last step of `_build`: nothing after it
@@ -273,7 +275,7 @@ class OpenAIFrontDoor:
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            channel, req, record, usage, grant = await self._build(scope, receive)
+            channel, req, record, usage, grant, key_name = await self._build(scope, receive)
         except RequestError as e:
             self.refused(e.status, e.code, e.param)
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
@@ -281,9 +283,9 @@ class OpenAIFrontDoor:
         except OverLimit as e:
             return await send_bytes(send, 429, *over_limit(e))
         if grant is NO_GRANT:
-            return await self._answer(channel, req, record, usage, grant, receive, send)
+            return await self._answer(channel, req, record, usage, grant, key_name, receive, send)
         try:
-            await self._answer(channel, req, record, usage, grant, receive, send)
+            await self._answer(channel, req, record, usage, grant, key_name, receive, send)
         finally:
             await grant.release()  # nothing when the answer already charged it
 
@@ -294,12 +296,13 @@ class OpenAIFrontDoor:
         record: list[Message],
         usage: bool,
         grant: Grant,
+        key_name: str,
         receive: Receive,
         send: Send,
     ) -> None:
         try:
             if req.stream:
-                return await self._stream(channel, req, record, usage, grant, receive, send)
+                return await self._stream(channel, req, record, usage, grant, key_name, receive, send)
             provider, result = await self.engine.complete(channel, req)
         except RequestRejected as e:
             status, body = rejected(e)
@@ -312,6 +315,15 @@ class OpenAIFrontDoor:
         body = orjson.dumps(self._completion_body(channel.name, result))
         await send_bytes(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
         await grant.finish(result.usage, result.text)
+        self.engine.usage.note(
+            channel=channel.name,
+            provider=provider,
+            model=result.model or req.model,
+            key=key_name,
+            usage=result.usage,
+            prompt=req.messages,
+            answer=result.text,
+        )
 
     def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
@@ -349,6 +361,7 @@ class OpenAIFrontDoor:
         record: list[Message],
         usage: bool,
         grant: Grant,
+        key_name: str,
         receive: Receive,
         send: Send,
     ) -> None:
@@ -361,7 +374,18 @@ class OpenAIFrontDoor:
         try:
             await send_stream(receive, send, headers, self._sse(channel.name, source, first, req, record, usage, seen))
         finally:  # charged when the stream ends, also when the client left or it broke off
-            await grant.finish(seen.usage, "".join(seen.text))
+            text = "".join(seen.text)
+            await grant.finish(seen.usage, text)
+            if outcome.provider:
+                self.engine.usage.note(
+                    channel=channel.name,
+                    provider=outcome.provider,
+                    model=outcome.model,
+                    key=key_name,
+                    usage=seen.usage,
+                    prompt=req.messages,
+                    answer=text,
+                )
 
     async def _sse(
         self,

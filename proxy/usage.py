@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from proxy.contracts import Store, UsageRow
@@ -33,6 +33,9 @@ FLUSH_EVERY = 2.0
 RETENTION = 92 * 86400
 #: Rows kept in memory while the store does not take them (then the oldest are dropped, logged).
 MAX_PENDING = 100_000
+
+#: Told of each noted answer: channel, model, prompt tokens, completion tokens (for /metrics).
+TokenObserver = Callable[[str, str, int, int], None]
 
 By = Literal["channel", "provider", "model", "key", "platform", "user"]
 BY: tuple[By, ...] = ("channel", "provider", "model", "key", "platform", "user")
@@ -69,9 +72,10 @@ def parse_since(text: str, now: float | None = None) -> float:
 class Recorder:
     """Notes answers, adds them up per hour bucket, writes them to the store in batches."""
 
-    def __init__(self, store: Store, *, flush_every: float = FLUSH_EVERY) -> None:
+    def __init__(self, store: Store, *, flush_every: float = FLUSH_EVERY, observe: TokenObserver | None = None) -> None:
         self.store = store
         self.flush_every = flush_every
+        self.observe = observe
         self._pending: dict[tuple[int, tuple[str, ...]], list[int]] = {}
         self._task: asyncio.Task[None] | None = None
         self._writing = asyncio.Lock()
@@ -105,6 +109,8 @@ class Recorder:
         counts[1] += c
         counts[2] += 1
         counts[3] += est
+        if self.observe is not None:
+            self.observe(channel, model or "", p, c)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._flush_later(), name="usage-flush")
         return p, c, est
@@ -221,3 +227,19 @@ def _counts(g: Mapping[str, Any]) -> list[str]:
 
 def _cost(cost: float | None) -> str:
     return "?" if cost is None else f"{cost:,.4f}"
+
+
+async def query(store: Store, by: str, since: str, prices: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What `switchboard usage --json` prints and `GET /admin/usage` answers. ValueError (with a
+    message for the caller) for an unknown `by` or a bad `since`."""
+    if by not in BY:
+        raise ValueError(f"'by' must be one of {', '.join(BY)}, not {by!r}")
+    start = parse_since(since)
+    groups = report(await store.usage(start), by, prices or None)  # type: ignore[arg-type]
+    total = {k: sum(g[k] for g in groups) for k in ("requests", "prompt_tokens", "completion_tokens", "total_tokens")}
+    return {
+        "since": time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(hour_of(start))),
+        "by": by,
+        "groups": groups,
+        "total": total,
+    }
