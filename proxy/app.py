@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -32,10 +33,12 @@ from proxy.health import readiness
 from proxy.http_util import CLIENT_CLOSED, ClientGone, read_body
 from proxy.metrics import Metrics
 from proxy.openai_api import OpenAIFrontDoor, error_response
+from proxy.recent import Recent
 from proxy.recovery import Recovery
 from proxy.refusals import Refusals
 from proxy.reload import Reloader, watch
 from proxy.runner import Runner
+from proxy.status import StatusPage
 from proxy.types import WebRequest
 
 log = logging.getLogger("switchboard")
@@ -46,9 +49,10 @@ CLOSE = {"connection": "close"}
 class Hooks:
     """`/hooks/{name}`: hand the raw request to the platform adapter of that name."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, dispatcher: Dispatcher, recent: Recent) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.recent = recent
         self.dispatcher = dispatcher
         self.platforms: dict[str, Platform] = {}
         self._handling: dict[Platform, int] = {}  # webhook requests in flight, per adapter
@@ -115,6 +119,7 @@ class Hooks:
             why = f"platform {name!r} is disabled: {adapter.disabled}" if adapter else f"no platform named {name!r}"
             return Response(why, 404 if adapter is None else 503)
         status = 500
+        started = time.monotonic()
         self._handling[platform] = self._handling.get(platform, 0) + 1
         try:
             server = self.settings.raw.server
@@ -147,6 +152,13 @@ class Hooks:
             return Response("internal error", 500)
         finally:
             self.metrics.hooks.labels(name, str(status)).inc()
+            seconds = time.monotonic() - started
+            deadline = platform.ack_deadline
+            missed = deadline is not None and seconds > deadline and status != CLIENT_CLOSED
+            if missed:
+                self.metrics.deadline_misses.labels(name).inc()
+                log.warning("platform %s: acknowledged after %.1f s (it waits %.0f s)", name, seconds, deadline)
+            self.recent.hook(name, status, seconds, missed)
             left = self._handling.pop(platform) - 1
             if left:
                 self._handling[platform] = left
@@ -179,14 +191,18 @@ def create_app(
     """The app. `on_ready` runs once start-up (engine, store, platforms) has finished.
     `reload_on_sighup` (`serve`): SIGHUP reloads the config instead of ending the process."""
     metrics = Metrics()
-    engine = Engine(
-        settings, observe=metrics.observe_attempt, limited=metrics.count_limited, tokens=metrics.count_tokens
-    )
+    recent = Recent()
+
+    def observe(channel: str, provider: str, outcome: str, seconds: float) -> None:
+        metrics.observe_attempt(channel, provider, outcome, seconds)
+        recent.attempt(channel, provider, outcome, seconds)
+
+    engine = Engine(settings, observe=observe, limited=metrics.count_limited, tokens=metrics.count_tokens)
     runner = Runner(settings.raw.server.max_concurrent_generations)
     dispatcher = Dispatcher(engine, runner, settings)
     refusals = Refusals(metrics)
     front = OpenAIFrontDoor(engine, settings, refusals)
-    hooks = Hooks(settings, metrics, dispatcher)
+    hooks = Hooks(settings, metrics, dispatcher, recent)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
     def use(new: Settings) -> None:  # part of the reload's synchronous swap
@@ -195,6 +211,7 @@ def create_app(
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
     admin = Admin(lambda: engine.settings, reloader, lambda: engine.store)
+    status_page = StatusPage(engine, admin, recent, lambda: hooks.platforms)
     stop_watching = asyncio.Event()
 
     def on_sighup() -> None:
@@ -202,6 +219,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logging.getLogger("switchboard").addHandler(recent.errors)
         await engine.start()
         await hooks.start()
         await recovery.start()
@@ -234,6 +252,7 @@ def create_app(
             await reloader.close()
             await hooks.close()
             await engine.close()
+            logging.getLogger("switchboard").removeHandler(recent.errors)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
@@ -268,8 +287,11 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/admin/reload", admin.reload, methods=["POST"]),
         Route("/admin/usage", admin.usage, methods=["GET"]),
+        Route("/status", status_page.page, methods=["GET"]),
+        Route("/status/login", status_page.login, methods=["POST"]),
+        Route("/status/logout", status_page.logout, methods=["POST"]),
     ]
     app = SwitchboardApp(front, routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.engine, app.state.hooks, app.state.runner = engine, hooks, runner
-    app.state.refusals, app.state.reloader = refusals, reloader
+    app.state.refusals, app.state.reloader, app.state.recent = refusals, reloader, recent
     return app

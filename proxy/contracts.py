@@ -393,6 +393,10 @@ class Platform(abc.ABC):
     config_model: ClassVar[type[AdapterConfig]]
     #: Maximum characters of one outgoing message; longer answers are split.
     text_limit: ClassVar[int] = 4000
+    #: Seconds the platform waits for a webhook's answer before it counts it failed (and retries):
+    #: a slower acknowledgement is counted as a deadline miss. None: no such deadline (or the
+    #: adapter holds requests open on purpose, as WeChat's passive replies do).
+    ack_deadline: ClassVar[float | None] = None
 
     def __init__(self, name: str, config: Any, ctx: PlatformContext) -> None:
         self.name = name

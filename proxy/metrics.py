@@ -30,6 +30,12 @@ class Metrics:
             ["platform", "status"],
             registry=self.registry,
         )
+        self.deadline_misses = Counter(
+            "switchboard_platform_deadline_misses",
+            "Webhook requests acknowledged later than the platform waits (its ack deadline), by platform.",
+            ["platform"],
+            registry=self.registry,
+        )
         self.refused = Counter(
             "switchboard_api_requests_refused",
             "OpenAI API requests answered with a 4xx by status and reason: Switchboard's own (a bad "
