@@ -212,6 +212,13 @@ def create_app(
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
     admin = Admin(lambda: engine.settings, reloader, lambda: engine.store)
     status_page = StatusPage(engine, admin, recent, lambda: hooks.platforms)
+
+    def circuits() -> dict[str, tuple[str, float]]:
+        now = time.monotonic()
+        failover = engine.failover
+        return {n: c.report(now) for n, c in failover.circuits.items()} if failover else {}
+
+    metrics.watch(circuits, lambda: engine.failover.inflight if engine.failover else 0)
     stop_watching = asyncio.Event()
 
     def on_sighup() -> None:

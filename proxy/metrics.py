@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -108,5 +112,40 @@ class Metrics:
         """One request refused by a limit; the labels come from config (bounded)."""
         self.limited.labels(kind, scope, name).inc()
 
+    def watch(self, circuits: Callable[[], dict[str, tuple[str, float]]], inflight: Callable[[], int]) -> None:
+        """Gauges read when scraped: each enabled provider's circuit and the answers in flight."""
+        self.registry.register(_Live(circuits, inflight))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+#: `switchboard_circuit_state` values.
+CIRCUIT_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class _Live(Collector):
+    def __init__(self, circuits: Callable[[], dict[str, tuple[str, float]]], inflight: Callable[[], int]) -> None:
+        self.circuits, self.inflight = circuits, inflight
+
+    def collect(self) -> Iterable[Metric]:
+        state = GaugeMetricFamily(
+            "switchboard_circuit_state",
+            "Each enabled provider's circuit: 0 closed, 1 half-open (the next request is a trial), 2 open (skipped).",
+            labels=["provider"],
+        )
+        left = GaugeMetricFamily(
+            "switchboard_circuit_open_seconds",
+            "Seconds an open circuit has left (0 when not open).",
+            labels=["provider"],
+        )
+        for provider, (name, seconds) in sorted(self.circuits().items()):
+            state.add_metric([provider], CIRCUIT_STATES.get(name, 0))
+            left.add_metric([provider], max(0.0, seconds))
+        yield state
+        yield left
+        yield GaugeMetricFamily(
+            "switchboard_generations_in_flight",
+            "Answers being generated now (API requests and platform messages).",
+            value=self.inflight(),
+        )

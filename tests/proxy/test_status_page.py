@@ -142,6 +142,10 @@ async def test_the_page_in_a_browser_shows_routes_an_open_circuit_and_the_tokens
         async with serve_asgi(app) as url, httpx.AsyncClient() as c:
             tokens = await spend(url, bad)
             await written(c, url, 2)
+            metrics = (await c.get(f"{url}/metrics")).text
+            assert 'switchboard_circuit_state{provider="flaky"} 2.0' in metrics
+            assert 'switchboard_circuit_state{provider="main"} 0.0' in metrics
+            assert "switchboard_generations_in_flight 0.0" in metrics
             seen = await asyncio.to_thread(browse, url, ARTIFACTS / "status-page.png")
     assert seen["login"]["has_form"] and "sign in" in seen["login"]["title"]
     assert seen["wrong"] == "That is not an admin key."
