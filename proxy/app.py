@@ -31,6 +31,7 @@ from proxy.engine import Engine
 from proxy.errors import RequestError, VerificationError
 from proxy.health import readiness
 from proxy.http_util import CLIENT_CLOSED, ClientGone, read_body
+from proxy.logs import REQUEST_ID, event, request_id
 from proxy.metrics import Metrics
 from proxy.openai_api import OpenAIFrontDoor, error_response
 from proxy.recent import Recent
@@ -120,6 +121,8 @@ class Hooks:
             return Response(why, 404 if adapter is None else 503)
         status = 500
         started = time.monotonic()
+        rid = request_id(request.headers.get("x-request-id"))
+        token = REQUEST_ID.set(rid)  # the answer started from here (a background task) inherits it
         self._handling[platform] = self._handling.get(platform, 0) + 1
         try:
             server = self.settings.raw.server
@@ -135,7 +138,8 @@ class Hooks:
             )
             out = await platform.handle(req)
             status = out.status
-            return Response(out.body, out.status, headers=dict(out.headers), media_type=out.content_type)
+            headers = {**out.headers, "x-request-id": rid}
+            return Response(out.body, out.status, headers=headers, media_type=out.content_type)
         except VerificationError as e:
             status = e.status
             log.warning("platform %s: request refused: %s", name, e.reason)
@@ -159,6 +163,17 @@ class Hooks:
                 self.metrics.deadline_misses.labels(name).inc()
                 log.warning("platform %s: acknowledged after %.1f s (it waits %.0f s)", name, seconds, deadline)
             self.recent.hook(name, status, seconds, missed)
+            REQUEST_ID.reset(token)
+            event(
+                log,
+                logging.INFO,
+                "webhook",
+                request_id=rid,
+                platform=name,
+                status=status,
+                latency_ms=round(seconds * 1000, 1),
+                deadline_missed=missed or None,
+            )
             left = self._handling.pop(platform) - 1
             if left:
                 self._handling[platform] = left

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -34,6 +35,7 @@ from proxy.errors import (
 from proxy.failover import Outcome
 from proxy.limiter import NO_GRANT, Grant
 from proxy.limits import Limits, Target
+from proxy.logs import REQUEST_ID, event, request_id
 from proxy.routing import conversation_key, route
 from proxy.runner import Runner
 from proxy.types import ChatRequest, Delta, Inbound, Message, Usage
@@ -82,6 +84,9 @@ class Answer:
         self.failed = self.stopped = self.replaced = False
         self.usage: Usage | None = None  # as the upstream reported it
         self.grant: Grant = NO_GRANT  # the limits this answer counts against
+        self.channel: str | None = None  # for the message's log line
+        self.outcome: Outcome | None = None
+        self.tokens: tuple[int, int, bool] | None = None
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._producer: asyncio.Task[None] | None = None
         self._streaming = True
@@ -229,6 +234,9 @@ class Dispatcher:
         answer: Answer | None = None
         beat: asyncio.Task[None] | None = None
         finished = True  # settle the claim at the end (not when shutdown cut the delivery off)
+        started, result = time.monotonic(), "answered"
+        if REQUEST_ID.get() is None:  # a recovered message: no webhook request started it
+            REQUEST_ID.set(request_id())
         try:
             await self.claims.begin(platform, rec)
             beat = asyncio.create_task(self.claims.heartbeat(msg))
@@ -238,13 +246,15 @@ class Dispatcher:
                     job.attach(answer)
                     await platform.deliver(msg, answer)
         except asyncio.CancelledError:
-            finished = False
+            finished, result = False, "shutdown"
             await self._undelivered(msg, "shutdown")
             raise
         except DeliveryError as e:
+            result = "undelivered"
             log.warning("reply to %s message %s not delivered: %s", platform.name, msg.event_id, e)
             await self._undelivered(msg, "delivery failed")
         except Exception:
+            result = "undelivered"
             log.exception("delivering the answer to %s message %s failed", platform.name, msg.event_id)
             await self._undelivered(msg, "delivery failed")
         finally:
@@ -258,6 +268,35 @@ class Dispatcher:
                     await answer.grant.finish(answer.usage, answer.text)
             await self._end_claim(msg, finished)
             job.finish(answer.text if answer else "")
+            if log.isEnabledFor(logging.INFO):
+                self._log_message(msg, answer, result, started)
+
+    def _log_message(self, msg: Inbound, answer: Answer | None, result: str, started: float) -> None:
+        if answer is None:
+            result = "limited" if result == "answered" else result
+        elif result == "answered":
+            result = "failed" if answer.failed else "stopped" if answer.stopped else result
+        p, c, est = (answer.tokens if answer else None) or (None, None, None)
+        outcome = answer.outcome if answer else None
+        content = self.settings.raw.server.log_content and answer is not None
+        event(
+            log,
+            logging.INFO,
+            "message",
+            request_id=REQUEST_ID.get(),
+            platform=msg.platform,
+            event_id=msg.event_id,
+            channel=answer.channel if answer else None,
+            provider=(outcome.provider or None) if outcome else None,
+            outcome=result,
+            latency_ms=round((time.monotonic() - started) * 1000, 1),
+            tokens_in=p,
+            tokens_out=c,
+            tokens_estimated=est or None,
+            recovered=msg.recovered is not None or None,
+            text=msg.text if content else None,
+            answer=answer.text if content and answer else None,
+        )
 
     async def _end_claim(self, msg: Inbound, finished: bool) -> None:
         if not finished:
@@ -311,7 +350,7 @@ class Dispatcher:
         source = self.engine.stream(channel, request, outcome)
 
         async def record(answer: Answer) -> None:
-            self.engine.usage.note(
+            answer.tokens = self.engine.usage.note(
                 channel=channel.name,
                 provider=outcome.provider,
                 model=outcome.model,
@@ -327,7 +366,7 @@ class Dispatcher:
             await self.engine.record(conversation, turn, answer.text)
 
         answer = Answer.generated(source, record)
-        answer.grant = grant
+        answer.grant, answer.channel, answer.outcome = grant, channel.name, outcome
         return answer
 
     async def _admit(self, limits: Limits, channel: str, msg: Inbound, request: ChatRequest) -> Grant:

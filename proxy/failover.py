@@ -35,6 +35,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from proxy.config import FailoverConfig
 from proxy.contracts import Provider, ProviderState
 from proxy.errors import ChainFailed, ProviderError, RequestRejected, StreamInterrupted
+from proxy.logs import REQUEST_ID, event
 from proxy.types import ChatRequest, Completion, Delta
 
 log = logging.getLogger("switchboard.failover")
@@ -227,20 +228,33 @@ class Failover:
         seconds = time.monotonic() - started
         self._observe(channel, name, "ok", seconds)
         if log.isEnabledFor(logging.INFO):
-            log.info("attempt channel=%s provider=%s outcome=ok latency_ms=%.1f", channel, name, seconds * 1000)
+            event(
+                log,
+                logging.INFO,
+                "attempt",
+                request_id=REQUEST_ID.get(),
+                channel=channel,
+                provider=name,
+                outcome="ok",
+                latency_ms=round(seconds * 1000, 1),
+            )
 
     def _rejected(self, channel: str, name: str, err: RequestRejected, started: float) -> RequestRejected:
         """The caller's error: observed and logged, nothing counted against the provider."""
         seconds = time.monotonic() - started
         err.provider = err.provider or name
         self._observe(channel, name, "RequestRejected", seconds)
-        log.info(
-            "attempt channel=%s provider=%s outcome=RequestRejected status=%s latency_ms=%.1f error=%r",
-            channel,
-            name,
-            err.status,
-            seconds * 1000,
-            err.message,
+        event(
+            log,
+            logging.INFO,
+            "attempt",
+            request_id=REQUEST_ID.get(),
+            channel=channel,
+            provider=name,
+            outcome=type(err).__name__,
+            status=err.status,
+            latency_ms=round(seconds * 1000, 1),
+            error=err.message,
         )
         return err
 
@@ -260,13 +274,17 @@ class Failover:
         attempts.append((name, err.message + (f" (HTTP {err.status})" if err.status else "")))
         errors.append(err)
         self._observe(channel, name, type(err).__name__, seconds)
-        log.warning(
-            "attempt channel=%s provider=%s outcome=%s latency_ms=%.1f error=%r",
-            channel,
-            name,
-            type(err).__name__,
-            seconds * 1000,
-            err.message,
+        event(
+            log,
+            logging.WARNING,
+            "attempt",
+            request_id=REQUEST_ID.get(),
+            channel=channel,
+            provider=name,
+            outcome=type(err).__name__,
+            status=err.status,
+            latency_ms=round(seconds * 1000, 1),
+            error=err.message,
         )
 
 

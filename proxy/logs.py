@@ -17,11 +17,15 @@ on (the callers check it).
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import logging.handlers
 import queue
+import re
+import secrets
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import orjson
@@ -56,6 +60,28 @@ def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
     """Log `name` with `fields` (cheap when the level is off: nothing is built)."""
     if logger.isEnabledFor(level):
         logger.log(level, Fields(name, fields))
+
+
+# ------------------------------------------------------------------------------ request ids
+
+
+#: The request (or platform event) being handled: set by the front door and the webhook handler;
+#: background work started from there inherits it (asyncio copies the context into new tasks),
+#: so a platform event's answer and every upstream attempt log the same id.
+REQUEST_ID: ContextVar[str | None] = ContextVar("switchboard_request_id", default=None)
+_ID_PREFIX = secrets.token_hex(3)
+_ids = itertools.count(1)
+_VALID_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id(given: bytes | str | None = None) -> str:
+    """The caller's `X-Request-Id` when it is a sane token (letters, digits, `._:-`, ≤ 128
+    characters), else a new one: a per-process prefix and a counter (cheap, unique per process)."""
+    if given:
+        text = given.decode("latin-1") if isinstance(given, bytes) else given
+        if _VALID_ID.fullmatch(text):
+            return text
+    return f"{_ID_PREFIX}-{next(_ids):x}"
 
 
 class TextFormatter(logging.Formatter):

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message as Message_
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
@@ -35,6 +36,7 @@ from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
 from proxy.limiter import NO_GRANT, Grant
 from proxy.limits import Limits
+from proxy.logs import REQUEST_ID, event, request_id
 from proxy.refusals import UPSTREAM
 from proxy.routing import conversation as conversation_of
 from proxy.types import ChatRequest, Completion, Delta, Message, Usage
@@ -44,7 +46,7 @@ log = logging.getLogger("switchboard.openai")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "user", "n"})
 JSON_TYPE = "application/json"
-WANTED_HEADERS = frozenset({b"authorization", b"content-length", b"x-conversation-id"})
+WANTED_HEADERS = frozenset({b"authorization", b"content-length", b"x-conversation-id", b"x-request-id"})
 JSON_HEAD = ((b"content-type", b"application/json"),)
 #: A 408 (the body was too slow) closes the connection: the rest of the body is not worth reading.
 CLOSE_HEAD = (*JSON_HEAD, (b"connection", b"close"))
@@ -57,6 +59,60 @@ Refused = Callable[[int, str | None, str | None], None]
 
 def _not_counted(status: int, reason: str | None, param: str | None) -> None:
     return None
+
+
+class Trace:
+    """One API request as its log line tells it; filled in as the request goes."""
+
+    __slots__ = (
+        "channel",
+        "content",
+        "failover",
+        "first_byte",
+        "id",
+        "key",
+        "provider",
+        "started",
+        "status",
+        "stream",
+        "tokens",
+    )
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.id: str | None = None
+        self.status = 0
+        self.first_byte = 0.0
+        self.channel = self.provider = self.key = None  # type: str | None
+        self.stream = self.failover = False
+        self.tokens: tuple[int, int, bool] | None = None
+        self.content: tuple[str, str] | None = None  # prompt, answer: only with server.log_content
+
+    def log(self) -> None:
+        latency = (time.monotonic() - self.started) * 1000
+        ttft = (self.first_byte - self.started) * 1000 if self.stream and self.first_byte else None
+        p, c, est = self.tokens or (None, None, None)
+        prompt, answer = self.content or (None, None)
+        event(
+            log,
+            logging.INFO,
+            "request",
+            request_id=self.id,
+            door="openai",
+            channel=self.channel,
+            provider=self.provider,
+            key=self.key,
+            status=self.status,
+            stream=self.stream,
+            latency_ms=round(latency, 1),
+            ttft_ms=None if ttft is None else round(ttft, 1),
+            tokens_in=p,
+            tokens_out=c,
+            tokens_estimated=est or None,
+            failover=self.failover or None,
+            prompt=prompt,
+            answer=answer,
+        )
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
@@ -198,11 +254,14 @@ class OpenAIFrontDoor:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     async def _build(
-        self, scope: Scope, receive: Receive
+        self, scope: Scope, receive: Receive, trace: Trace
     ) -> tuple[Channel, ChatRequest, list[Message], bool, Grant, str]:
         view = self.view  # this request's config, whatever a reload does meanwhile
         headers = header_map(scope, WANTED_HEADERS)
+        trace.id = request_id(headers.get(b"x-request-id"))
+        REQUEST_ID.set(trace.id)
         key_name, key = self._auth(headers.get(b"authorization"), view)
+        trace.key = key_name
         body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
         try:
             data = orjson.loads(body)
@@ -211,6 +270,7 @@ class OpenAIFrontDoor:
         if not isinstance(data, dict):
             raise RequestError("The request body must be a JSON object.")
         channel = self._channel(key, data.get("model"), view)
+        trace.channel = channel.name
         messages = parse_messages(data.get("messages"))
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
@@ -263,19 +323,36 @@ class OpenAIFrontDoor:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /v1/chat/completions. Never raises to the server: every failure is an OpenAI
         error JSON (or, once a stream has started, an error event in it)."""
+        trace = Trace()
+        token = REQUEST_ID.set(None)
+
+        async def sending(message: Message_) -> None:
+            if message["type"] == "http.response.start":
+                trace.status = message["status"]
+                if trace.id is None:
+                    trace.id = request_id()
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", trace.id.encode())]
+            elif not trace.first_byte and message.get("body"):
+                trace.first_byte = time.monotonic()
+            await send(message)
+
         try:
-            await self.chat_completions(scope, receive, send)
+            await self.chat_completions(scope, receive, sending, trace)
         except ClientGone:
-            return
+            trace.status = trace.status or 499
         except Exception:
             log.exception("chat completion failed")
             body = error_body("Internal error in Switchboard; see its log.", "server_error", code="internal_error")
             with contextlib.suppress(Exception):  # fails harmlessly if the response had started
-                await send_bytes(send, 500, body, JSON_HEAD)
+                await send_bytes(sending, 500, body, JSON_HEAD)
+        finally:
+            REQUEST_ID.reset(token)
+            if log.isEnabledFor(logging.INFO):
+                trace.log()
 
-    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
         try:
-            channel, req, record, usage, grant, key_name = await self._build(scope, receive)
+            channel, req, record, usage, grant, key_name = await self._build(scope, receive, trace)
         except RequestError as e:
             self.refused(e.status, e.code, e.param)
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
@@ -283,9 +360,9 @@ class OpenAIFrontDoor:
         except OverLimit as e:
             return await send_bytes(send, 429, *over_limit(e))
         if grant is NO_GRANT:
-            return await self._answer(channel, req, record, usage, grant, key_name, receive, send)
+            return await self._answer(channel, req, record, usage, grant, key_name, receive, send, trace)
         try:
-            await self._answer(channel, req, record, usage, grant, key_name, receive, send)
+            await self._answer(channel, req, record, usage, grant, key_name, receive, send, trace)
         finally:
             await grant.release()  # nothing when the answer already charged it
 
@@ -299,11 +376,13 @@ class OpenAIFrontDoor:
         key_name: str,
         receive: Receive,
         send: Send,
+        trace: Trace,
     ) -> None:
         try:
             if req.stream:
-                return await self._stream(channel, req, record, usage, grant, key_name, receive, send)
+                return await self._stream(channel, req, record, usage, grant, key_name, receive, send, trace)
             provider, result = await self.engine.complete(channel, req)
+            trace.provider, trace.failover = provider, provider != channel.providers[0]
         except RequestRejected as e:
             status, body = rejected(e)
             self.refused(status, UPSTREAM, e.param)
@@ -315,7 +394,7 @@ class OpenAIFrontDoor:
         body = orjson.dumps(self._completion_body(channel.name, result))
         await send_bytes(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
         await grant.finish(result.usage, result.text)
-        self.engine.usage.note(
+        trace.tokens = self.engine.usage.note(
             channel=channel.name,
             provider=provider,
             model=result.model or req.model,
@@ -324,6 +403,8 @@ class OpenAIFrontDoor:
             prompt=req.messages,
             answer=result.text,
         )
+        if self.view.settings.raw.server.log_content:
+            trace.content = (_last_user_text(req), result.text)
 
     def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
@@ -364,11 +445,14 @@ class OpenAIFrontDoor:
         key_name: str,
         receive: Receive,
         send: Send,
+        trace: Trace,
     ) -> None:
         outcome = Outcome()
         source = self.engine.stream(channel, req, outcome)
+        trace.stream = True
         # the first delta decides the provider (failover happens here, before any byte is sent)
         first = await anext(source, None)
+        trace.provider, trace.failover = outcome.provider, outcome.provider != channel.providers[0]
         headers = [*SSE_HEAD, (b"x-switchboard-provider", outcome.provider.encode())]
         seen = Seen()
         try:
@@ -377,7 +461,7 @@ class OpenAIFrontDoor:
             text = "".join(seen.text)
             await grant.finish(seen.usage, text)
             if outcome.provider:
-                self.engine.usage.note(
+                trace.tokens = self.engine.usage.note(
                     channel=channel.name,
                     provider=outcome.provider,
                     model=outcome.model,
@@ -386,6 +470,8 @@ class OpenAIFrontDoor:
                     prompt=req.messages,
                     answer=text,
                 )
+                if self.view.settings.raw.server.log_content:
+                    trace.content = (_last_user_text(req), text)
 
     async def _sse(
         self,
@@ -532,3 +618,7 @@ def _why_off(settings: Settings, provider: str) -> str | None:
 def _authorization(request: Request) -> bytes | None:
     value = request.headers.get("authorization")
     return value.encode("latin-1") if value is not None else None
+
+
+def _last_user_text(req: ChatRequest) -> str:
+    return next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
