@@ -214,9 +214,10 @@ def create_app(
 
     engine = Engine(settings, observe=observe, limited=metrics.count_limited, tokens=metrics.count_tokens)
     runner = Runner(settings.raw.server.max_concurrent_generations)
-    dispatcher = Dispatcher(engine, runner, settings)
+    dispatcher = Dispatcher(engine, runner, settings, metrics.observe_request)
+    dispatcher.duplicate = lambda platform: metrics.duplicates.labels(platform).inc()
     refusals = Refusals(metrics)
-    front = OpenAIFrontDoor(engine, settings, refusals)
+    front = OpenAIFrontDoor(engine, settings, refusals, metrics.observe_request)
     hooks = Hooks(settings, metrics, dispatcher, recent)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 

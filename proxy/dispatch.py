@@ -38,7 +38,7 @@ from proxy.limits import Limits, Target
 from proxy.logs import REQUEST_ID, event, request_id
 from proxy.routing import conversation_key, route
 from proxy.runner import Runner
-from proxy.types import ChatRequest, Delta, Inbound, Message, Usage
+from proxy.types import ChatRequest, Delta, Inbound, Message, RequestObserver, Usage
 
 log = logging.getLogger("switchboard.dispatch")
 
@@ -84,7 +84,8 @@ class Answer:
         self.failed = self.stopped = self.replaced = False
         self.usage: Usage | None = None  # as the upstream reported it
         self.grant: Grant = NO_GRANT  # the limits this answer counts against
-        self.channel: str | None = None  # for the message's log line
+        self.channel: str | None = None  # for the message's log line and metrics
+        self.chain: tuple[str, ...] = ()  # the channel's providers, in failover order
         self.outcome: Outcome | None = None
         self.tokens: tuple[int, int, bool] | None = None
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -210,8 +211,13 @@ class Job:
 
 
 class Dispatcher:
-    def __init__(self, engine: Engine, runner: Runner, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, runner: Runner, settings: Settings, finished: RequestObserver | None = None
+    ) -> None:
         self.engine, self.runner, self.settings = engine, runner, settings
+        self.finished = finished  # metrics of each finished message
+        #: Told of each platform delivery not answered again (a duplicate or a retry), by platform name.
+        self.duplicate: Callable[[str], None] = lambda platform: None
         self.claims = Claims(engine.store, settings.raw.server)
 
     def context(self, platform_name: str) -> PlatformCtx:
@@ -268,14 +274,19 @@ class Dispatcher:
                     await answer.grant.finish(answer.usage, answer.text)
             await self._end_claim(msg, finished)
             job.finish(answer.text if answer else "")
+            if answer is None:
+                result = "limited" if result == "answered" else result
+            elif result == "answered":
+                result = "failed" if answer.failed else "stopped" if answer.stopped else result
+            if self.finished is not None:
+                outcome = answer.outcome if answer else None
+                failover = bool(outcome and outcome.provider and answer and answer.chain[:1] != (outcome.provider,))
+                seconds = time.monotonic() - started
+                self.finished(msg.platform, answer.channel if answer else None, result, seconds, None, failover)
             if log.isEnabledFor(logging.INFO):
                 self._log_message(msg, answer, result, started)
 
     def _log_message(self, msg: Inbound, answer: Answer | None, result: str, started: float) -> None:
-        if answer is None:
-            result = "limited" if result == "answered" else result
-        elif result == "answered":
-            result = "failed" if answer.failed else "stopped" if answer.stopped else result
         p, c, est = (answer.tokens if answer else None) or (None, None, None)
         outcome = answer.outcome if answer else None
         content = self.settings.raw.server.log_content and answer is not None
@@ -367,6 +378,7 @@ class Dispatcher:
 
         answer = Answer.generated(source, record)
         answer.grant, answer.channel, answer.outcome = grant, channel.name, outcome
+        answer.chain = channel.providers
         return answer
 
     async def _admit(self, limits: Limits, channel: str, msg: Inbound, request: ChatRequest) -> Grant:
@@ -415,8 +427,12 @@ class PlatformCtx:
 
     async def claim(self, key: str) -> Claim:
         if claim_key(self.name, key) in self._d.claims.active:  # being answered here
-            return Claim(ClaimState.IN_FLIGHT)
-        return await self._d.claims.claim(self.name, key)
+            claim = Claim(ClaimState.IN_FLIGHT)
+        else:
+            claim = await self._d.claims.claim(self.name, key)
+        if not claim:
+            self._d.duplicate(self.name)
+        return claim
 
     async def note(self, msg: Inbound, **fields: Any) -> None:
         await self._d.claims.note(msg, fields)

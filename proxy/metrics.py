@@ -28,6 +28,41 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
+        self.requests = Counter(
+            "switchboard_requests",
+            "Finished requests by door (openai, or the platform's name for chat messages), channel ('-' before one "
+            "was chosen) and outcome: ok, refused (4xx), error (5xx), client_gone; for chat messages answered, failed, "
+            "stopped, limited, undelivered, shutdown.",
+            ["door", "channel", "outcome"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "switchboard_request_seconds",
+            "Time from a request's arrival (or a chat message's submission) to its end, by door.",
+            ["door"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.ttft = Histogram(
+            "switchboard_time_to_first_token_seconds",
+            "Streamed API requests: time from arrival to the first byte of the answer sent.",
+            ["channel"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.failovers = Counter(
+            "switchboard_failovers",
+            "Answers given by a provider other than the first of their channel's chain.",
+            ["channel"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "switchboard_platform_duplicates",
+            "Platform deliveries not answered again: a retry or a duplicate of a message answered or being answered.",
+            ["platform"],
+            registry=self.registry,
+        )
+        self._requests: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self.hooks = Counter(
             "switchboard_hook_requests",
             "Inbound platform webhook requests by status (499: the client left before its body arrived).",
@@ -85,6 +120,22 @@ class Metrics:
             children = self._children[key] = (self.attempts.labels(*key), self.latency.labels(provider))
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_request(
+        self, door: str, channel: str | None, outcome: str, seconds: float, ttft: float | None, failover: bool
+    ) -> None:
+        """One finished request or chat message. Labels come from config (door, channel) and a
+        fixed set of outcomes."""
+        key = (door, channel or "-", outcome)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = (self.requests.labels(*key), self.request_seconds.labels(door))
+        children[0].inc()
+        children[1].observe(seconds)
+        if ttft is not None and channel:
+            self.ttft.labels(channel).observe(ttft)
+        if failover and channel:
+            self.failovers.labels(channel).inc()
 
     def count_refused(self, status: int, reason: str) -> None:
         """One refused API request. `reason` is one of our own codes (a bounded set)."""

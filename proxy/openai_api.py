@@ -39,7 +39,7 @@ from proxy.limits import Limits
 from proxy.logs import REQUEST_ID, event, request_id
 from proxy.refusals import UPSTREAM
 from proxy.routing import conversation as conversation_of
-from proxy.types import ChatRequest, Completion, Delta, Message, Usage
+from proxy.types import ChatRequest, Completion, Delta, Message, RequestObserver, Usage
 
 log = logging.getLogger("switchboard.openai")
 
@@ -87,6 +87,12 @@ class Trace:
         self.stream = self.failover = False
         self.tokens: tuple[int, int, bool] | None = None
         self.content: tuple[str, str] | None = None  # prompt, answer: only with server.log_content
+
+    def observe(self, finished: RequestObserver) -> None:
+        status = self.status
+        outcome = "ok" if status < 400 else "client_gone" if status == 499 else "refused" if status < 500 else "error"
+        ttft = self.first_byte - self.started if self.stream and self.first_byte else None
+        finished("openai", self.channel, outcome, time.monotonic() - self.started, ttft, self.failover)
 
     def log(self) -> None:
         latency = (time.monotonic() - self.started) * 1000
@@ -202,8 +208,15 @@ class OpenAIFrontDoor:
 
     `/v1/models` offers only the channels that have an enabled provider."""
 
-    def __init__(self, engine: Engine, settings: Settings, refused: Refused = _not_counted) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        refused: Refused = _not_counted,
+        finished: RequestObserver | None = None,
+    ) -> None:
         self.engine = engine
+        self.finished = finished
         self.view = DoorView(settings)
         self.refused = refused
         self.max_body = settings.raw.server.max_body_bytes
@@ -347,6 +360,8 @@ class OpenAIFrontDoor:
                 await send_bytes(sending, 500, body, JSON_HEAD)
         finally:
             REQUEST_ID.reset(token)
+            if self.finished is not None:
+                trace.observe(self.finished)
             if log.isEnabledFor(logging.INFO):
                 trace.log()
 

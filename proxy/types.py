@@ -6,7 +6,7 @@ sees is one of these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,3 +147,9 @@ class Inbound:
     reply_to: Any = None
     extra_keys: tuple[str, ...] = ()
     recovered: JSON | None = None
+
+
+#: Told of every finished request or chat message (for /metrics): door (`openai` or the platform's
+#: name), channel (None before one was chosen), outcome, seconds, seconds to the first byte of a
+#: streamed answer (None otherwise), and whether a provider other than the chain's first answered.
+RequestObserver = Callable[[str, str | None, str, float, float | None, bool], None]

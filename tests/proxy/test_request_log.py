@@ -85,7 +85,16 @@ async def test_api_requests_and_attempts_share_an_id_and_leak_nothing(tmp_path: 
                 bad = await c.post(
                     f"{url}/v1/chat/completions", json={}, headers={"x-request-id": "bad id with spaces"}
                 )
-            assert bad.status_code == 401 and bad.headers["x-request-id"] not in ("", "bad id with spaces")
+                assert bad.status_code == 401 and bad.headers["x-request-id"] not in ("", "bad id with spaces")
+                metrics = (await c.get(f"{url}/metrics")).text
+    for line in (
+        'switchboard_requests_total{channel="assist",door="openai",outcome="ok"} 2.0',
+        'switchboard_requests_total{channel="-",door="openai",outcome="refused"} 1.0',
+        'switchboard_failovers_total{channel="assist"} 1.0',
+        'switchboard_time_to_first_token_seconds_count{channel="assist"} 1.0',
+        'switchboard_request_seconds_count{door="openai"} 3.0',
+    ):
+        assert line in metrics, line
     got = read(lines)
     requests = [x for x in got if x.get("event") == "request"]
     assert [r["status"] for r in requests] == [200, 200, 401]
@@ -116,8 +125,14 @@ async def test_a_platform_event_carries_its_id_into_the_answer(tmp_path: Path, l
                 if nas.sent and any(x.get("event") == "message" for x in read(lines)):
                     break
                 await asyncio.sleep(0.02)
+            form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+            again = await c.post(f"{url}/hooks/nas", content=body, headers=form_type)
+            assert again.status_code == 200 and len(nas.sent) == 1  # a duplicate: not answered again
+            metrics = (await c.get(f"{url}/metrics")).text
+    assert 'switchboard_requests_total{channel="assist",door="nas",outcome="answered"} 1.0' in metrics
+    assert 'switchboard_platform_duplicates_total{platform="nas"} 1.0' in metrics
     got = read(lines)
-    [hook] = [x for x in got if x.get("event") == "webhook"]
+    hook = next(x for x in got if x.get("event") == "webhook")
     [message] = [x for x in got if x.get("event") == "message"]
     [attempt] = [x for x in got if x.get("event") == "attempt"]
     assert hook["request_id"] == message["request_id"] == attempt["request_id"] == "nas-7"
