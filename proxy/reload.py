@@ -182,7 +182,8 @@ class Reloader:
         retired_platforms = self.platforms.use(new, platforms)
         self._old.append(old)
         # --
-        logs.set_level(new.raw.server.log_level)
+        if "server.log_level" in changed:
+            logs.set_level(new.raw.server.log_level)
         if retired or retired_platforms:
             task = asyncio.create_task(self._retire(retired, retired_platforms))
             self._retiring[task] = (retired, retired_platforms)
