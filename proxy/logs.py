@@ -127,13 +127,19 @@ class _Enqueue(logging.handlers.QueueHandler):
 
 
 def setup(level: str, fmt: LogFormat = "text", *, stream: Any = None) -> None:
-    """Configure the root logger for this process (idempotent: a second call replaces the first).
+    """Configure the root logger for this process; a second call replaces the first. Like
+    `logging.basicConfig`, it leaves alone a process whose logging someone else configured (root
+    handlers that are not ours: an embedding application, pytest) unless `stream` is given.
     `level` applies to Switchboard's loggers; other libraries log warnings and up."""
     global _listener
-    stop()
     root = logging.getLogger()
+    foreign = [h for h in root.handlers if not isinstance(h, _Enqueue)]
+    if foreign and stream is None:
+        return
+    stop()
     for h in list(root.handlers):
-        root.removeHandler(h)
+        if isinstance(h, _Enqueue):
+            root.removeHandler(h)
     writer = logging.StreamHandler(stream or sys.stderr)
     writer.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
