@@ -28,7 +28,7 @@ from proxy.config import Settings
 from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.engine import Engine
-from proxy.errors import RequestError, VerificationError
+from proxy.errors import RequestError, StoreUnavailable, VerificationError
 from proxy.health import readiness
 from proxy.http_util import CLIENT_CLOSED, ClientGone, read_body
 from proxy.logs import REQUEST_ID, event, request_id
@@ -147,6 +147,10 @@ class Hooks:
         except RequestError as e:
             status = e.status
             return Response(e.message, e.status, headers=CLOSE if e.status == 408 else None)
+        except StoreUnavailable as e:  # nothing claimed: the platform delivers it again later
+            status = 503
+            log.warning("platform %s: request refused: %s", name, e)
+            return Response("store unavailable, retry later", 503, headers={"retry-after": "5"})
         except ClientGone:  # the client's own doing: no traceback, no 500
             status = CLIENT_CLOSED
             log.debug("platform %s: the client left before its request body arrived", name)

@@ -29,6 +29,7 @@ from proxy.errors import (
     DeliveryError,
     OverLimit,
     RequestRejected,
+    StoreUnavailable,
     StreamInterrupted,
     wait_text,
 )
@@ -247,7 +248,12 @@ class Dispatcher:
             await self.claims.begin(platform, rec)
             beat = asyncio.create_task(self.claims.heartbeat(msg))
             async with self.runner.slots:
-                answer = await self._answer(platform, msg, rec, job)
+                try:
+                    answer = await self._answer(platform, msg, rec, job)
+                except StoreUnavailable as e:  # claimed, then the store went away: apologise
+                    log.warning("no answer to %s message %s: %s", platform.name, msg.event_id, e)
+                    answer = Answer.fixed(APOLOGY)
+                    answer.failed = True
                 if answer is not None:  # None: over a limit, and the user was told this window
                     job.attach(answer)
                     await platform.deliver(msg, answer)

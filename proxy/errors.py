@@ -54,6 +54,16 @@ class ConfigError(SwitchboardError):
         super().__init__(text)
 
 
+class StoreUnavailable(SwitchboardError):
+    """The store does not answer (Redis down or unreachable). Requests that need it are answered
+    503 (the OpenAI API) or with the platform's apology; nothing is lost that the caller or the
+    platform cannot send again, and the store is tried again on the next request."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"the store is unavailable ({detail})")
+
+
 class VerificationError(SwitchboardError):
     """Inbound request failed authentication. `reason` is for our log only, never the caller."""
 

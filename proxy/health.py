@@ -42,6 +42,8 @@ async def readiness(settings: Settings, engine: Engine) -> tuple[int, dict[str, 
         status = "ready"
     body: dict[str, Any] = {"status": status} | ({"reason": reason} if reason else {})
     body |= {"store": "ok" if store else "unreachable", "providers": providers, "channels": channels}
+    if engine.bus.active:  # the other instances' news (proxy/bus.py): reported, not required
+        body["bus"] = "listening" if engine.bus.listening else "not listening"
     return (503 if reason else 200), body
 
 

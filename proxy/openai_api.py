@@ -31,7 +31,15 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
 from proxy.engine import Engine
-from proxy.errors import CALLER_STATUSES, ChainFailed, OverLimit, RequestError, RequestRejected, StreamInterrupted
+from proxy.errors import (
+    CALLER_STATUSES,
+    ChainFailed,
+    OverLimit,
+    RequestError,
+    RequestRejected,
+    StoreUnavailable,
+    StreamInterrupted,
+)
 from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
 from proxy.limiter import NO_GRANT, Grant
@@ -50,6 +58,8 @@ WANTED_HEADERS = frozenset({b"authorization", b"content-length", b"x-conversatio
 JSON_HEAD = ((b"content-type", b"application/json"),)
 #: A 408 (the body was too slow) closes the connection: the rest of the body is not worth reading.
 CLOSE_HEAD = (*JSON_HEAD, (b"connection", b"close"))
+#: A 503 for a store that is down: clients that honour Retry-After come back a little later.
+STORE_DOWN_HEAD = (*JSON_HEAD, (b"retry-after", b"5"))
 SSE_HEAD = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
 
 #: Told of every refused request: its status, our reason code (None: invalid request) and the
@@ -353,6 +363,15 @@ class OpenAIFrontDoor:
             await self.chat_completions(scope, receive, sending, trace)
         except ClientGone:
             trace.status = trace.status or 499
+        except StoreUnavailable as e:
+            log.warning("chat completion refused: %s", e)
+            body = error_body(
+                "Switchboard's store is unavailable, so the request cannot be served now; try again shortly.",
+                "server_error",
+                code="store_unavailable",
+            )
+            with contextlib.suppress(Exception):  # fails harmlessly if the response had started
+                await send_bytes(sending, 503, body, STORE_DOWN_HEAD)
         except Exception:
             log.exception("chat completion failed")
             body = error_body("Internal error in Switchboard; see its log.", "server_error", code="internal_error")

@@ -28,6 +28,7 @@ from proxy.claims import PREFIX, load_record
 from proxy.config import ServerConfig
 from proxy.contracts import ClaimState, Platform
 from proxy.dispatch import Dispatcher
+from proxy.errors import StoreUnavailable
 
 log = logging.getLogger("switchboard.recovery")
 #: Claims taken over per sweep (the rest wait for the next one).
@@ -61,6 +62,8 @@ class Recovery:
         while not self._stop.is_set():
             try:
                 await self.sweep()
+            except StoreUnavailable as e:  # the next sweep tries again
+                log.warning("recovery sweep skipped: %s", e)
             except Exception:
                 log.exception("recovery sweep failed")
             with contextlib.suppress(TimeoutError):

@@ -19,16 +19,24 @@ connection of its own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.contracts import Claim, ClaimState, Hit, Store, UsageRow
+from proxy.errors import StoreUnavailable
 from proxy.store import TRANSCRIPT_CAP, dump_message, load_message, tail_turns
 from proxy.types import JSON, Message
 from proxy.usage import RETENTION
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 #: KEYS: claim hash, lease set, legacy marker. ARGV: owner, lease ms, ttl ms, has payload, payload.
 CLAIM = """
@@ -92,7 +100,35 @@ return 1
 """
 
 
-class RedisStore(Store):
+#: Seconds to wait for a connection / an answer before the store counts as unavailable.
+CONNECT_TIMEOUT, ANSWER_TIMEOUT = 2.0, 5.0
+
+
+def _guarded(method: F) -> F:
+    """Redis connection failures and timeouts become `StoreUnavailable` (the callers' one error
+    for "the store is down"); anything else (a bug, a wrong key type) stays what it is."""
+
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise StoreUnavailable(f"Redis: {type(e).__name__}: {str(e)[:200]}") from None
+
+    return call  # type: ignore[return-value]
+
+
+class _Guarded(type(Store)):  # type: ignore[misc]
+    """Wraps every public coroutine method of the class in `_guarded`."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], ns: dict[str, Any]) -> Any:
+        for attr, value in list(ns.items()):
+            if not attr.startswith("_") and inspect.iscoroutinefunction(value) and attr not in ("open", "close"):
+                ns[attr] = _guarded(value)
+        return super().__new__(mcs, name, bases, ns)
+
+
+class RedisStore(Store, metaclass=_Guarded):
     shared = True
 
     def __init__(self, url: str) -> None:
@@ -103,7 +139,12 @@ class RedisStore(Store):
         self.client: aioredis.Redis | None = None
 
     async def open(self) -> None:
-        self.client = aioredis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
+        self.client = aioredis.from_url(
+            self.url,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=ANSWER_TIMEOUT,
+            health_check_interval=15,  # a pooled connection idle that long is checked before use
+        )
 
     async def close(self) -> None:
         if self.client is not None:
