@@ -42,8 +42,9 @@ system-deps:
 run: $(RUN_STAMP)
 	$(BIN)/switchboard serve --config $(CONFIG) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
+# Three workers: most tests wait on sockets and subprocesses, so this halves the time on 2 cores.
 test: install system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3
 
 lint: install
 	$(BIN)/ruff check proxy providers platforms tests

@@ -178,7 +178,7 @@ def test_allowed_webhooks():
     assert DingTalkConfig(app_secret="s").allow_insecure_webhook_hosts == []  # strict by default
 
 
-@pytest.mark.parametrize("expires", [now_ms() - 1, "soon", -5, True])
+@pytest.mark.parametrize("expires", [now_ms() - 1, "soon", -5, True], ids=["past", "text", "negative", "bool"])
 async def test_expired_or_garbled_expiry_is_not_answered(expires):
     dt, ctx = adapter()
     await dt.handle(request(payload("text_direct", sessionWebhookExpiredTime=expires)))

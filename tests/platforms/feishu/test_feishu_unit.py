@@ -69,6 +69,7 @@ def test_decrypt_and_signature_follow_the_documented_scheme():
         base64.b64encode(bytes(40)).decode(),  # not block-aligned
         lark_encrypt("another key", b'{"a": 1}'),  # decrypts to garbage: bad padding (or not JSON)
     ],
+    ids=["not-base64", "short", "unaligned", "another-key"],
 )
 def test_decrypt_rejects_bad_input(blob):
     try:
