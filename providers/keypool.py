@@ -8,10 +8,12 @@ the core counts the provider as failed and moves down the chain. Keys are only e
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from cachetools import TTLCache
 
@@ -42,6 +44,12 @@ class Key:
         return self.disabled is None and now >= self.cooldown_until
 
 
+def key_id(key: Key) -> str:
+    """A key's name in news for other instances: a short hash, never the key (the same key in
+    another position, after a reload reordered the pool, is still the same key)."""
+    return hashlib.sha256(key.value.encode()).hexdigest()[:12]
+
+
 class KeyPool:
     def __init__(self, keys: list[str], provider: str) -> None:
         self.keys = [Key(k, i) for i, k in enumerate(keys)]
@@ -49,6 +57,23 @@ class KeyPool:
         self.sticky: TTLCache[str, Key] = TTLCache(maxsize=50_000, ttl=6 * 3600)
         self.last_error: ProviderError | None = None
         self._turn = 0
+        #: Told when a key is disabled or starts cooling down: `{"key": key_id, "disabled": reason}`
+        #: or `{"key": key_id, "cooldown_until": epoch seconds}` (shared with other instances).
+        self.on_change: Callable[[dict[str, Any]], None] | None = None
+        self._by_id = {key_id(k): k for k in self.keys}
+
+    def apply(self, news: dict[str, Any]) -> bool:
+        """Another instance's news about one of these keys (see `on_change`); False when the key
+        is not in this pool (another config, or reordered and changed)."""
+        key = self._by_id.get(str(news.get("key")))
+        if key is None:
+            return False
+        if isinstance(news.get("disabled"), str):
+            key.disabled = f"{news['disabled']} (found by another instance)"[:200]
+        elif isinstance(news.get("cooldown_until"), int | float):
+            until = time.monotonic() + (float(news["cooldown_until"]) - time.time())
+            key.cooldown_until = max(key.cooldown_until, until)
+        return True
 
     def acquire(self, conversation: str = "") -> Key:
         now = time.monotonic()
@@ -77,10 +102,14 @@ class KeyPool:
         if isinstance(error, (AuthFailed, QuotaExceeded)):
             key.disabled = f"{type(error).__name__}: {error.message}"[:200]
             self.last_error = error
+            if self.on_change is not None:
+                self.on_change({"key": key_id(key), "disabled": key.disabled})
         elif isinstance(error, RateLimited):
             wait = DEFAULT_COOLDOWN if error.retry_after is None else error.retry_after
             key.cooldown_until = time.monotonic() + wait
             self.last_error = error
+            if self.on_change is not None:
+                self.on_change({"key": key_id(key), "cooldown_until": round(time.time() + wait, 3)})
 
     def lease(
         self,

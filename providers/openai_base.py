@@ -14,7 +14,7 @@ the model is the channel's config, never the caller's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 from typing import Any, ClassVar, Literal
 
@@ -93,6 +93,12 @@ class OpenAICompatProvider(Provider):
     def key_status(self) -> list[dict[str, object]]:
         """Health of each key, masked (`sk-…abcd`)."""
         return self.pool.status()
+
+    def share_health(self, announce: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], bool]:
+        """Key health is shared: a key disabled or cooling down here is announced (by key id,
+        never the key), and other instances' news is applied to this pool."""
+        self.pool.on_change = announce
+        return self.pool.apply
 
     async def raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status >= 400:

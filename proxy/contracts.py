@@ -96,6 +96,19 @@ class Provider(abc.ABC):
         """One line for `switchboard check` (never includes secrets)."""
         return f"{self.config.kind}"
 
+    def key_status(self) -> list[dict[str, object]]:
+        """Per API key, masked, its health (`key`, `state`, `in_flight`): for the status page.
+        Default: nothing (no keys, or nothing to tell)."""
+        return []
+
+    def share_health(self, announce: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], bool] | None:
+        """Instances sharing a store share what they learn about upstream keys (proxy/shared_health.py).
+        The provider calls `announce(news)` (JSON, never a secret) when it learns something the other
+        instances should know (a key disabled, or cooling down until a time); it returns the function
+        that applies another instance's news (False: not about this provider's keys). Default: None,
+        nothing to share."""
+        return None
+
     async def probe(self) -> list[ProbeResult]:
         """`switchboard check --live`: the cheapest real call to the upstream, per key (e.g.
         `GET /models`), within `proxy.probe.PROBE_SECONDS`; one result per key, keys masked.

@@ -19,6 +19,7 @@ from proxy.failover import Failover, Observer, Outcome
 from proxy.limiter import Limiter
 from proxy.limiter import Observer as LimitObserver
 from proxy.registry import Registry
+from proxy.shared_health import SharedHealth
 from proxy.types import JSON, ChatRequest, Completion, Delta, Message
 from proxy.usage import Recorder, TokenObserver
 
@@ -80,6 +81,8 @@ class Engine:
         self.bus = Bus(self.store)
         #: Tokens spent, by hour and channel/provider/model/key/user, written to the store in batches.
         self.usage = Recorder(self.store, observe=tokens)
+        #: Circuits and key health shared with the other instances (a shared store only).
+        self.health = SharedHealth(self.bus, self.store, lambda: self.failover)
         #: Enforces `settings.limits` (each request passes the rules of the config it started on).
         self.limiter = Limiter(self.store, limited) if limited else Limiter(self.store)
         self.http: aiohttp.ClientSession | None = None
@@ -103,7 +106,10 @@ class Engine:
         self.bus.start()
         enabled = [n for n, a in self.settings.providers.items() if a.disabled is None and a.cls is not None]
         self.providers = await self.build_providers(self.settings, enabled)
-        self.failover = Failover(self.providers, self.settings.raw.failover, self._observe)
+        self.failover = Failover(
+            self.providers, self.settings.raw.failover, self._observe, on_circuit=self.health.circuit_changed
+        )
+        await self.health.load(list(self.providers))
 
     async def build_providers(self, settings: Settings, names: Sequence[str]) -> dict[str, Provider]:
         """Construct and start the named (enabled) providers of `settings`. When one fails to
@@ -119,6 +125,7 @@ class Engine:
         if failed:
             await self.close_providers(built.values())
             raise failed[0][1]
+        self.health.attach(built)
         return built
 
     async def close_providers(self, providers: Iterable[Provider]) -> None:
@@ -136,6 +143,7 @@ class Engine:
     async def close(self) -> None:
         await self.close_providers(self.providers.values())
         await self.limiter.close()
+        await self.health.close()
         await self.bus.close()
         await self.usage.close()
         await self.store.close()

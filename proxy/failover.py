@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 StateFor = Callable[[str], ProviderState]
 Observer = Callable[[str, str, str, float], None]  # channel, provider, outcome, seconds
+CircuitObserver = Callable[[str, float | None], None]  # provider, seconds open (None: closed again)
 
 
 class Circuit:
@@ -58,13 +59,27 @@ class Circuit:
     def allows(self, now: float) -> bool:
         return self.failures < self.threshold or now >= self.open_until
 
-    def succeeded(self) -> None:
+    def succeeded(self) -> bool:
+        """Count a success; True when that closed a circuit that had opened."""
+        was_open = self.failures >= self.threshold
         self.failures = 0
+        return was_open
 
-    def failed(self, now: float) -> None:
+    def failed(self, now: float) -> bool:
+        """Count a failure; True when that opened the circuit (or opened it again after a trial)."""
         self.failures += 1
         if self.failures >= self.threshold:
             self.open_until = now + self.cooldown
+            return True
+        return False
+
+    def force(self, now: float, open_for: float | None) -> None:
+        """Take another instance's finding: open for `open_for` seconds, or closed (None)."""
+        if open_for is None:
+            self.failures = 0
+        else:
+            self.failures = max(self.failures, self.threshold)
+            self.open_until = max(self.open_until, now + open_for)
 
     def report(self, now: float) -> tuple[str, float]:
         """`closed`, `open` or `half-open`, and the seconds an open circuit has left."""
@@ -98,10 +113,13 @@ class Failover:
         observe: Observer | None = None,
         *,
         circuits: dict[str, Circuit] | None = None,
+        on_circuit: CircuitObserver | None = None,
     ) -> None:
         """`circuits`: those of a previous Failover (a reload) to keep, by provider name; they
-        keep their counts and take this config's thresholds."""
+        keep their counts and take this config's thresholds. `on_circuit(provider, open_for)` is
+        told when a circuit opens (for `open_for` seconds) or closes again (None)."""
         self.providers = providers
+        self.on_circuit = on_circuit
         self.config = config
         kept = circuits or {}
         self.circuits = {n: kept.get(n) or Circuit(config.circuit_failures, config.circuit_cooldown) for n in providers}
@@ -224,7 +242,8 @@ class Failover:
     # -- bookkeeping -------------------------------------------------------------------------
 
     def _succeeded(self, channel: str, name: str, started: float) -> None:
-        self.circuits[name].succeeded()
+        if self.circuits[name].succeeded() and self.on_circuit is not None:
+            self.on_circuit(name, None)
         seconds = time.monotonic() - started
         self._observe(channel, name, "ok", seconds)
         if log.isEnabledFor(logging.INFO):
@@ -268,7 +287,9 @@ class Failover:
         errors: list[ProviderError],
     ) -> None:
         if err.counts:
-            self.circuits[name].failed(time.monotonic())
+            circuit = self.circuits[name]
+            if circuit.failed(time.monotonic()) and self.on_circuit is not None:
+                self.on_circuit(name, circuit.cooldown)
         seconds = time.monotonic() - started
         err.provider = err.provider or name
         attempts.append((name, err.message + (f" (HTTP {err.status})" if err.status else "")))

@@ -175,7 +175,7 @@ class Reloader:
         old = self.engine.failover
         assert old is not None
         kept = {n: c for n, c in old.circuits.items() if providers.get(n) is self.engine.providers.get(n)}
-        failover = Failover(providers, new.raw.failover, old._observe, circuits=kept)
+        failover = Failover(providers, new.raw.failover, old._observe, circuits=kept, on_circuit=old.on_circuit)
         # -- the swap: no await from here to the end of the block
         self.engine.use(new, providers, failover)
         self.apply(new)
@@ -184,6 +184,7 @@ class Reloader:
         # --
         if "server.log_level" in changed:
             logs.set_level(new.raw.server.log_level)
+        await self.engine.health.load([n for n in providers if n not in kept])  # rebuilt: open what others found
         if retired or retired_platforms:
             task = asyncio.create_task(self._retire(retired, retired_platforms))
             self._retiring[task] = (retired, retired_platforms)

@@ -178,3 +178,21 @@ def test_check_live_probes_each_key_masked(tmp_path, capsys):
     for key in ("sk-…1111", "sk-…2222"):
         assert f"{key}     unreachable: cannot connect: Connection refused" in out
     assert "aaaa" not in out and "bbbb" not in out and "unusable: pool" in out
+
+
+def test_news_of_a_key_goes_out_by_id_and_comes_back_to_the_same_key():
+    from proxy.errors import AuthFailed, RateLimited
+
+    told: list[dict[str, object]] = []
+    here, there = KeyPool(["sk-aaaa1111", "sk-bbbb2222"], "p"), KeyPool(["sk-aaaa1111", "sk-bbbb2222"], "p")
+    here.on_change = told.append
+    here.release(here.acquire(), AuthFailed("Incorrect API key", provider="p", status=401))
+    key = here.acquire()
+    here.release(key, RateLimited("slow down", provider="p", status=429, retry_after=60))
+    assert len(told) == 2 and all("sk-" not in str(n) for n in told)
+    assert all(there.apply(n) for n in told)
+    assert [k.disabled is not None for k in there.keys] == [k.disabled is not None for k in here.keys]
+    assert sum(1 for k in there.keys if k.cooldown_until > 0) == 1
+    assert not there.apply({"key": "not-this-one", "disabled": "x"})
+    reordered = KeyPool(["sk-bbbb2222", "sk-aaaa1111", "sk-cccc3333"], "p")
+    assert reordered.apply(told[0])  # the same key in another place is the same key
