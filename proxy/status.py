@@ -173,12 +173,16 @@ class StatusPage:
             label = f"open ({left:.0f} s left)" if state == "open" else state
             s = self.recent.provider(name)
             provider = self.engine.providers.get(name)
-            keys = provider.describe() if provider else ""
+            keys = _e(provider.describe()) if provider else ""
+            states = provider.key_status() if provider else []
+            if states:
+                items = "".join(f"<li>{_e(k['key'])}: {_e(k['state'])}</li>" for k in states)
+                keys += f"<ul class=keys>{items}</ul>"
             rows.append(
                 f"<tr data-provider='{_e(name)}' data-circuit='{_e(state)}'><td>{_e(name)}</td>"
                 f"<td>{_e(adapter.kind)}</td>"
                 f"<td class='circuit {_e(state)}'>{_e(label)}</td><td>{s.count}</td><td>{_ms(s.p50_ms)}</td>"
-                f"<td>{_ms(s.p95_ms)}</td><td>{_pct(s.error_rate)}</td><td>{_e(keys)}</td></tr>"
+                f"<td>{_ms(s.p95_ms)}</td><td>{_pct(s.error_rate)}</td><td>{keys}</td></tr>"
             )
         return (
             "<section id=providers><h2>Providers</h2><p class=note>Attempts over the last hour, this instance.</p>"

@@ -156,6 +156,7 @@ async def test_the_page_in_a_browser_shows_routes_an_open_circuit_and_the_tokens
     assert seen["again"]
     assert "fake failure 500" in seen["text"]  # the failed attempt is among the last warnings
     assert ADMIN not in seen["text"] and "sk-up" not in seen["text"]
+    assert "…k-up: ok" in seen["text"]  # keys are shown masked, with their state
     assert (ARTIFACTS / "status-page.png").stat().st_size > 10_000
 
 
