@@ -17,9 +17,11 @@ lease runs out, however old the thread (`server.recover_within` bounds it). The 
 is noted on the claim before anything streams into it, so a recovered answer edits that "…"
 message instead of posting a second one (a crash between posting it and noting it leaves a "…"
 behind); the continuation parts of a long answer already posted are noted too.
-`queued`, `streaming` and `posted` are process memory: the stop/delete shortcuts do not reach an
-answer streaming in another instance or a recovered one, and our own messages are recognised by
-`bot_id` after a restart (sharing them across instances is for a later operations issue).
+With several instances (a shared Redis store) a stop or delete shortcut may reach another
+instance than the one streaming the answer: it is passed on over the bus (`proxy/bus.py`) and
+the streaming instance stops; the instance that got a delete deletes the message itself, and the
+streaming one, finding its message gone, posts nothing more. Our own messages are recognised on
+every instance by the bot's user and bot ids (`auth.test` at start-up), not only by `posted`.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class SlackPlatform(Platform):
         self.posted: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=7 * 86400)  # "channel:ts" we posted
 
     async def start(self) -> None:
+        self.ctx.bus.on(f"{self.name}:stop", self._remote_stop)
         self.bot_user, self.bot_id = await self.api.identity()
 
     def help_text(self) -> str | None:
@@ -139,20 +142,32 @@ class SlackPlatform(Platform):
         if shortcut is None:
             return EMPTY_OK
         key = f"{shortcut.channel}:{shortcut.ts}"
-        job = self.streaming.get(key)
         if shortcut.callback_id == self.config.stop_callback:
-            if job is not None:
-                job.stop()
-            else:
-                log.info("stop shortcut on %s: no answer is streaming there", key)
+            await self._stop(key)
         elif shortcut.callback_id == self.config.delete_callback:
             if not self._ours(shortcut):
                 log.info("refused to delete %s: not posted by this bot", key)
                 return EMPTY_OK
-            if job is not None:
-                job.stop()
+            await self._stop(key)
             self.ctx.spawn(self._delete(shortcut.channel, shortcut.ts), f"delete:{key}")
         return EMPTY_OK
+
+    async def _stop(self, key: str) -> None:
+        """Stop the answer streaming into message `key`: here, or on the instance generating it."""
+        job = self.streaming.get(key)
+        if job is not None:
+            job.stop()
+        elif self.ctx.bus.active:
+            await self.ctx.bus.publish(f"{self.name}:stop", {"key": key})
+        else:
+            log.info("stop shortcut on %s: no answer is streaming there", key)
+
+    def _remote_stop(self, data: dict[str, Any]) -> None:
+        """Another instance received a stop or delete shortcut for a message streaming here."""
+        job = self.streaming.get(str(data.get("key")))
+        if job is not None:
+            log.info("stopping the answer streaming into %s (shortcut received by another instance)", data["key"])
+            job.stop()
 
     def _ours(self, s: Shortcut) -> bool:
         if f"{s.channel}:{s.ts}" in self.posted:

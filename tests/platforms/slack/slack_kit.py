@@ -14,6 +14,8 @@ from urllib.parse import urlencode
 
 import orjson
 
+from proxy.bus import Bus
+from proxy.store.memory import MemoryStore
 from proxy.types import Inbound, WebRequest
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -93,6 +95,7 @@ class FakeCtx:
         self.submitted: list[Inbound] = []
         self.jobs: list[FakeJob] = []
         self.spawned: list[asyncio.Task[Any]] = []
+        self.bus = Bus(MemoryStore())  # one instance: publishing does nothing
 
     async def claim(self, key: str) -> bool:
         first = key not in self.claimed
