@@ -6,12 +6,13 @@ from typing import Any
 
 from targets import Paths
 
-ORDER = ("direct", "passthrough", "switchboard", "switchboard-limits", "portkey", "litellm")
+ORDER = ("direct", "passthrough", "switchboard", "switchboard-limits", "switchboard-logs-off", "portkey", "litellm")
 LABEL = {
     "direct": "direct upstream",
     "passthrough": "bare passthrough",
     "switchboard": "**Switchboard**",
     "switchboard-limits": "Switchboard with `limits:`",
+    "switchboard-logs-off": "Switchboard, logs off (`log_level: warning`)",
     "portkey": "Portkey gateway",
     "litellm": "LiteLLM proxy",
 }
@@ -72,6 +73,16 @@ def checks(doc: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             None if lim is None else lim >= 0.9,
         )
     )
+    for scenario, what in (("json_c50", "non-streaming"), ("sse_c50", "streaming")):
+        quiet = ratio(rps("switchboard", scenario), rps("switchboard-logs-off", scenario))
+        out.append(
+            (
+                f"{what} req/s at 50 conns with the default logs (a line per request and attempt) and usage "
+                "recording ≥ 0.9× logs off",
+                f"{quiet:.2f}×" if quiet is not None else "n/a (switchboard-logs-off not measured)",
+                None if quiet is None else quiet >= 0.9,
+            )
+        )
     sb, direct = get(r, "switchboard", "json_c1", "p50_ms"), get(r, "direct", "json_c1", "p50_ms")
     added = sb - direct if sb is not None and direct is not None else None
     out.append(

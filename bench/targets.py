@@ -69,10 +69,16 @@ def slack_available(paths: Paths) -> bool:
 
 
 def switchboard_config(
-    paths: Paths, port: int, upstream: str, slack_api: str | None, limits: dict[str, Any] | None = None
+    paths: Paths,
+    port: int,
+    upstream: str,
+    slack_api: str | None,
+    limits: dict[str, Any] | None = None,
+    *,
+    logs_off: bool = False,
 ) -> Path:
     """bench/config.yaml with the ports filled in, plus the Slack platform when it exists (and
-    `limits` when given)."""
+    `limits` when given; `logs_off`: `server.log_level: warning`, no per-request lines)."""
     data: dict[str, Any] = yaml.safe_load((paths.bench / "config.yaml").read_text())
     text = orjson.dumps(data).decode()
     text = text.replace("${BENCH_PORT}", str(port)).replace("${BENCH_UPSTREAM}", upstream)
@@ -88,7 +94,10 @@ def switchboard_config(
         data["channels"].insert(0, {"name": "slack", "match": {"platform": "slack"}, "providers": ["up"], "history": 0})
     if limits:
         data["limits"] = limits
-    path = paths.out / ("switchboard-limits.yaml" if limits else "switchboard.yaml")
+    if logs_off:
+        data["server"]["log_level"] = "warning"
+    name = "switchboard-limits" if limits else "switchboard-logs-off" if logs_off else "switchboard"
+    path = paths.out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -112,7 +121,7 @@ def build(paths: Paths, upstream_port: int, slack_api: str | None) -> list[Targe
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     same = {"json": "m", "sse": "m", "slow": "slow"}
     channels = {"json": "bench", "sse": "bench", "slow": "slow"}
-    sb_port, pt_port, lim_port = free_port(), free_port(), free_port()
+    sb_port, pt_port, lim_port, quiet_port = free_port(), free_port(), free_port(), free_port()
     targets = [
         Target("direct", [], upstream_port, same),
         Target(
@@ -145,6 +154,19 @@ def build(paths: Paths, upstream_port: int, slack_api: str | None) -> list[Targe
                 str(switchboard_config(paths, lim_port, upstream, None, LIMITS)),
             ],
             lim_port,
+            channels,
+            {"authorization": "Bearer sk-bench"},
+            cwd=paths.root,
+        ),
+        Target(  # the same, logs off: what the default per-request log lines cost
+            "switchboard-logs-off",
+            [
+                str(paths.root / ".venv/bin/switchboard"),
+                "serve",
+                "--config",
+                str(switchboard_config(paths, quiet_port, upstream, None, logs_off=True)),
+            ],
+            quiet_port,
             channels,
             {"authorization": "Bearer sk-bench"},
             cwd=paths.root,
