@@ -8,6 +8,9 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---- build: a venv with Switchboard and its runtime dependencies only (pinned by constraints.txt)
 FROM ${PYTHON_IMAGE} AS build
 ARG EXTRAS=
+# Behind a TLS-intercepting proxy: the path of its CA bundle, mounted into the build
+# (podman build -v /etc/ssl/certs/ca-certificates.crt:/ca.crt:ro --build-arg CA_BUNDLE=/ca.crt .)
+ARG CA_BUNDLE=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/switchboard
@@ -15,7 +18,8 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY proxy ./proxy
 COPY providers ./providers
 COPY platforms ./platforms
-RUN /opt/switchboard/bin/pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}"
+RUN if [ -n "$CA_BUNDLE" ]; then export PIP_CERT="$CA_BUNDLE"; fi; \
+    /opt/switchboard/bin/pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}"
 
 # ---- runtime: the venv, a default config, nothing else
 FROM ${PYTHON_IMAGE}
