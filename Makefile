@@ -19,7 +19,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/pip install -q -c constraints.txt -e '.[litellm,test,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[litellm,otel,test,dev]'
 	touch $(STAMP)
 
 # What serving needs, and nothing else: `make run` stays small (the test and dev tools, and

@@ -149,6 +149,7 @@ class Hooks:
             return Response(e.message, e.status, headers=CLOSE if e.status == 408 else None)
         except StoreUnavailable as e:  # nothing claimed: the platform delivers it again later
             status = 503
+            self.dispatcher.engine.store_failed(name)
             log.warning("platform %s: request refused: %s", name, e)
             return Response("store unavailable, retry later", 503, headers={"retry-after": "5"})
         except ClientGone:  # the client's own doing: no traceback, no 500
@@ -216,7 +217,14 @@ def create_app(
         metrics.observe_attempt(channel, provider, outcome, seconds)
         recent.attempt(channel, provider, outcome, seconds)
 
-    engine = Engine(settings, observe=observe, limited=metrics.count_limited, tokens=metrics.count_tokens)
+    engine = Engine(
+        settings,
+        observe=observe,
+        limited=metrics.count_limited,
+        tokens=metrics.count_tokens,
+        retried=lambda provider: metrics.retries.labels(provider).inc(),
+    )
+    engine.store_failed = lambda where: metrics.store_errors.labels(where).inc()
     runner = Runner(settings.raw.server.max_concurrent_generations)
     dispatcher = Dispatcher(engine, runner, settings, metrics.observe_request)
     dispatcher.duplicate = lambda platform: metrics.duplicates.labels(platform).inc()

@@ -115,6 +115,14 @@ class AdminConfig(_Strict):
     `/admin/*` answers 403."""
 
 
+class TracingConfig(_Strict):
+    otlp_endpoint: str | None = None
+    """OpenTelemetry traces (a span per upstream attempt, GenAI semantic conventions) go to this OTLP/HTTP collector,
+    e.g. `http://127.0.0.1:4318` (spans are posted to `/v1/traces`). Unset: no tracing. Needs the `otel` extra."""
+    service_name: str = "switchboard"
+    """`service.name` of the spans."""
+
+
 class FailoverConfig(_Strict):
     attempts: int = Field(2, ge=1, le=10)
     """Tries per provider for a retryable error (1 = no retry), before moving down the chain."""
@@ -191,6 +199,8 @@ class RawConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     """Requests per minute, tokens per day and concurrent generations per key, channel and chat-platform user
     (proxy/limits.py)."""
+    tracing: TracingConfig = TracingConfig()
+    """Optional OpenTelemetry traces (proxy/tracing.py); bound at start-up."""
     prices: dict[str, PriceConfig] = {}
     """Prices per model name (as the upstream reports it), for the cost column of `switchboard usage` and
     `/admin/usage`."""

@@ -251,6 +251,7 @@ class Dispatcher:
                 try:
                     answer = await self._answer(platform, msg, rec, job)
                 except StoreUnavailable as e:  # claimed, then the store went away: apologise
+                    self.engine.store_failed("answer")
                     log.warning("no answer to %s message %s: %s", platform.name, msg.event_id, e)
                     answer = Answer.fixed(APOLOGY)
                     answer.failed = True

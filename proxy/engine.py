@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -20,6 +20,7 @@ from proxy.limiter import Limiter
 from proxy.limiter import Observer as LimitObserver
 from proxy.registry import Registry
 from proxy.shared_health import SharedHealth
+from proxy.tracing import Tracing
 from proxy.types import JSON, ChatRequest, Completion, Delta, Message
 from proxy.usage import Recorder, TokenObserver
 
@@ -74,6 +75,7 @@ class Engine:
         observe: Observer | None = None,
         limited: LimitObserver | None = None,
         tokens: TokenObserver | None = None,
+        retried: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = open_store(settings.raw.store.url)
@@ -83,12 +85,17 @@ class Engine:
         self.usage = Recorder(self.store, observe=tokens)
         #: Circuits and key health shared with the other instances (a shared store only).
         self.health = SharedHealth(self.bus, self.store, lambda: self.failover)
+        tracing = settings.raw.tracing
+        self.tracing = Tracing(tracing.otlp_endpoint, tracing.service_name)
         #: Enforces `settings.limits` (each request passes the rules of the config it started on).
         self.limiter = Limiter(self.store, limited) if limited else Limiter(self.store)
         self.http: aiohttp.ClientSession | None = None
         self.providers: dict[str, Provider] = {}
         self.failover: Failover | None = None
         self._observe = observe
+        self._retried = retried
+        #: Told where the store failed (`openai`, a platform's name, `answer`): for /metrics.
+        self.store_failed: Callable[[str], None] = lambda where: None
 
     async def start(self) -> None:
         for name, a in self.settings.providers.items():
@@ -104,10 +111,16 @@ class Engine:
         )
         await self.store.open()
         self.bus.start()
+        self.tracing.start()
         enabled = [n for n, a in self.settings.providers.items() if a.disabled is None and a.cls is not None]
         self.providers = await self.build_providers(self.settings, enabled)
         self.failover = Failover(
-            self.providers, self.settings.raw.failover, self._observe, on_circuit=self.health.circuit_changed
+            self.providers,
+            self.settings.raw.failover,
+            self._observe,
+            on_circuit=self.health.circuit_changed,
+            on_retry=self._retried,
+            tracing=self.tracing,
         )
         await self.health.load(list(self.providers))
 
@@ -147,6 +160,7 @@ class Engine:
         await self.bus.close()
         await self.usage.close()
         await self.store.close()
+        self.tracing.close()
         if self.http is not None:
             await self.http.close()
 

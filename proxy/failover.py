@@ -36,6 +36,7 @@ from proxy.config import FailoverConfig
 from proxy.contracts import Provider, ProviderState
 from proxy.errors import ChainFailed, ProviderError, RequestRejected, StreamInterrupted
 from proxy.logs import REQUEST_ID, event
+from proxy.tracing import NO_SPAN, Span, Tracing
 from proxy.types import ChatRequest, Completion, Delta
 
 log = logging.getLogger("switchboard.failover")
@@ -114,12 +115,16 @@ class Failover:
         *,
         circuits: dict[str, Circuit] | None = None,
         on_circuit: CircuitObserver | None = None,
+        on_retry: Callable[[str], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`circuits`: those of a previous Failover (a reload) to keep, by provider name; they
         keep their counts and take this config's thresholds. `on_circuit(provider, open_for)` is
         told when a circuit opens (for `open_for` seconds) or closes again (None)."""
         self.providers = providers
         self.on_circuit = on_circuit
+        self.on_retry = on_retry  # told of each retry of a provider (for /metrics)
+        self.tracing = tracing
         self.config = config
         kept = circuits or {}
         self.circuits = {n: kept.get(n) or Circuit(config.circuit_failures, config.circuit_cooldown) for n in providers}
@@ -144,7 +149,7 @@ class Failover:
         c = self.config
         return min(c.backoff_max, c.backoff_base * 2 ** (attempt - 1)) + random.uniform(0, c.backoff_base)
 
-    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _with_retries(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run `call` once (the fast path); on a retryable error, retry under the policy."""
         try:
             return await call()
@@ -159,6 +164,8 @@ class Failover:
             reraise=True,
         ):
             with attempt:
+                if self.on_retry is not None:
+                    self.on_retry(name)
                 return await call()
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
@@ -194,13 +201,20 @@ class Failover:
         for name in self._candidates(chain, attempts):
             provider = self.providers[name]
             started = time.monotonic()
+            span = self._span(channel, name, provider, request)
             try:
-                result = await self._with_retries(partial(provider.complete, request, state_for(name)))
+                result = await self._with_retries(name, partial(provider.complete, request, state_for(name)))
             except RequestRejected as err:
+                span.finish(error=err)
                 raise self._rejected(channel, name, err, started) from None
             except ProviderError as err:
+                span.finish(error=err)
                 self._failed(channel, name, err, started, attempts, errors)
                 continue
+            except BaseException as err:  # cancelled (the caller left), or a bug
+                span.finish(error=err)
+                raise
+            span.finish(model=result.model, usage=result.usage)
             self._succeeded(channel, name, started)
             return name, result
         raise ChainFailed(channel, attempts, errors)
@@ -216,23 +230,37 @@ class Failover:
             for name in self._candidates(chain, attempts):
                 provider = self.providers[name]
                 started = time.monotonic()
+                span = self._span(channel, name, provider, request)
                 try:
-                    it, first = await self._with_retries(partial(_open, provider, request, state_for(name)))
+                    it, first = await self._with_retries(name, partial(_open, provider, request, state_for(name)))
                 except RequestRejected as err:
+                    span.finish(error=err)
                     raise self._rejected(channel, name, err, started) from None
                 except ProviderError as err:
+                    span.finish(error=err)
                     self._failed(channel, name, err, started, attempts, errors)
                     continue
+                except BaseException as err:
+                    span.finish(error=err)
+                    raise
                 outcome.provider, outcome.model = name, request.model or provider.default_model
-                async with contextlib.aclosing(it):  # type: ignore[type-var]
-                    try:
-                        if first is not None:
-                            yield first
-                        async for delta in it:
-                            yield delta
-                    except ProviderError as err:
-                        self._failed(channel, name, err, started, attempts, errors)
-                        raise StreamInterrupted(err.message, provider=name, status=err.status) from err
+                usage, failure = None, None
+                try:
+                    async with contextlib.aclosing(it):  # type: ignore[type-var]
+                        try:
+                            if first is not None:
+                                usage = first.usage
+                                yield first
+                            async for delta in it:
+                                if delta.usage:
+                                    usage = delta.usage
+                                yield delta
+                        except ProviderError as err:
+                            failure = err
+                            self._failed(channel, name, err, started, attempts, errors)
+                            raise StreamInterrupted(err.message, provider=name, status=err.status) from err
+                finally:  # also when the caller stopped or left early
+                    span.finish(model=outcome.model, usage=usage, error=failure)
                 self._succeeded(channel, name, started)
                 return
             raise ChainFailed(channel, attempts, errors)
@@ -240,6 +268,13 @@ class Failover:
             self.inflight -= 1
 
     # -- bookkeeping -------------------------------------------------------------------------
+
+    def _span(self, channel: str, name: str, provider: Provider, request: ChatRequest) -> Span:
+        tracing = self.tracing
+        if tracing is None or tracing.tracer is None:
+            return NO_SPAN
+        model = request.model or provider.default_model
+        return tracing.attempt(provider.config.kind, channel, name, model, REQUEST_ID.get())
 
     def _succeeded(self, channel: str, name: str, started: float) -> None:
         if self.circuits[name].succeeded() and self.on_circuit is not None:

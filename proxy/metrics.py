@@ -56,6 +56,19 @@ class Metrics:
             ["channel"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "switchboard_provider_retries",
+            "Retries of a provider after a retryable error (timeouts, 429/5xx, ...), before any failover.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "switchboard_store_errors",
+            "Requests that found the store unavailable, by where: openai, a platform's name (its webhook), "
+            "answer (a chat message already claimed).",
+            ["where"],
+            registry=self.registry,
+        )
         self.duplicates = Counter(
             "switchboard_platform_duplicates",
             "Platform deliveries not answered again: a retry or a duplicate of a message answered or being answered.",

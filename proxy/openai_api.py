@@ -364,6 +364,7 @@ class OpenAIFrontDoor:
         except ClientGone:
             trace.status = trace.status or 499
         except StoreUnavailable as e:
+            self.engine.store_failed("openai")
             log.warning("chat completion refused: %s", e)
             body = error_body(
                 "Switchboard's store is unavailable, so the request cannot be served now; try again shortly.",

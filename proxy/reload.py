@@ -45,7 +45,7 @@ from proxy.failover import Failover
 
 log = logging.getLogger("switchboard.reload")
 #: Sections bound at start-up: a change is reported, not applied.
-RESTART_SECTIONS = ("server", "store")
+RESTART_SECTIONS = ("server", "store", "tracing")
 #: Fields of the `server` section a reload does apply.
 LIVE_SERVER_FIELDS = ("log_level", "log_content")
 #: Sections compared name by name (adapters and channels); every other section is reported whole.
@@ -175,7 +175,15 @@ class Reloader:
         old = self.engine.failover
         assert old is not None
         kept = {n: c for n, c in old.circuits.items() if providers.get(n) is self.engine.providers.get(n)}
-        failover = Failover(providers, new.raw.failover, old._observe, circuits=kept, on_circuit=old.on_circuit)
+        failover = Failover(
+            providers,
+            new.raw.failover,
+            old._observe,
+            circuits=kept,
+            on_circuit=old.on_circuit,
+            on_retry=old.on_retry,
+            tracing=old.tracing,
+        )
         # -- the swap: no await from here to the end of the block
         self.engine.use(new, providers, failover)
         self.apply(new)

@@ -18,11 +18,7 @@ def captured():
     out = io.StringIO()
     before = logging.getLogger("switchboard").level
     yield out
-    logs.stop()
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if isinstance(h, logging.handlers.QueueHandler):
-            root.removeHandler(h)
+    logs.stop()  # also takes our handler off the root logger
     logging.getLogger("switchboard").setLevel(before)
 
 

@@ -115,6 +115,9 @@ async def test_redis_down_then_back_without_a_restart(redis_server: RedisServer,
             hook = await c.post(f"{url}/hooks/nas", content=form("bot_dm", text="hi", post_id="p-1"), headers=FORM)
             assert hook.status_code == 503  # not claimed: the platform sends it again later
             assert (await c.get(f"{url}/healthz")).status_code == 200  # the process is alive
+            metrics = (await c.get(f"{url}/metrics")).text
+            assert 'switchboard_store_errors_total{where="openai"} 1.0' in metrics
+            assert 'switchboard_store_errors_total{where="nas"} 1.0' in metrics
 
             redis_server.start()
             for _ in range(300):

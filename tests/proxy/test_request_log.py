@@ -141,3 +141,17 @@ async def test_a_platform_event_carries_its_id_into_the_answer(tmp_path: Path, l
     assert message["tokens_in"] == 5 and message["tokens_out"] == 3
     assert (message["text"], message["answer"]) == ("rain tomorrow?", "it will rain")  # log_content: true
     assert BOT_TOKEN not in json.dumps(got)
+
+
+async def test_retries_are_counted_per_provider(tmp_path: Path, lines: list[dict[str, Any]]):
+    async with FakeOpenAI(answer="second time lucky") as up, FakeNAS() as nas:
+        cfg = config(tmp_path, up.base_url, nas.base)
+        cfg["failover"] = {"attempts": 2, "backoff_base": 0.01}
+        app = create_app(parse_config(cfg, {}))
+        async with serve_asgi(app) as url, httpx.AsyncClient() as c:
+            up.fail(503)
+            client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
+            r = await client.chat.completions.create(model="assist", messages=HI)  # type: ignore[arg-type]
+            assert r.choices[0].message.content == "second time lucky"
+            metrics = (await c.get(f"{url}/metrics")).text
+    assert 'switchboard_provider_retries_total{provider="first"} 1.0' in metrics
