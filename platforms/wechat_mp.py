@@ -292,7 +292,10 @@ class WeChatMPPlatform(Platform):
         won = await self.ctx.store.claim(self._key("fate", key), self.config.answer_ttl)
         if pending is None or not (won or pending.waiting):
             # the last delivery gave up on it, or none is waiting here (a recovered answer, or one
-            # that took longer than this process remembers deliveries)
+            # that took longer than this process remembers deliveries). A delivery arriving from
+            # now on finds this empty answer and says `success` at once, instead of holding on
+            # for an answer that goes out by push.
+            await self._release(key, Ready(""))
             await self._send_later(msg.chat_id, parts)
             await self.ctx.store.delete(self._key("working", msg.chat_id))
             return
@@ -300,10 +303,17 @@ class WeChatMPPlatform(Platform):
         if ready.rest and not self._cs:
             await self._keep_for_later(msg.chat_id, list(ready.rest))
             ready = Ready(ready.first + MORE)
-        await self._store_answer(key, ready)
-        pending.set(ready)
+        await self._release(key, ready)
         if not won:  # a delivery that gave up earlier left its note; one is waiting here now
             await self.ctx.store.delete(self._key("working", msg.chat_id))
+
+    async def _release(self, key: str, ready: Ready) -> None:
+        """Store the answer's passive part and hand it to the deliveries waiting for it, here and
+        (over the bus) on the other instances; an empty one makes them answer `success`."""
+        await self._store_answer(key, ready)
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.set(ready)
         if self.ctx.bus.active:  # the delivery waiting now may be on another instance
             news = {"key": key, "first": ready.first, "rest": list(ready.rest)}
             await self.ctx.bus.publish(f"{self.name}:ready", news)

@@ -248,8 +248,10 @@ async def test_a_retry_after_a_restart_gets_the_answer_lost_in_the_restart(tmp_p
         await r.dropped(body)  # claimed; the process stops before the answer is ready
     async with rig(store=store) as r:  # a new process with the same store answers it once
         retry = asyncio.create_task(r.post(body))
-        for _ in range(250):
-            if r.gated.calls:
+        adapter = r.app.state.hooks.platforms["wx"]
+        for _ in range(250):  # the retry is waiting for the recovered answer
+            pending = adapter._pending.get("msg:5150")
+            if r.gated.calls and pending is not None and pending.waiting:
                 break
             await asyncio.sleep(0.02)
         r.gated.gate.set()
@@ -257,6 +259,33 @@ async def test_a_retry_after_a_restart_gets_the_answer_lost_in_the_restart(tmp_p
         assert r.gated.calls == ["lost in the restart"] and r.fake.sends == []
         history = await r.app.state.engine.store.history(f"gated|wx|{OPENID}/{OPENID}", 5)
         assert [m.content for m in history] == ["lost in the restart", "gated: lost in the restart"]
+
+
+async def test_a_retry_during_the_push_of_a_recovered_answer_gets_success_at_once(tmp_path: Path):
+    """The recovered answer is ready before WeChat's retry arrives, so it goes out through the
+    customer-service API; a retry arriving while that push is under way says `success` at once
+    (holding it open would only make WeChat drop it after 5 s)."""
+    store = f"sqlite:///{tmp_path}/wx.db"
+    body = payload("text", Content="gated: pushed after the restart", MsgId="5151")
+    async with rig(store=store, hold_max=0.5) as r:
+        await r.dropped(body)
+    async with FakeWeChatAPI() as fake:
+        fake.send_gate = asyncio.Event()
+        app = create_app(settings(fake.base_url, store=store))
+        async with serve_asgi(app) as base, httpx.AsyncClient(base_url=base) as client:
+            r = Rig(client, app, fake)
+            r.gated.gate.set()
+            for _ in range(250):  # the answer is being pushed, held at the fake API
+                if fake.sends:
+                    break
+                await asyncio.sleep(0.02)
+            retry = await r.post(body, timeout=DROP + 2)  # under hold_max (5 s): not held open
+            assert (retry.status_code, retry.text) == (200, "success")
+            fake.send_gate.set()
+            assert await fake.wait_sends(1) == ["gated: pushed after the restart"]
+            again = await r.post(body)
+            assert (again.status_code, again.text) == (200, "success")
+            assert r.gated.calls == ["pushed after the restart"] and len(fake.sends) == 1
 
 
 async def test_a_retry_after_a_restart_gets_the_stored_answer(tmp_path: Path):

@@ -113,13 +113,15 @@ def fields(xml: bytes | str) -> dict[str, str]:
 class FakeWeChatAPI:
     """`POST /cgi-bin/stable_token` and `POST /cgi-bin/message/custom/send`, recording every call.
 
-    `send_errors` is a queue of errcodes the next sends answer with (40001 = token invalid).
+    `send_errors` is a queue of errcodes the next sends answer with (40001 = token invalid);
+    while `send_gate` is set to an unset event, sends are recorded and then held until it is set.
     """
 
     def __init__(self) -> None:
         self.token_calls: list[dict[str, Any]] = []
         self.sends: list[dict[str, Any]] = []  # {"access_token": ..., "json": ...}
         self.send_errors: deque[int] = deque()
+        self.send_gate: asyncio.Event | None = None
         self.issued = 0
         self.base_url = ""
         self._cm: Any = None
@@ -151,6 +153,8 @@ class FakeWeChatAPI:
         token = request.query.get("access_token", "")
         record: dict[str, Any] = {"access_token": token, "json": orjson.loads(await request.read()), "ok": False}
         self.sends.append(record)
+        if self.send_gate is not None:
+            await self.send_gate.wait()
         if self.send_errors:
             code = self.send_errors.popleft()
             return web.json_response({"errcode": code, "errmsg": f"fake error {code}"})
