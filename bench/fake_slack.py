@@ -1,8 +1,9 @@
 """A tiny fake Slack Web API for the webhook bench: every method answers `ok`, and
 GET /stats tells how many calls of each method arrived (so the bench can see the replies that
 the generations delivered). GET /stats/threads tells, per thread (the event's ts), how many
-placeholders were posted and how many final answers (an edit not ending in " …") arrived: what
-"each event answered exactly once" is checked on. Message ts are unique (a counter).
+placeholders were posted and how many final answers (an edit not ending in " …") arrived, with
+the wall time of the first placeholder and of the last final answer: what "each event answered
+exactly once" is checked on. Message ts are unique (a counter).
 
     python bench/fake_slack.py      # prints "READY <port>" once listening
 """
@@ -32,11 +33,14 @@ async def api(request: web.Request) -> web.Response:
         threads = request.app["threads"]
         if method == "chat.postMessage" and body.get("thread_ts"):
             request.app["thread_of"][ts] = body["thread_ts"]
-            threads.setdefault(body["thread_ts"], [0, 0])[0] += 1
+            record = threads.setdefault(body["thread_ts"], [0, 0, time.time(), None])
+            record[0] += 1
         elif method == "chat.update" and not str(body.get("text", "")).endswith(" …"):
             thread = request.app["thread_of"].get(body.get("ts"))
             if thread is not None:
-                threads.setdefault(thread, [0, 0])[1] += 1
+                record = threads.setdefault(thread, [0, 0, None, None])
+                record[1] += 1
+                record[3] = time.time()
     body = {
         "ok": True,
         "channel": "CBENCH",
@@ -55,7 +59,10 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def threads(request: web.Request) -> web.Response:
-    data = {t: {"posted": p, "finals": f} for t, (p, f) in request.app["threads"].items()}
+    data = {
+        t: {"posted": p, "finals": f, "posted_at": first, "final_at": last}
+        for t, (p, f, first, last) in request.app["threads"].items()
+    }
     return web.Response(body=orjson.dumps(data), content_type="application/json")
 
 
