@@ -38,47 +38,78 @@ _writer: _Batching | None = None
 FLUSH_EVERY, WAKE_AT = 0.02, 1000
 
 
-class Fields:
-    """A log record's message for `event`: a name and its fields, rendered when formatted."""
+class Event:
+    """A structured line: an event name and named fields. Subclasses keep their values as
+    attributes and build the fields only when the line is written (by the writer thread), so
+    logging one costs the event loop an append, not a dict and a formatted string."""
 
-    __slots__ = ("fields", "name")
+    __slots__ = ()
+    event = ""
 
-    def __init__(self, name: str, fields: dict[str, Any]) -> None:
-        self.name, self.fields = name, fields
+    def fields(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def __str__(self) -> str:
-        parts = [self.name]
-        for k, v in self.fields.items():
-            if v is None:
-                continue
-            if isinstance(v, str):
-                if not v or _NEEDS_QUOTES.search(v):
-                    v = '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-                parts.append(f"{k}={v}")
-            elif isinstance(v, float):
-                parts.append(f"{k}={v:.1f}")
-            else:
-                parts.append(f"{k}={v}")
-        return " ".join(parts)
+        return render(self.event, self.fields())
+
+
+class Fields(Event):
+    """`event`'s line: a name and the fields it was given."""
+
+    __slots__ = ("_fields", "event")
+
+    def __init__(self, name: str, fields: dict[str, Any]) -> None:
+        self.event, self._fields = name, fields
+
+    def fields(self) -> dict[str, Any]:
+        return self._fields
+
+
+def render(name: str, fields: dict[str, Any]) -> str:
+    """The text form of an event: `name k=v k=v`, None left out, strings quoted when they hold a
+    space, a quote, `=` or a newline (or are empty), floats to one decimal."""
+    parts = [name]
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, str):
+            parts.append(f"{k}={q(v)}")
+        elif isinstance(v, float):
+            parts.append(f"{k}={v:.1f}")
+        else:
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def q(v: str) -> str:
+    """A string value as `render` writes it (quoted when needed)."""
+    if v and not _NEEDS_QUOTES.search(v):
+        return v
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 _NEEDS_QUOTES = re.compile(r'[ "=\n]')
 
 
 def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
-    """Log `name` with `fields` (cheap when the level is off: nothing is built).
+    """Log `name` with `fields` (cheap when the level is off: nothing is built)."""
+    if logger.isEnabledFor(level):
+        emit(logger, level, Fields(name, fields))
+
+
+def emit(logger: logging.Logger, level: int, line: Event) -> None:
+    """Log a structured line (the caller checks `logger.isEnabledFor(level)` first).
 
     Below WARNING, with our writer running (`serve`), the line goes straight to the writer's
     queue: a `LogRecord` (caller lookup, a dozen attributes, the handler chain) costs ~10 µs on the
-    event loop for each of the per-request lines, a `Line` ~1 µs. Warnings and errors, and any
+    event loop for each of the per-request lines, a `Line` under 1 µs. Warnings and errors, and any
     process whose logging is configured by someone else (tests, an embedding app), go through
     `logging` as usual (the status page's error list hooks in there)."""
-    if logger.isEnabledFor(level):
-        writer = _writer
-        if writer is not None and level < logging.WARNING:
-            writer.records.append(Line(time.time(), level, logger.name, Fields(name, fields)))  # type: ignore[arg-type]
-        else:
-            logger.log(level, Fields(name, fields))
+    writer = _writer
+    if writer is not None and level < logging.WARNING:
+        writer.records.append(Line(time.time(), level, logger.name, line))  # type: ignore[arg-type]
+    else:
+        logger.log(level, line)
 
 
 _LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING", logging.ERROR: "ERROR"}
@@ -90,7 +121,7 @@ class Line:
     __slots__ = ("created", "levelname", "levelno", "msg", "name")
     exc_info = exc_text = None
 
-    def __init__(self, created: float, levelno: int, name: str, msg: Fields) -> None:
+    def __init__(self, created: float, levelno: int, name: str, msg: Event) -> None:
         self.created, self.levelno, self.name, self.msg = created, levelno, name, msg
         self.levelname = _LEVEL_NAMES.get(levelno) or logging.getLevelName(levelno)
 
@@ -140,15 +171,23 @@ class TextFormatter(logging.Formatter):
 class JSONFormatter(logging.Formatter):
     """One JSON object per line. Exceptions go in `exc` as text, so a line stays one line."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second, self._stamp = -1, ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         out: dict[str, Any] = {
-            "ts": _iso(record.created),
+            "ts": f"{self._stamp}.{int(record.created % 1 * 1000):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        if isinstance(record.msg, Fields):
-            out["event"] = record.msg.name
-            out.update((k, v) for k, v in record.msg.fields.items() if v is not None)
+        msg = record.msg
+        if isinstance(msg, Event):
+            out["event"] = msg.event
+            out.update((k, v) for k, v in msg.fields().items() if v is not None)
         else:
             out["msg"] = record.getMessage()
         if record.exc_info:
@@ -156,10 +195,6 @@ class JSONFormatter(logging.Formatter):
         elif record.exc_text:
             out["exc"] = record.exc_text
         return orjson.dumps(out, default=str).decode()
-
-
-def _iso(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
 
 
 class _Batching(logging.Handler):

@@ -44,7 +44,7 @@ from proxy.failover import Outcome
 from proxy.http_util import ClientGone, header_map, read_body, send_bytes, send_stream
 from proxy.limiter import NO_GRANT, Grant
 from proxy.limits import Limits
-from proxy.logs import REQUEST_ID, event, request_id
+from proxy.logs import REQUEST_ID, Event, emit, q, request_id
 from proxy.refusals import UPSTREAM
 from proxy.routing import conversation as conversation_of
 from proxy.types import ChatRequest, Completion, Delta, Message, RequestObserver, Usage
@@ -71,8 +71,9 @@ def _not_counted(status: int, reason: str | None, param: str | None) -> None:
     return None
 
 
-class Trace:
-    """One API request as its log line tells it; filled in as the request goes."""
+class Trace(Event):
+    """One API request as its log line tells it: filled in as the request goes, logged as it is
+    (its fields are built by the log writer, off the event loop)."""
 
     __slots__ = (
         "channel",
@@ -81,18 +82,20 @@ class Trace:
         "first_byte",
         "id",
         "key",
+        "latency",
         "provider",
         "started",
         "status",
         "stream",
         "tokens",
     )
+    event = "request"
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.id: str | None = None
         self.status = 0
-        self.first_byte = 0.0
+        self.first_byte = self.latency = 0.0
         self.channel = self.provider = self.key = None  # type: str | None
         self.stream = self.failover = False
         self.tokens: tuple[int, int, bool] | None = None
@@ -101,34 +104,51 @@ class Trace:
     def observe(self, finished: RequestObserver) -> None:
         status = self.status
         outcome = "ok" if status < 400 else "client_gone" if status == 499 else "refused" if status < 500 else "error"
+        self.latency = time.monotonic() - self.started
         ttft = self.first_byte - self.started if self.stream and self.first_byte else None
-        finished("openai", self.channel, outcome, time.monotonic() - self.started, ttft, self.failover)
+        finished("openai", self.channel, outcome, self.latency, ttft, self.failover)
 
-    def log(self) -> None:
-        latency = (time.monotonic() - self.started) * 1000
+    def __str__(self) -> str:  # `render(self.event, self.fields())`, in a third of the time
+        out = f"request request_id={self.id} door=openai"
+        if self.channel is not None:
+            out += f" channel={q(self.channel)}"
+        if self.provider is not None:
+            out += f" provider={q(self.provider)}"
+        if self.key is not None:
+            out += f" key={q(self.key)}"
+        out += f" status={self.status} stream={self.stream} latency_ms={self.latency * 1000:.1f}"
+        if self.stream and self.first_byte:
+            out += f" ttft_ms={(self.first_byte - self.started) * 1000:.1f}"
+        if self.tokens is not None:
+            p, c, est = self.tokens
+            out += f" tokens_in={p} tokens_out={c} tokens_estimated=True" if est else f" tokens_in={p} tokens_out={c}"
+        if self.failover:
+            out += " failover=True"
+        if self.content is not None:
+            out += f" prompt={q(self.content[0])} answer={q(self.content[1])}"
+        return out
+
+    def fields(self) -> dict[str, Any]:
         ttft = (self.first_byte - self.started) * 1000 if self.stream and self.first_byte else None
         p, c, est = self.tokens or (None, None, None)
         prompt, answer = self.content or (None, None)
-        event(
-            log,
-            logging.INFO,
-            "request",
-            request_id=self.id,
-            door="openai",
-            channel=self.channel,
-            provider=self.provider,
-            key=self.key,
-            status=self.status,
-            stream=self.stream,
-            latency_ms=round(latency, 1),
-            ttft_ms=None if ttft is None else round(ttft, 1),
-            tokens_in=p,
-            tokens_out=c,
-            tokens_estimated=est or None,
-            failover=self.failover or None,
-            prompt=prompt,
-            answer=answer,
-        )
+        return {
+            "request_id": self.id,
+            "door": "openai",
+            "channel": self.channel,
+            "provider": self.provider,
+            "key": self.key,
+            "status": self.status,
+            "stream": self.stream,
+            "latency_ms": round(self.latency * 1000, 1),
+            "ttft_ms": None if ttft is None else round(ttft, 1),
+            "tokens_in": p,
+            "tokens_out": c,
+            "tokens_estimated": est or None,
+            "failover": self.failover or None,
+            "prompt": prompt,
+            "answer": answer,
+        }
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
@@ -382,8 +402,10 @@ class OpenAIFrontDoor:
             REQUEST_ID.reset(token)
             if self.finished is not None:
                 trace.observe(self.finished)
+            else:
+                trace.latency = time.monotonic() - trace.started
             if log.isEnabledFor(logging.INFO):
-                trace.log()
+                emit(log, logging.INFO, trace)
 
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
         try:

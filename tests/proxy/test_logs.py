@@ -11,6 +11,8 @@ import threading
 import pytest
 
 from proxy import logs
+from proxy.failover import Attempt
+from proxy.openai_api import Trace
 
 
 @pytest.fixture
@@ -76,3 +78,22 @@ def test_a_blocked_stream_does_not_block_the_logging_call(captured: io.StringIO)
     logs.stop()  # writes what is queued
     t.join()
     assert stream.getvalue().count("line ") == 100
+
+
+def _traces() -> list[Trace]:
+    plain = Trace()
+    plain.id, plain.status, plain.latency = "r-1", 401, 0.00042
+    full = Trace()
+    full.id, full.channel, full.provider, full.key, full.status = "r-2", "assist", "main up", "web=app", 200
+    full.stream, full.first_byte, full.latency, full.failover = True, full.started + 0.0123, 0.5, True
+    full.tokens, full.content = (12, 34, True), ('say "hi"\nplease', "")
+    counted = Trace()
+    counted.id, counted.channel, counted.provider, counted.status, counted.tokens = "r-3", "c", "p", 200, (1, 2, False)
+    return [plain, full, counted]
+
+
+@pytest.mark.parametrize("line", [*_traces(), Attempt("r-4", "assist", "up", 0.2), Attempt(None, "a b", "up", 0.001)])
+def test_the_hot_lines_read_as_their_fields_would(line: logs.Event):
+    """The request and attempt lines have their own text rendering (a third of the time of the
+    generic one): it must say exactly what the generic rendering of their fields says."""
+    assert str(line) == logs.render(line.event, line.fields())
