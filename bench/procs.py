@@ -201,6 +201,21 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process and its living descendants have used, in seconds."""
+    tree = _children()
+    todo, ticks = [pid], 0
+    while todo:
+        p = todo.pop()
+        todo.extend(tree.get(p, []))
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MB (VmRSS from /proc)."""
     tree = _children()

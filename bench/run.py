@@ -9,7 +9,9 @@ to BENCHMARKS.md, the raw numbers to BENCHMARKS.json beside it and to bench/resu
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (3), BENCH_SLOW_STREAMS (1000),
 BENCH_ONLY (comma-separated target names), BENCH_PROFILE (seconds of py-spy per mode, 6; 0 = off),
-BENCH_OUT (bench/results; BENCHMARKS.md is then written there too, not at the top level).
+BENCH_OUT (bench/results; BENCHMARKS.md is then written there too, not at the top level),
+BENCH_BASELINE (the path of another checkout, e.g. `git worktree add /tmp/old <commit>`: adds a
+`switchboard-baseline` cell serving it with the logs-off config, for old-vs-new runs).
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ import hotpath
 import summary
 import webhook
 from loads import chat_load, slow_streams
-from procs import Proc, Procs, foreign_load_generators, post_ok, read_ready_line, tree_rss_mb, wait_ready
+from procs import (
+    Proc,
+    Procs,
+    foreign_load_generators,
+    post_ok,
+    read_ready_line,
+    tree_cpu_seconds,
+    tree_rss_mb,
+    wait_ready,
+)
 from targets import Paths, Target, build, default_paths, missing_peers, slack_available
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -41,7 +52,7 @@ ONLY = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
 PROFILE_SECONDS = float(os.environ.get("BENCH_PROFILE", "6"))
 SCENARIOS = (("json", 1), ("json", 50), ("sse", 1), ("sse", 50))
 #: Targets measured in the rounds only (the limits cell is about the cost per request).
-NO_SLOW_STREAMS = frozenset({"switchboard-limits", "switchboard-logs-off"})
+NO_SLOW_STREAMS = frozenset({"switchboard-limits", "switchboard-logs-off", "switchboard-baseline"})
 
 
 def log(msg: str) -> None:
@@ -102,9 +113,12 @@ class Bench:
                 chat_load(self.paths, target, mode, 50, 1)
         for r in range(ROUNDS):
             for mode, conns in SCENARIOS:
-                for name, (target, _) in self.live.items():
+                for name, (target, proc) in self.live.items():
                     self.isolate(name)
-                    runs.setdefault((name, mode, conns), []).append(chat_load(self.paths, target, mode, conns, SECONDS))
+                    cpu = tree_cpu_seconds(proc.pid)
+                    run = chat_load(self.paths, target, mode, conns, SECONDS)
+                    run["cpu_s"] = tree_cpu_seconds(proc.pid) - cpu  # the target's own CPU (the upstream's for direct)
+                    runs.setdefault((name, mode, conns), []).append(run)
             log(f"round {r + 1}/{ROUNDS} done")
         for (name, mode, conns), xs in runs.items():
             self.results[name][f"{mode}_c{conns}"] = aggregate(xs)
@@ -139,8 +153,12 @@ def aggregate(xs: list[dict[str, Any]]) -> dict[str, Any]:
     if not ok:
         return {"failed": xs[0].get("failed") if xs else "no runs"}
     seconds = sum(x["seconds"] for x in ok)
+    requests = sum(x["requests"] for x in ok)
     return {
         "rps": round(sum(x["requests"] for x in ok) / seconds, 1) if seconds else 0.0,
+        #: CPU time of the target's processes per answered request: steadier than req/s on a
+        #: shared machine (it does not count the time the target waited for a core).
+        "cpu_us_per_request": round(sum(x.get("cpu_s", 0.0) for x in ok) / requests * 1e6, 1) if requests else None,
         "p50_ms": round(statistics.median(x["p50_ms"] for x in ok), 3),
         "p99_ms": round(statistics.median(x["p99_ms"] for x in ok), 3),
         "p99_max_ms": round(max(x["p99_ms"] for x in ok), 3),

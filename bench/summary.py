@@ -6,13 +6,23 @@ from typing import Any
 
 from targets import Paths
 
-ORDER = ("direct", "passthrough", "switchboard", "switchboard-limits", "switchboard-logs-off", "portkey", "litellm")
+ORDER = (
+    "direct",
+    "passthrough",
+    "switchboard",
+    "switchboard-limits",
+    "switchboard-logs-off",
+    "switchboard-baseline",
+    "portkey",
+    "litellm",
+)
 LABEL = {
     "direct": "direct upstream",
     "passthrough": "bare passthrough",
     "switchboard": "**Switchboard**",
     "switchboard-limits": "Switchboard with `limits:`",
     "switchboard-logs-off": "Switchboard, logs off (`log_level: warning`)",
+    "switchboard-baseline": "`BENCH_BASELINE` checkout, logs off",
     "portkey": "Portkey gateway",
     "litellm": "LiteLLM proxy",
 }
@@ -194,6 +204,21 @@ def ratio_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cpu_table(doc: dict[str, Any]) -> list[str]:
+    """CPU time per answered request of each target's own processes: what a request costs,
+    steadier than req/s on a shared machine (waiting for a core is not counted)."""
+    r = doc["results"]
+    lines = ["| target | " + " | ".join(t for _, t in SCENARIOS) + " |", "|---" * 5 + "|"]
+    for n in _names(doc):
+        if n == "direct":
+            continue
+        cells = [get(r, n, k, "cpu_us_per_request") for k, _ in SCENARIOS]
+        if all(c is None for c in cells):
+            continue
+        lines.append(f"| {LABEL[n]} | " + " | ".join("—" if c is None else f"{c:,.0f} µs" for c in cells) + " |")
+    return lines
+
+
 def footprint_table(doc: dict[str, Any]) -> list[str]:
     r = doc["results"]
     n_streams = doc["meta"]["slow_streams"]
@@ -288,6 +313,17 @@ def render(doc: dict[str, Any], paths: Paths) -> str:
     lines += [f"| {label} | {value} | {mark[ok]} |" for label, value, ok in checks(doc)]
     lines += ["", "## Throughput and latency", "", *throughput_table(doc)]
     lines += ["", "## Ratios", "", *ratio_table(doc)]
+    cpu = cpu_table(doc)
+    if len(cpu) > 2:
+        lines += [
+            "",
+            "## CPU per request",
+            "",
+            "CPU time (user + system) of the target's own processes per answered "
+            "request, over all rounds: what a request costs it, whatever else runs on the machine.",
+            "",
+            *cpu,
+        ]
     lines += [
         "",
         "## Footprint, start-up, slow streams",

@@ -76,6 +76,7 @@ def switchboard_config(
     limits: dict[str, Any] | None = None,
     *,
     logs_off: bool = False,
+    name: str | None = None,
 ) -> Path:
     """bench/config.yaml with the ports filled in, plus the Slack platform when it exists (and
     `limits` when given; `logs_off`: `server.log_level: warning`, no per-request lines)."""
@@ -96,7 +97,7 @@ def switchboard_config(
         data["limits"] = limits
     if logs_off:
         data["server"]["log_level"] = "warning"
-    name = "switchboard-limits" if limits else "switchboard-logs-off" if logs_off else "switchboard"
+    name = name or ("switchboard-limits" if limits else "switchboard-logs-off" if logs_off else "switchboard")
     path = paths.out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -172,6 +173,26 @@ def build(paths: Paths, upstream_port: int, slack_api: str | None) -> list[Targe
             cwd=paths.root,
         ),
     ]
+    baseline = os.environ.get("BENCH_BASELINE")
+    if baseline:  # another checkout (`git worktree add /tmp/old <commit>`) with the logs-off config
+        port = free_port()
+        targets.append(
+            Target(
+                "switchboard-baseline",
+                [
+                    paths.python,
+                    "-m",
+                    "proxy",
+                    "serve",
+                    "--config",
+                    str(switchboard_config(paths, port, upstream, None, logs_off=True, name="switchboard-baseline")),
+                ],
+                port,
+                channels,
+                {"authorization": "Bearer sk-bench"},
+                cwd=Path(baseline).resolve(),
+            )
+        )
     portkey = paths.bench / "node_modules/@portkey-ai/gateway/build/start-server.js"
     node = shutil.which("node")
     if portkey.exists() and node:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from proxy.hot_metrics import HistogramChild, LoopCounter, LoopHistogram, LoopMetrics
 
 
 class Metrics:
@@ -15,46 +17,41 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.attempts = Counter(
+        # The request path's metrics (updated on every answer) are loop metrics: no lock per update.
+        self.attempts = LoopCounter(
             "switchboard_provider_attempts",
             "Provider requests by outcome (after retries).",
             ["channel", "provider", "outcome"],
-            registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "switchboard_provider_seconds",
             "Provider request time until it answered or failed.",
             ["provider"],
-            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "switchboard_requests",
             "Finished requests by door (openai, or the platform's name for chat messages), channel ('-' before one "
             "was chosen) and outcome: ok, refused (4xx), error (5xx), client_gone; for chat messages answered, failed, "
             "stopped, limited, undelivered, shutdown.",
             ["door", "channel", "outcome"],
-            registry=self.registry,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = LoopHistogram(
             "switchboard_request_seconds",
             "Time from a request's arrival (or a chat message's submission) to its end, by door.",
             ["door"],
-            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
-        self.ttft = Histogram(
+        self.ttft = LoopHistogram(
             "switchboard_time_to_first_token_seconds",
             "Streamed API requests: time from arrival to the first byte of the answer sent.",
             ["channel"],
-            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.failovers = Counter(
+        self.failovers = LoopCounter(
             "switchboard_failovers",
             "Answers given by a provider other than the first of their channel's chain.",
             ["channel"],
-            registry=self.registry,
         )
         self.retries = Counter(
             "switchboard_provider_retries",
@@ -75,7 +72,8 @@ class Metrics:
             ["platform"],
             registry=self.registry,
         )
-        self._requests: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._requests: dict[tuple[str, str, str], tuple[list[float], HistogramChild]] = {}
+        self._ttft: dict[str, HistogramChild] = {}
         self.hooks = Counter(
             "switchboard_hook_requests",
             "Inbound platform webhook requests by status (499: the client left before its body arrived).",
@@ -105,14 +103,13 @@ class Metrics:
             ["kind", "scope", "name"],
             registry=self.registry,
         )
-        self.tokens = Counter(
+        self.tokens = LoopCounter(
             "switchboard_tokens",
             "Tokens spent by channel, model and direction (prompt, completion), as the upstream reported them "
             "or estimated when it did not.",
             ["channel", "model", "direction"],
-            registry=self.registry,
         )
-        self._tokens: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        self._tokens: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.reloads = Counter(
             "switchboard_config_reloads",
             "Config reloads by trigger (sighup, watch, admin) and outcome: changed, unchanged, or "
@@ -121,17 +118,18 @@ class Metrics:
             registry=self.registry,
         )
 
-        # labelled children by (channel, provider, outcome): `labels()` takes a lock and hashes
-        # on every call, and this runs on every request. Bounded by the config (channels x
-        # providers x error kinds).
-        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        hot = [self.attempts, self.latency, self.requests, self.request_seconds, self.ttft, self.failovers]
+        self.registry.register(LoopMetrics([*hot, self.tokens]))
+        # children by their labels, looked up once per request. Bounded by the config (channels
+        # x providers x error kinds).
+        self._children: dict[tuple[str, str, str], tuple[list[float], HistogramChild]] = {}
 
     def observe_attempt(self, channel: str, provider: str, outcome: str, seconds: float) -> None:
         key = (channel, provider, outcome)
         children = self._children.get(key)
         if children is None:
-            children = self._children[key] = (self.attempts.labels(*key), self.latency.labels(provider))
-        children[0].inc()
+            children = self._children[key] = (self.attempts.child(*key), self.latency.child(provider))
+        children[0][0] += 1
         children[1].observe(seconds)
 
     def observe_request(
@@ -142,13 +140,16 @@ class Metrics:
         key = (door, channel or "-", outcome)
         children = self._requests.get(key)
         if children is None:
-            children = self._requests[key] = (self.requests.labels(*key), self.request_seconds.labels(door))
-        children[0].inc()
+            children = self._requests[key] = (self.requests.child(*key), self.request_seconds.child(door))
+        children[0][0] += 1
         children[1].observe(seconds)
         if ttft is not None and channel:
-            self.ttft.labels(channel).observe(ttft)
+            child = self._ttft.get(channel)
+            if child is None:
+                child = self._ttft[channel] = self.ttft.child(channel)
+            child.observe(ttft)
         if failover and channel:
-            self.failovers.labels(channel).inc()
+            self.failovers.child(channel)[0] += 1
 
     def count_refused(self, status: int, reason: str) -> None:
         """One refused API request. `reason` is one of our own codes (a bounded set)."""
@@ -163,11 +164,11 @@ class Metrics:
         children = self._tokens.get((channel, model))
         if children is None:
             children = self._tokens[channel, model] = (
-                self.tokens.labels(channel, model, "prompt"),
-                self.tokens.labels(channel, model, "completion"),
+                self.tokens.child(channel, model, "prompt"),
+                self.tokens.child(channel, model, "completion"),
             )
-        children[0].inc(prompt)
-        children[1].inc(completion)
+        children[0][0] += prompt
+        children[1][0] += completion
 
     def count_reload(self, trigger: str, outcome: str) -> None:
         self.reloads.labels(trigger, outcome).inc()

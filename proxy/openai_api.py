@@ -20,13 +20,12 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message as Message_
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
@@ -100,6 +99,16 @@ class Trace(Event):
         self.stream = self.failover = False
         self.tokens: tuple[int, int, bool] | None = None
         self.content: tuple[str, str] | None = None  # prompt, answer: only with server.log_content
+
+    async def reply(self, send: Send, status: int, body: bytes, head: Iterable[tuple[bytes, bytes]]) -> None:
+        """A whole response, with this request's id (`X-Request-Id`); its status is noted."""
+        self.status = status
+        await send_bytes(send, status, body, (*head, (b"x-request-id", self.request_id().encode())))
+
+    def request_id(self) -> str:
+        if self.id is None:  # refused before the headers were read
+            self.id = request_id()
+        return self.id
 
     def observe(self, finished: RequestObserver) -> None:
         status = self.status
@@ -367,20 +376,8 @@ class OpenAIFrontDoor:
         """POST /v1/chat/completions. Never raises to the server: every failure is an OpenAI
         error JSON (or, once a stream has started, an error event in it)."""
         trace = Trace()
-        token = REQUEST_ID.set(None)
-
-        async def sending(message: Message_) -> None:
-            if message["type"] == "http.response.start":
-                trace.status = message["status"]
-                if trace.id is None:
-                    trace.id = request_id()
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", trace.id.encode())]
-            elif not trace.first_byte and message.get("body"):
-                trace.first_byte = time.monotonic()
-            await send(message)
-
         try:
-            await self.chat_completions(scope, receive, sending, trace)
+            await self.chat_completions(scope, receive, send, trace)
         except ClientGone:
             trace.status = trace.status or 499
         except StoreUnavailable as e:
@@ -392,14 +389,14 @@ class OpenAIFrontDoor:
                 code="store_unavailable",
             )
             with contextlib.suppress(Exception):  # fails harmlessly if the response had started
-                await send_bytes(sending, 503, body, STORE_DOWN_HEAD)
+                await trace.reply(send, 503, body, STORE_DOWN_HEAD)
         except Exception:
             log.exception("chat completion failed")
             body = error_body("Internal error in Switchboard; see its log.", "server_error", code="internal_error")
             with contextlib.suppress(Exception):  # fails harmlessly if the response had started
-                await send_bytes(sending, 500, body, JSON_HEAD)
+                await trace.reply(send, 500, body, JSON_HEAD)
         finally:
-            REQUEST_ID.reset(token)
+            REQUEST_ID.set(None)  # for a caller that ran this in its own task (tests, embedding apps)
             if self.finished is not None:
                 trace.observe(self.finished)
             else:
@@ -413,9 +410,9 @@ class OpenAIFrontDoor:
         except RequestError as e:
             self.refused(e.status, e.code, e.param)
             body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
-            return await send_bytes(send, e.status, body, CLOSE_HEAD if e.status == 408 else JSON_HEAD)
+            return await trace.reply(send, e.status, body, CLOSE_HEAD if e.status == 408 else JSON_HEAD)
         except OverLimit as e:
-            return await send_bytes(send, 429, *over_limit(e))
+            return await trace.reply(send, 429, *over_limit(e))
         if grant is NO_GRANT:
             return await self._answer(channel, req, record, usage, grant, key_name, receive, send, trace)
         try:
@@ -443,13 +440,13 @@ class OpenAIFrontDoor:
         except RequestRejected as e:
             status, body = rejected(e)
             self.refused(status, UPSTREAM, e.param)
-            return await send_bytes(send, status, body, JSON_HEAD)
+            return await trace.reply(send, status, body, JSON_HEAD)
         except ChainFailed as e:
-            return await send_bytes(send, *self._chain_failed(channel, e), JSON_HEAD)
+            return await trace.reply(send, *self._chain_failed(channel, e), JSON_HEAD)
         if record:
             await self.engine.record(req.conversation, record, result.text)
         body = orjson.dumps(self._completion_body(channel.name, result))
-        await send_bytes(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
+        await trace.reply(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
         await grant.finish(result.usage, result.text)
         trace.tokens = self.engine.usage.note(
             channel=channel.name,
@@ -510,10 +507,16 @@ class OpenAIFrontDoor:
         # the first delta decides the provider (failover happens here, before any byte is sent)
         first = await anext(source, None)
         trace.provider, trace.failover = outcome.provider, outcome.provider != channel.providers[0]
-        headers = [*SSE_HEAD, (b"x-switchboard-provider", outcome.provider.encode())]
+        headers = [
+            *SSE_HEAD,
+            (b"x-switchboard-provider", outcome.provider.encode()),
+            (b"x-request-id", trace.request_id().encode()),
+        ]
         seen = Seen()
+        trace.status = 200
         try:
-            await send_stream(receive, send, headers, self._sse(channel.name, source, first, req, record, usage, seen))
+            body = self._sse(channel.name, source, first, req, record, usage, seen, trace)
+            await send_stream(receive, send, headers, body)
         finally:  # charged when the stream ends, also when the client left or it broke off
             text = "".join(seen.text)
             await grant.finish(seen.usage, text)
@@ -539,6 +542,7 @@ class OpenAIFrontDoor:
         record: list[Message],
         include_usage: bool,
         seen: Seen,
+        trace: Trace,
     ) -> AsyncIterator[bytes]:
         head = {
             "id": self._answer_id(),
@@ -577,6 +581,8 @@ class OpenAIFrontDoor:
                 if d.usage:
                     usage_seen = seen.usage = d.usage
                 if out:
+                    if not trace.first_byte:
+                        trace.first_byte = time.monotonic()  # time to first token: sent right after this
                     yield out
                     out = b""
                 d = await anext(source, None)
