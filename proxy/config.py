@@ -65,6 +65,7 @@ class ServerConfig(_Strict):
         if v >= info.data.get("dedupe_ttl", float("inf")):
             raise ValueError("must be shorter than server.dedupe_ttl")
         return v
+
     gc_threshold: int = Field(2_000, ge=0)
     """`serve` only: Python's gen-0 garbage-collection threshold (0 keeps Python's defaults). With the start-up heap
     frozen out of collections and this above Python's 700, request churn no longer triggers collections; kept small,

@@ -118,8 +118,8 @@ class Metrics:
             registry=self.registry,
         )
 
-        hot = [self.attempts, self.latency, self.requests, self.request_seconds, self.ttft, self.failovers]
-        self.registry.register(LoopMetrics([*hot, self.tokens]))
+        hot: list[LoopCounter | LoopHistogram] = [self.attempts, self.latency, self.requests, self.request_seconds]
+        self.registry.register(LoopMetrics([*hot, self.ttft, self.failovers, self.tokens]))
         # children by their labels, looked up once per request. Bounded by the config (channels
         # x providers x error kinds).
         self._children: dict[tuple[str, str, str], tuple[list[float], HistogramChild]] = {}

@@ -55,4 +55,3 @@ def window_end(now: float, window: float) -> float:
     """When the fixed counting window holding `now` ends. Windows are aligned to the Unix epoch,
     so every store and the limiter's local counts agree on them (Redis does the same in Lua)."""
     return (now // window + 1) * window
-
