@@ -27,13 +27,13 @@ from proxy.admin import Admin
 from proxy.config import Settings
 from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
+from proxy.doors.openai_chat import OpenAIFrontDoor, error_response
 from proxy.engine import Engine
 from proxy.errors import RequestError, StoreUnavailable, VerificationError
 from proxy.health import readiness
 from proxy.http_util import CLIENT_CLOSED, ClientGone, read_body
 from proxy.logs import REQUEST_ID, event, request_id
 from proxy.metrics import Metrics
-from proxy.openai_api import OpenAIFrontDoor, error_response
 from proxy.recent import Recent
 from proxy.recovery import Recovery
 from proxy.refusals import Refusals

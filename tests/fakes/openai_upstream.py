@@ -189,14 +189,28 @@ class FakeOpenAI:
         if "temperature" in body and (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)):
             got = type(temperature).__name__
             message = f"Invalid type for 'temperature': expected a decimal, but got a {got} instead."
-            return {"error": {"message": message, "type": "invalid_request_error", "param": "temperature", "code": "invalid_type"}}
+            return {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": "temperature",
+                    "code": "invalid_type",
+                }
+            }
         size = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [] if isinstance(m, dict))
         if self.context_limit is not None and size > self.context_limit:
             message = (
                 f"This model's maximum context length is {self.context_limit} tokens. However, your messages "
                 f"resulted in {size} tokens. Please reduce the length of the messages."
             )
-            return {"error": {"message": message, "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+            return {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            }
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:

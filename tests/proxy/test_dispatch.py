@@ -34,8 +34,16 @@ class LoopPlatform(Platform):
         m = orjson.loads(request.body)
         if not await self.ctx.claim(m["id"]):
             return WebResponse(200, b"dup")
-        msg = Inbound(self.name, m["id"], m.get("chat", "c1"), m.get("user", "u1"), m.get("text", ""),
-                      kind=m.get("kind", "text"), direct=m.get("direct", True), thread_id=m.get("thread"))
+        msg = Inbound(
+            self.name,
+            m["id"],
+            m.get("chat", "c1"),
+            m.get("user", "u1"),
+            m.get("text", ""),
+            kind=m.get("kind", "text"),
+            direct=m.get("direct", True),
+            thread_id=m.get("thread"),
+        )
         LoopPlatform.jobs[m["id"]] = self.ctx.submit(self, msg)
         return WebResponse(200, b"ok")
 
@@ -49,8 +57,11 @@ def app(tmp_path, **extra):
     LoopPlatform.delivered.clear()
     data = {
         "store": {"url": f"sqlite:///{tmp_path}/d.db"},
-        "providers": {"echo": {"kind": "echo"}, "slow": {"kind": "echo", "delay": 0.2, "prefix": "slow: "},
-                      "down": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "k"}},
+        "providers": {
+            "echo": {"kind": "echo"},
+            "slow": {"kind": "echo", "delay": 0.2, "prefix": "slow: "},
+            "down": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key": "k"},
+        },
         "platforms": {"loop": {"kind": "loop"}},
         "channels": [
             {"name": "img", "match": {"prefix": ["img:", "图片："]}, "providers": ["slow"]},
@@ -146,7 +157,7 @@ async def test_stop_ends_a_running_answer(tmp_path):
                 break
             await asyncio.sleep(0.02)
         LoopPlatform.jobs["s1"].stop()
-        (text, _, stopped), = await delivered("s1")
+        ((text, _, stopped),) = await delivered("s1")
     assert stopped and text.startswith("slow:") and len(text.split()) < 30
 
 

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from proxy import logs
+from proxy.doors.chat import Trace
 from proxy.failover import Attempt
-from proxy.openai_api import Trace
 
 
 @pytest.fixture

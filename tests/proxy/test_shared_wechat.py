@@ -52,7 +52,9 @@ async def deliver(client: httpx.AsyncClient, url: str, body: bytes) -> str | Non
     """One delivery as WeChat makes it: the passive reply's text, "success", or None when no
     reply came within WeChat's wait (WeChat drops the connection and delivers again)."""
     try:
-        resp = await client.post(f"{url}/hooks/wx", params=signed_query(openid=OPENID), content=body, timeout=WECHAT_WAIT)
+        resp = await client.post(
+            f"{url}/hooks/wx", params=signed_query(openid=OPENID), content=body, timeout=WECHAT_WAIT
+        )
     except httpx.ReadTimeout:
         return None
     assert resp.status_code == 200, resp.text
@@ -79,9 +81,7 @@ def redis(redis_url: str) -> str:
     return f"{redis_url}?prefix=wx{uuid.uuid4().hex[:8]}"
 
 
-async def test_the_answer_made_on_one_instance_goes_out_on_the_retry_that_reached_the_other(
-    redis: str, tmp_path: Path
-):
+async def test_the_answer_made_on_one_instance_goes_out_on_the_retry_that_reached_the_other(redis: str, tmp_path: Path):
     async with FakeOpenAI(answer="made on A, sent by B") as up, FakeWeChatAPI() as api:
         up.hang(WECHAT_WAIT + 2)  # ready while the second delivery (on B) waits
         cfg = config(redis, up.base_url, api.base_url, secret=True)

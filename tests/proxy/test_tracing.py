@@ -41,7 +41,13 @@ class Collector:
                 for span in scope.spans:
                     attributes = {a.key: _value(a.value) for a in span.attributes}
                     self.spans.append(
-                        {"name": span.name, "kind": span.kind, "service": service, "status": span.status.code, **attributes}
+                        {
+                            "name": span.name,
+                            "kind": span.kind,
+                            "service": service,
+                            "status": span.status.code,
+                            **attributes,
+                        }
                     )
         return web.Response(body=b"", content_type="application/x-protobuf")
 

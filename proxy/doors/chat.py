@@ -1,14 +1,14 @@
-"""The OpenAI-compatible front door: POST /v1/chat/completions, GET /v1/models.
+"""What every chat dialect's front door shares: auth, routing, limits, the answer, the log line.
 
-This is the hot path. Everything that can be prepared at start-up is (key digests, the model
-list); a request costs one auth lookup, one JSON parse, one validation pass and the upstream
-call. Streams are passed through chunk by chunk.
+A dialect (`openai_chat.py`, `anthropic.py`) subclasses `ChatDoor` and supplies only its wire
+format: `turn` (its request body → a `Turn` of core messages and parameters), `completion_body`
+(a `Completion` → its response JSON), `encoder` (a `StreamEncoder` turning the core's deltas into
+its event stream) and `error_body` (its error JSON). The flow is here once: the request id, the
+API key, the channel named by the request's model, the stored conversation, limits, failover
+through the engine, usage, metrics and one log line per request.
 
-Sessions: a request that names one (`X-Conversation-Id` header, else the `user` field) gets
-provider memory (Dify's conversation_id) kept per (key, channel, session). If such a request
-carries no assistant turns (a stateless client sending only the new message), the stored
-transcript is prepended and the exchange recorded, so context also survives failover and
-restarts. Without a session name nothing is stored: the messages pass through as sent.
+A door instance is the ASGI app of its endpoint (`POST /v1/chat/completions`, `POST
+/v1/messages`): no Starlette Request/Response objects on the way (the OpenAI one is the hot path).
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Channel, KeyConfig, Settings
@@ -50,16 +49,14 @@ from proxy.types import ChatRequest, Completion, Delta, Message, RequestObserver
 
 log = logging.getLogger("switchboard.openai")
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-OWN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "user", "n"})
-JSON_TYPE = "application/json"
-WANTED_HEADERS = frozenset({b"authorization", b"content-length", b"x-conversation-id", b"x-request-id"})
 JSON_HEAD = ((b"content-type", b"application/json"),)
 #: A 408 (the body was too slow) closes the connection: the rest of the body is not worth reading.
 CLOSE_HEAD = (*JSON_HEAD, (b"connection", b"close"))
 #: A 503 for a store that is down: clients that honour Retry-After come back a little later.
 STORE_DOWN_HEAD = (*JSON_HEAD, (b"retry-after", b"5"))
 SSE_HEAD = ((b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"))
+#: API sessions live under this door name in conversation keys, whichever dialect they speak.
+API_DOOR = "openai"
 
 #: Told of every refused request: its status, our reason code (None: invalid request) and the
 #: offending field. Called on the refusal paths only.
@@ -70,6 +67,10 @@ def _not_counted(status: int, reason: str | None, param: str | None) -> None:
     return None
 
 
+def digest(key: str | bytes) -> str:
+    return hashlib.sha256(key.encode() if isinstance(key, str) else key).hexdigest()
+
+
 class Trace(Event):
     """One API request as its log line tells it: filled in as the request goes, logged as it is
     (its fields are built by the log writer, off the event loop)."""
@@ -77,6 +78,7 @@ class Trace(Event):
     __slots__ = (
         "channel",
         "content",
+        "door",
         "failover",
         "first_byte",
         "id",
@@ -90,7 +92,8 @@ class Trace(Event):
     )
     event = "request"
 
-    def __init__(self) -> None:
+    def __init__(self, door: str = "openai") -> None:
+        self.door = door
         self.started = time.monotonic()
         self.id: str | None = None
         self.status = 0
@@ -115,10 +118,10 @@ class Trace(Event):
         outcome = "ok" if status < 400 else "client_gone" if status == 499 else "refused" if status < 500 else "error"
         self.latency = time.monotonic() - self.started
         ttft = self.first_byte - self.started if self.stream and self.first_byte else None
-        finished("openai", self.channel, outcome, self.latency, ttft, self.failover)
+        finished(self.door, self.channel, outcome, self.latency, ttft, self.failover)
 
     def __str__(self) -> str:  # `render(self.event, self.fields())`, in a third of the time
-        out = f"request request_id={self.id} door=openai"
+        out = f"request request_id={self.id} door={self.door}"
         if self.channel is not None:
             out += f" channel={q(self.channel)}"
         if self.provider is not None:
@@ -143,7 +146,7 @@ class Trace(Event):
         prompt, answer = self.content or (None, None)
         return {
             "request_id": self.id,
-            "door": "openai",
+            "door": self.door,
             "channel": self.channel,
             "provider": self.provider,
             "key": self.key,
@@ -160,75 +163,51 @@ class Trace(Event):
         }
 
 
-def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+@dataclass(slots=True)
+class Turn:
+    """A dialect's request, in the core's terms."""
+
+    messages: list[Message]
+    params: dict[str, Any]
+    stream: bool = False
+    #: The caller's session name (a header or a user field): context is kept per (key, channel, session).
+    session: str | None = None
+    #: OpenAI's `stream_options.include_usage` (other dialects always report usage).
+    include_usage: bool = False
 
 
-def error_response(
-    status: int,
-    message: str,
-    type_: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    body = error_body(message, type_, param=param, code=code)
-    return Response(body, status, headers=headers, media_type=JSON_TYPE)
+class StreamEncoder:
+    """Turns the core's deltas into one dialect's event stream. Each method returns the bytes to
+    send (possibly empty); `seen` is what the stream carried so far."""
+
+    def start(self) -> bytes:
+        return b""
+
+    def text(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def tools(self, calls: list[dict[str, Any]]) -> bytes:
+        raise NotImplementedError
+
+    def end(self, finish: str, seen: Seen) -> bytes:
+        raise NotImplementedError
+
+    def cut_off(self, message: str) -> bytes:
+        raise NotImplementedError
 
 
-def digest(key: str | bytes) -> str:
-    return hashlib.sha256(key.encode() if isinstance(key, str) else key).hexdigest()
+class Seen:
+    """What a stream carried: for charging it to token budgets and usage when it ends."""
 
+    __slots__ = ("text", "usage")
 
-def parse_messages(raw: Any) -> list[Message]:
-    if not isinstance(raw, list) or not raw:
-        raise RequestError("'messages' must be a non-empty array of message objects.", param="messages")
-    out = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict):
-            raise RequestError(f"messages[{i}] must be an object.", param=f"messages[{i}]")
-        role = m.get("role")
-        if not isinstance(role, str) or role not in ROLES:  # a list or object is not hashable
-            got = repr(role) if isinstance(role, str) else f"a JSON {_json_type(role)}"
-            raise RequestError(
-                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {got[:80]}.",
-                param=f"messages[{i}].role",
-            )
-        content = m.get("content")
-        if isinstance(content, list):
-            _check_parts(content, i)
-        elif not (isinstance(content, str) or (content is None and role in ("assistant", "function"))):
-            raise RequestError(
-                f"messages[{i}].content must be a string or an array of content parts.", param=f"messages[{i}].content"
-            )
-        extra = {k: v for k, v in m.items() if k not in ("role", "content")} or None
-        out.append(Message(role, content, extra))
-    return out
-
-
-def _check_parts(parts: list[Any], i: int) -> None:
-    """Content parts are objects with a string `type`; a text part's `text` is a string (other
-    part types go upstream as sent, for the backend to judge)."""
-    for j, p in enumerate(parts):
-        if not isinstance(p, dict) or not isinstance(p.get("type"), str):
-            raise RequestError(
-                f"messages[{i}].content[{j}] must be a content part object with a string 'type'.",
-                param=f"messages[{i}].content[{j}]",
-            )
-        if p["type"] == "text" and not isinstance(p.get("text"), str):
-            raise RequestError(
-                f"messages[{i}].content[{j}].text must be a string.", param=f"messages[{i}].content[{j}].text"
-            )
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.usage: Usage | None = None
 
 
 class DoorView:
-    """What the front door reads from one config, prepared once per config (at start-up and on
+    """What a front door reads from one config, prepared once per config (at start-up and on
     each reload). A request reads `door.view` once and keeps it: a reload swaps the reference."""
 
     __slots__ = ("keys", "offered", "settings")
@@ -241,11 +220,16 @@ class DoorView:
         }
 
 
-class OpenAIFrontDoor:
-    """The OpenAI-compatible API. The instance itself is the ASGI app of
-    `POST /v1/chat/completions` (the hot path: no Starlette Request/Response objects).
+class ChatDoor:
+    """The flow of a chat request through any dialect (see the module docstring)."""
 
-    `/v1/models` offers only the channels that have an enabled provider."""
+    #: The door's name in metrics and log lines.
+    door: ClassVar[str] = "openai"
+    #: Request headers read (lower-case).
+    wanted: ClassVar[frozenset[bytes]] = frozenset(
+        {b"authorization", b"content-length", b"x-conversation-id", b"x-request-id"}
+    )
+    id_prefix: ClassVar[str] = "chatcmpl-"
 
     def __init__(
         self,
@@ -262,7 +246,7 @@ class OpenAIFrontDoor:
         self.body_timeout = settings.raw.server.body_timeout
         self.created = int(time.time())
         # answer ids: a random per-process prefix and a counter (uuid4 is a syscall per answer)
-        self._id_prefix = "chatcmpl-" + secrets.token_hex(8)
+        self._id_prefix = self.id_prefix + secrets.token_hex(8)
         self._ids = itertools.count(1)
 
     @property
@@ -274,13 +258,33 @@ class OpenAIFrontDoor:
         """A reload: requests from now on use `settings`; those in flight keep their view."""
         self.view = DoorView(settings)
 
+    # -- the dialect ---------------------------------------------------------------------------
+
+    def api_key(self, headers: Mapping[bytes, bytes]) -> bytes | None:
+        """The caller's API key from the request headers (`Authorization: Bearer …`)."""
+        scheme, _, token = (headers.get(b"authorization") or b"").partition(b" ")
+        return token.strip() if scheme.lower() == b"bearer" else None
+
+    def turn(self, data: dict[str, Any], headers: Mapping[bytes, bytes]) -> Turn:
+        raise NotImplementedError
+
+    def completion_body(self, model: str, c: Completion, tokens: tuple[int, int, bool]) -> bytes:
+        raise NotImplementedError
+
+    def encoder(self, model: str, turn: Turn, req: ChatRequest) -> StreamEncoder:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:
+        raise NotImplementedError
+
+    def over_limit_head(self, e: OverLimit) -> tuple[tuple[bytes, bytes], ...]:
+        return (*JSON_HEAD, (b"retry-after", b"%d" % max(1, math.ceil(e.retry_after))))
+
     # -- helpers -----------------------------------------------------------------------------
 
-    def _auth(self, header: bytes | None, view: DoorView) -> tuple[str, KeyConfig]:
+    def _auth(self, token: bytes | None, view: DoorView) -> tuple[str, KeyConfig]:
         # looked up by the SHA-256 of the token, so no comparison ever runs on the secret itself
-        scheme, _, token = (header or b"").partition(b" ")
-        token = token.strip()
-        found = view.keys.get(digest(token)) if token and scheme.lower() == b"bearer" else None
+        found = view.keys.get(digest(token)) if token else None
         if found is None:
             raise RequestError(
                 "Incorrect API key provided. Send 'Authorization: Bearer <key>' with one of the configured keys.",
@@ -302,17 +306,17 @@ class OpenAIFrontDoor:
             )
         return channel
 
-    def _answer_id(self) -> str:
+    def answer_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     async def _build(
         self, scope: Scope, receive: Receive, trace: Trace
-    ) -> tuple[Channel, ChatRequest, list[Message], bool, Grant, str]:
+    ) -> tuple[Channel, ChatRequest, list[Message], Turn, Grant, str]:
         view = self.view  # this request's config, whatever a reload does meanwhile
-        headers = header_map(scope, WANTED_HEADERS)
+        headers = header_map(scope, self.wanted)
         trace.id = request_id(headers.get(b"x-request-id"))
         REQUEST_ID.set(trace.id)
-        key_name, key = self._auth(headers.get(b"authorization"), view)
+        key_name, key = self._auth(self.api_key(headers), view)
         trace.key = key_name
         body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
         try:
@@ -323,26 +327,11 @@ class OpenAIFrontDoor:
             raise RequestError("The request body must be a JSON object.")
         channel = self._channel(key, data.get("model"), view)
         trace.channel = channel.name
-        messages = parse_messages(data.get("messages"))
-        stream = data.get("stream", False)
-        if not isinstance(stream, bool):
-            raise RequestError("'stream' must be a boolean.", param="stream")
-        if data.get("n", 1) != 1:
-            raise RequestError("Only n=1 is supported.", param="n")
-        options = data.get("stream_options")
-        if options is not None and (not stream or not isinstance(options, dict)):
-            raise RequestError(
-                "'stream_options' must be an object and is only allowed with stream=true.", param="stream_options"
-            )
-        user = data.get("user")
-        if user is not None and not isinstance(user, str):
-            raise RequestError("'user' must be a string.", param="user")
-        params = {k: v for k, v in data.items() if k not in OWN_FIELDS}
-        named = headers.get(b"x-conversation-id")
-        session = named.decode("latin-1") if named else user
+        turn = self.turn(data, headers)
+        messages, session = turn.messages, turn.session
         conversation, stateless, record = "", False, []
         if session:
-            conversation = conversation_of(channel.name, "openai", key_name, session)
+            conversation = conversation_of(channel.name, API_DOOR, key_name, session)
             stateless = not any(m.role == "assistant" for m in messages)
             if stateless:
                 record = [m for m in messages if m.role not in ("system", "developer")]
@@ -352,12 +341,12 @@ class OpenAIFrontDoor:
             conversation=conversation,
             with_history=stateless,
             user=f"{key_name}:{session}" if session else key_name,
-            params=params,
-            stream=stream,
+            params=turn.params,
+            stream=turn.stream,
         )
         limits = view.settings.limits
         grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
-        return channel, req, record, bool(options and options.get("include_usage")), grant, key_name
+        return channel, req, record, turn, grant, key_name
 
     async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest) -> Grant:
         """The key's and the channel's limits (the last step of `_build`: nothing after it
@@ -370,29 +359,26 @@ class OpenAIFrontDoor:
         grant.prompt = req.messages
         return grant
 
-    # -- endpoints ---------------------------------------------------------------------------
+    # -- the endpoint ------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """POST /v1/chat/completions. Never raises to the server: every failure is an OpenAI
-        error JSON (or, once a stream has started, an error event in it)."""
-        trace = Trace()
+        """Never raises to the server: every failure is the dialect's error JSON (or, once a
+        stream has started, an error event in it)."""
+        trace = Trace(self.door)
         try:
-            await self.chat_completions(scope, receive, send, trace)
+            await self.chat(scope, receive, send, trace)
         except ClientGone:
             trace.status = trace.status or 499
         except StoreUnavailable as e:
-            self.engine.store_failed("openai")
-            log.warning("chat completion refused: %s", e)
-            body = error_body(
-                "Switchboard's store is unavailable, so the request cannot be served now; try again shortly.",
-                "server_error",
-                code="store_unavailable",
-            )
+            self.engine.store_failed(self.door)
+            log.warning("%s request refused: %s", self.door, e)
+            message = "Switchboard's store is unavailable, so the request cannot be served now; try again shortly."
+            body = self.error_body(503, message, code="store_unavailable")
             with contextlib.suppress(Exception):  # fails harmlessly if the response had started
                 await trace.reply(send, 503, body, STORE_DOWN_HEAD)
         except Exception:
-            log.exception("chat completion failed")
-            body = error_body("Internal error in Switchboard; see its log.", "server_error", code="internal_error")
+            log.exception("%s request failed", self.door)
+            body = self.error_body(500, "Internal error in Switchboard; see its log.", code="internal_error")
             with contextlib.suppress(Exception):  # fails harmlessly if the response had started
                 await trace.reply(send, 500, body, JSON_HEAD)
         finally:
@@ -404,19 +390,19 @@ class OpenAIFrontDoor:
             if log.isEnabledFor(logging.INFO):
                 emit(log, logging.INFO, trace)
 
-    async def chat_completions(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
+    async def chat(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
         try:
-            channel, req, record, usage, grant, key_name = await self._build(scope, receive, trace)
+            channel, req, record, turn, grant, key_name = await self._build(scope, receive, trace)
         except RequestError as e:
             self.refused(e.status, e.code, e.param)
-            body = error_body(e.message, "invalid_request_error", param=e.param, code=e.code)
+            body = self.error_body(e.status, e.message, param=e.param, code=e.code)
             return await trace.reply(send, e.status, body, CLOSE_HEAD if e.status == 408 else JSON_HEAD)
         except OverLimit as e:
-            return await trace.reply(send, 429, *over_limit(e))
+            return await trace.reply(send, 429, self.error_body(429, str(e), code=e.code), self.over_limit_head(e))
         if grant is NO_GRANT:
-            return await self._answer(channel, req, record, usage, grant, key_name, receive, send, trace)
+            return await self._answer(channel, req, record, turn, grant, key_name, receive, send, trace)
         try:
-            await self._answer(channel, req, record, usage, grant, key_name, receive, send, trace)
+            await self._answer(channel, req, record, turn, grant, key_name, receive, send, trace)
         finally:
             await grant.release()  # nothing when the answer already charged it
 
@@ -425,7 +411,7 @@ class OpenAIFrontDoor:
         channel: Channel,
         req: ChatRequest,
         record: list[Message],
-        usage: bool,
+        turn: Turn,
         grant: Grant,
         key_name: str,
         receive: Receive,
@@ -434,21 +420,20 @@ class OpenAIFrontDoor:
     ) -> None:
         try:
             if req.stream:
-                return await self._stream(channel, req, record, usage, grant, key_name, receive, send, trace)
+                return await self._stream(channel, req, record, turn, grant, key_name, receive, send, trace)
             provider, result = await self.engine.complete(channel, req)
             trace.provider, trace.failover = provider, provider != channel.providers[0]
         except RequestRejected as e:
-            status, body = rejected(e)
+            status, message = rejected(e)
             self.refused(status, UPSTREAM, e.param)
+            body = self.error_body(status, message, param=e.param, code=e.code or "upstream_rejected")
             return await trace.reply(send, status, body, JSON_HEAD)
         except ChainFailed as e:
-            return await trace.reply(send, *self._chain_failed(channel, e), JSON_HEAD)
+            status, message, code = self._chain_failed(channel, e)
+            return await trace.reply(send, status, self.error_body(status, message, code=code), JSON_HEAD)
         if record:
             await self.engine.record(req.conversation, record, result.text)
-        body = orjson.dumps(self._completion_body(channel.name, result))
-        await trace.reply(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
-        await grant.finish(result.usage, result.text)
-        trace.tokens = self.engine.usage.note(
+        trace.tokens = tokens = self.engine.usage.note(
             channel=channel.name,
             provider=provider,
             model=result.model or req.model,
@@ -457,44 +442,28 @@ class OpenAIFrontDoor:
             prompt=req.messages,
             answer=result.text,
         )
+        body = self.completion_body(channel.name, result, tokens)
+        await trace.reply(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
+        await grant.finish(result.usage, result.text)
         if self.view.settings.raw.server.log_content:
-            trace.content = (_last_user_text(req), result.text)
+            trace.content = (last_user_text(req), result.text)
 
-    def _completion_body(self, model: str, c: Completion) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": c.text}
-        if c.tool_calls:
-            message["tool_calls"] = c.tool_calls
-        body: dict[str, Any] = {
-            "id": self._answer_id(),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": c.finish_reason}],
-        }
-        if c.usage:
-            body["usage"] = {
-                "prompt_tokens": c.usage.prompt_tokens,
-                "completion_tokens": c.usage.completion_tokens,
-                "total_tokens": c.usage.total_tokens,
-            }
-        return body
-
-    def _chain_failed(self, channel: Channel, e: ChainFailed) -> tuple[int, bytes]:
+    def _chain_failed(self, channel: Channel, e: ChainFailed) -> tuple[int, str, str]:
         if e.nothing_tried:
-            disabled = [f"{p} ({_why_off(self.settings, p)})" for p in channel.skipped]
+            disabled = [f"{p} ({why_off(self.settings, p)})" for p in channel.skipped]
             open_ = [p for p, what in e.attempts if "circuit open" in what]
             why = f"No provider of channel '{channel.name}' is available"
             why += f"; circuit open: {', '.join(open_)}" if open_ else ""
             why += f"; disabled: {', '.join(disabled)}" if disabled else ""
-            return 503, error_body(why, "server_error", code="no_provider_available")
-        return 502, error_body(str(e), "server_error", code="all_providers_failed")
+            return 503, why, "no_provider_available"
+        return 502, str(e), "all_providers_failed"
 
     async def _stream(
         self,
         channel: Channel,
         req: ChatRequest,
         record: list[Message],
-        usage: bool,
+        turn: Turn,
         grant: Grant,
         key_name: str,
         receive: Receive,
@@ -515,7 +484,7 @@ class OpenAIFrontDoor:
         seen = Seen()
         trace.status = 200
         try:
-            body = self._sse(channel.name, source, first, req, record, usage, seen, trace)
+            body = self._events(self.encoder(channel.name, turn, req), source, first, req, record, seen, trace)
             await send_stream(receive, send, headers, body)
         finally:  # charged when the stream ends, also when the client left or it broke off
             text = "".join(seen.text)
@@ -531,55 +500,40 @@ class OpenAIFrontDoor:
                     answer=text,
                 )
                 if self.view.settings.raw.server.log_content:
-                    trace.content = (_last_user_text(req), text)
+                    trace.content = (last_user_text(req), text)
 
-    async def _sse(
+    async def _events(
         self,
-        model: str,
+        encoder: StreamEncoder,
         source: AsyncIterator[Delta],
         first: Delta | None,
         req: ChatRequest,
         record: list[Message],
-        include_usage: bool,
         seen: Seen,
         trace: Trace,
     ) -> AsyncIterator[bytes]:
-        head = {
-            "id": self._answer_id(),
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-        }
-        # Every chunk is `prefix + delta + middle + finish_reason + suffix`: the constant parts are
-        # encoded once per stream, only the delta is encoded per chunk.
-        prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
-        null_end = b',"finish_reason":null}]}\n\n'
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            end = null_end if finish is None else b',"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
-            return prefix + orjson.dumps(delta) + end
-
+        """The answer as the dialect's events, written as the deltas arrive. The opening events
+        ride along with the first piece and the closing ones go out together: fewer writes, the
+        same events."""
         text = seen.text
-        finish, usage_seen = None, None
-        # The role chunk rides along with the first piece, and the closing chunks go out together:
-        # fewer writes, same events.
-        out = chunk({"role": "assistant", "content": ""})
+        finish = None
+        out = encoder.start()
         try:
             d = first
             while d is not None:
                 if d.replace:
                     text[:] = [d.text]
                     finish = "content_filter"
-                    out += chunk({"content": d.text})
+                    out += encoder.text(d.text)
                 elif d.text:
                     text.append(d.text)
-                    out += chunk({"content": d.text})
+                    out += encoder.text(d.text)
                 if d.tool_calls:
-                    out += chunk({"tool_calls": d.tool_calls})
+                    out += encoder.tools(d.tool_calls)
                 if d.finish_reason:
                     finish = finish or d.finish_reason
                 if d.usage:
-                    usage_seen = seen.usage = d.usage
+                    seen.usage = d.usage
                 if out:
                     if not trace.first_byte:
                         trace.first_byte = time.monotonic()  # time to first token: sent right after this
@@ -587,101 +541,33 @@ class OpenAIFrontDoor:
                     out = b""
                 d = await anext(source, None)
         except StreamInterrupted as e:
-            err = {
-                "error": {
-                    "message": f"The answer was cut off: {e}",
-                    "type": "server_error",
-                    "param": None,
-                    "code": "stream_interrupted",
-                }
-            }
-            yield out + b"data: " + orjson.dumps(err) + b"\n\n"
+            yield out + encoder.cut_off(f"The answer was cut off: {e}")
             return
         finally:
             await source.aclose()  # type: ignore[attr-defined]
-        out += chunk({}, finish or "stop")
-        if include_usage:
-            u = usage_seen
-            usage = {
-                "prompt_tokens": u.prompt_tokens if u else 0,
-                "completion_tokens": u.completion_tokens if u else 0,
-                "total_tokens": u.total_tokens if u else 0,
-            }
-            out += b"data: " + orjson.dumps({**head, "choices": [], "usage": usage}) + b"\n\n"
-        yield out + b"data: [DONE]\n\n"
+        yield out + encoder.end(finish or "stop", seen)
         if record:
             await self.engine.record(req.conversation, record, "".join(text))
 
-    async def models(self, request: Request) -> Response:
-        view = self.view
-        try:
-            _, key = self._auth(_authorization(request), view)
-        except RequestError as e:
-            self.refused(e.status, e.code, None)
-            return error_response(e.status, e.message, "invalid_request_error", code=e.code)
-        data = [self._model(c) for c in view.offered if key.allows(c.name)]
-        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON_TYPE)
 
-    async def model(self, request: Request) -> Response:
-        view = self.view
-        try:
-            _, key = self._auth(_authorization(request), view)
-            channel = self._channel(key, request.path_params["model"], view)
-            if not channel.providers:
-                raise self._not_offered(channel)
-        except RequestError as e:
-            self.refused(e.status, e.code, e.param)
-            return error_response(e.status, e.message, "invalid_request_error", param=e.param, code=e.code)
-        return Response(orjson.dumps(self._model(channel)), media_type=JSON_TYPE)
-
-    def _not_offered(self, channel: Channel) -> RequestError:
-        why = ", ".join(f"{p} ({_why_off(self.settings, p)})" for p in channel.skipped)
-        return RequestError(
-            f"The model '{channel.name}' is not offered: the channel has no enabled provider (disabled: {why}).",
-            status=404,
-            param="model",
-            code="model_not_found",
-        )
-
-    def _model(self, c: Channel) -> dict[str, Any]:
-        return {"id": c.name, "object": "model", "created": self.created, "owned_by": "switchboard"}
-
-
-class Seen:
-    """What a stream carried, for charging it to token budgets when it ends."""
-
-    __slots__ = ("text", "usage")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.usage: Usage | None = None
-
-
-def over_limit(e: OverLimit) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
-    """429 in OpenAI's error JSON with `Retry-After` (whole seconds, at least 1)."""
-    body = error_body(str(e), "rate_limit_error", code=e.code)
-    return body, (*JSON_HEAD, (b"retry-after", b"%d" % max(1, math.ceil(e.retry_after))))
-
-
-def rejected(e: RequestRejected) -> tuple[int, bytes]:
-    """The upstream's verdict on the caller's request, in OpenAI's error JSON: its status (400,
-    413 or 422), its message (our keys already masked), its code and param when it gave them."""
+def rejected(e: RequestRejected) -> tuple[int, str]:
+    """The upstream's verdict on the caller's request: its status (400, 413 or 422) and its
+    message (our keys already masked)."""
     status = e.status if e.status in CALLER_STATUSES else 400
-    message = f"The backend rejected the request: {e.message}"
-    return status, error_body(message, "invalid_request_error", param=e.param, code=e.code or "upstream_rejected")
+    return status, f"The backend rejected the request: {e.message}"
 
 
-def _why_off(settings: Settings, provider: str) -> str | None:
+def why_off(settings: Settings, provider: str) -> str | None:
     """Why a channel's provider is disabled (a channel of a config a reload replaced may name one
     the current config no longer has)."""
     a = settings.providers.get(provider)
     return a.disabled if a is not None else "removed by a config reload"
 
 
-def _authorization(request: Request) -> bytes | None:
-    value = request.headers.get("authorization")
-    return value.encode("latin-1") if value is not None else None
-
-
-def _last_user_text(req: ChatRequest) -> str:
+def last_user_text(req: ChatRequest) -> str:
     return next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
+
+
+def json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

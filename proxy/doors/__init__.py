@@ -1,0 +1,10 @@
+"""Front doors: one module per API dialect a bot may speak, all onto the same core.
+
+- `chat.py`: the flow every chat dialect shares (`ChatDoor`: auth, routing, limits, failover,
+  usage, metrics, the log line), and the `StreamEncoder` a dialect implements for its events.
+- `openai_chat.py`: OpenAI chat completions (`/v1/chat/completions`, `/v1/models`), the hot path.
+- `anthropic.py`: Anthropic Messages (`/v1/messages`, `/v1/messages/count_tokens`).
+
+The core never learns a dialect: each door turns its wire format into the core's `ChatRequest`
+and the core's deltas back into its wire format.
+"""
