@@ -52,7 +52,9 @@ ONLY = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
 PROFILE_SECONDS = float(os.environ.get("BENCH_PROFILE", "6"))
 SCENARIOS = (("json", 1), ("json", 50), ("sse", 1), ("sse", 50))
 #: Targets measured in the rounds only (the limits cell is about the cost per request).
-NO_SLOW_STREAMS = frozenset({"switchboard-limits", "switchboard-logs-off", "switchboard-baseline"})
+NO_SLOW_STREAMS = frozenset(
+    {"switchboard-limits", "switchboard-logs-off", "switchboard-baseline", "switchboard-anthropic"}
+)
 
 
 def log(msg: str) -> None:

@@ -12,6 +12,7 @@ ORDER = (
     "switchboard",
     "switchboard-limits",
     "switchboard-logs-off",
+    "switchboard-anthropic",
     "switchboard-baseline",
     "portkey",
     "litellm",
@@ -23,6 +24,7 @@ LABEL = {
     "switchboard-limits": "Switchboard with `limits:`",
     "switchboard-logs-off": "Switchboard, logs off (`log_level: warning`)",
     "switchboard-baseline": "`BENCH_BASELINE` checkout, logs off",
+    "switchboard-anthropic": "Switchboard, Anthropic `/v1/messages`",
     "portkey": "Portkey gateway",
     "litellm": "LiteLLM proxy",
 }
@@ -81,6 +83,14 @@ def checks(doc: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             "non-streaming req/s at 50 conns with limits (key rpm + tokens, channel rpm + concurrent) ≥ 0.9× without",
             f"{lim:.2f}×" if lim is not None else "n/a (switchboard-limits not measured)",
             None if lim is None else lim >= 0.9,
+        )
+    )
+    door = ratio(rps("switchboard-anthropic", "sse_c50"), rps("switchboard", "sse_c50"))
+    out.append(
+        (
+            "Anthropic `/v1/messages` streaming req/s at 50 conns ≥ 0.8× OpenAI chat streaming (same config)",
+            f"{door:.2f}×" if door is not None else "n/a (switchboard-anthropic not measured)",
+            None if door is None else door >= 0.8,
         )
     )
     for scenario, what in (("json_c50", "non-streaming"), ("sse_c50", "streaming")):

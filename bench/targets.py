@@ -34,19 +34,23 @@ class Target:
     cwd: Path | None = None
     ready_timeout: float = 60.0
     python: bool = False  # profiled with py-spy when it is Switchboard
+    #: The API dialect the target is driven in: `openai` (chat completions) or `anthropic` (messages).
+    dialect: str = "openai"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        path = "/v1/messages" if self.dialect == "anthropic" else "/v1/chat/completions"
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def body(self, mode: str) -> bytes:
-        return orjson.dumps(
-            {
-                "model": self.models[mode],
-                "stream": mode != "json",
-                "messages": [{"role": "user", "content": "Say hello."}],
-            }
-        )
+        data: dict[str, Any] = {
+            "model": self.models[mode],
+            "stream": mode != "json",
+            "messages": [{"role": "user", "content": "Say hello."}],
+        }
+        if self.dialect == "anthropic":
+            data["max_tokens"] = 256
+        return orjson.dumps(data)
 
     def request_headers(self) -> dict[str, str]:
         return {"content-type": "application/json", **self.headers}
@@ -173,6 +177,23 @@ def build(paths: Paths, upstream_port: int, slack_api: str | None) -> list[Targe
             cwd=paths.root,
         ),
     ]
+    anthropic_port = free_port()
+    targets.append(  # the same config, driven through the Anthropic Messages door
+        Target(
+            "switchboard-anthropic",
+            [
+                str(paths.root / ".venv/bin/switchboard"),
+                "serve",
+                "--config",
+                str(switchboard_config(paths, anthropic_port, upstream, None, name="switchboard-anthropic")),
+            ],
+            anthropic_port,
+            channels,
+            {"x-api-key": "sk-bench", "anthropic-version": "2023-06-01"},
+            cwd=paths.root,
+            dialect="anthropic",
+        )
+    )
     baseline = os.environ.get("BENCH_BASELINE")
     if baseline:  # another checkout (`git worktree add /tmp/old <commit>`) with the logs-off config
         port = free_port()
