@@ -34,7 +34,7 @@ from proxy.errors import (
     RequestRejected,
 )
 from proxy.probe import ProbeOutcome, ProbeResult
-from proxy.types import JSON, ChatRequest, Completion, Delta, Usage
+from proxy.types import JSON, ChatRequest, Completion, Delta, Embeddings, EmbedRequest, Usage
 
 
 class LiteLLMConfig(AdapterConfig):
@@ -52,6 +52,9 @@ class LiteLLMConfig(AdapterConfig):
     """Seconds a whole request may take."""
     params: dict[str, Any] = {}
     """Default generation parameters; the caller's and the channel's override them."""
+    embedding_model: str | None = None
+    """litellm model string for `POST /v1/embeddings` when the channel names none, e.g.
+    `ollama/nomic-embed-text`."""
 
 
 def _import_litellm() -> Any:
@@ -226,6 +229,40 @@ class LiteLLMProvider(Provider):
             if response is not None and hasattr(response, "aclose"):
                 with contextlib.suppress(Exception):
                     await response.aclose()  # releases the connection when the caller stops early
+
+    embeds = True
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        c = self.config
+        model = request.model or c.embedding_model
+        if not model:
+            raise RequestRejected(
+                f"no embedding model for provider {self.name}: set the channel's model or the provider's "
+                "embedding_model",
+                provider=self.name,
+                status=400,
+                param="model",
+            )
+        kw: dict[str, Any] = {"model": model, "input": [list(x) if isinstance(x, tuple) else x for x in request.inputs]}
+        kw.update(timeout=c.timeout, num_retries=0, max_retries=0, drop_params=c.drop_params)
+        if request.dimensions is not None:
+            kw["dimensions"] = request.dimensions
+        if c.api_base:
+            kw["api_base"] = c.api_base
+        if c.api_key:
+            kw["api_key"] = c.api_key
+        try:
+            r = await self.lib.aembedding(**kw)
+        except Exception as e:
+            raise map_error(self.lib, e, self.name, c.api_key) from None
+        try:
+            items = sorted(r.data, key=lambda d: d["index"] if isinstance(d, dict) else d.index)
+            vectors = tuple(
+                tuple(float(x) for x in (d["embedding"] if isinstance(d, dict) else d.embedding)) for d in items
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise BadResponse("the answer is not a list of embeddings", provider=self.name) from None
+        return Embeddings(vectors, getattr(r, "model", None) or model, _usage(getattr(r, "usage", None)))
 
 
 def _usage(u: Any) -> Usage | None:

@@ -20,8 +20,8 @@ import orjson
 from providers.openai_base import OpenAICompatConfig, OpenAICompatProvider, sse_deltas, usage_of
 from providers.upstream import TRANSPORT_ERRORS, transport_error
 from proxy.contracts import ProviderState
-from proxy.errors import BadResponse
-from proxy.types import ChatRequest, Completion, Delta
+from proxy.errors import BadResponse, RequestRejected
+from proxy.types import ChatRequest, Completion, Delta, Embeddings, EmbedRequest
 
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 
@@ -37,6 +37,7 @@ class OpenAIProvider(OpenAICompatProvider):
 
     def __init__(self, name: str, config: OpenAIConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(name, config, http)
+        self._embed_url = config.base_url.rstrip("/") + "/embeddings"
         self._stream_extra: dict[str, Any] = {"stream": True}
         if config.stream_usage:
             self._stream_extra["stream_options"] = {"include_usage": True}
@@ -62,6 +63,39 @@ class OpenAIProvider(OpenAICompatProvider):
                 await self.raise_for_status(resp)
                 raw = await resp.read()
         return self._completion(raw)
+
+    embeds = True
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        model = request.model or self.config.embedding_model
+        if not model:
+            raise RequestRejected(
+                f"no embedding model for provider {self.name}: set the channel's model or the provider's "
+                "embedding_model",
+                provider=self.name,
+                status=400,
+                param="model",
+            )
+        body: dict[str, Any] = {"model": model, "input": list(request.inputs), "encoding_format": "float"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user:
+            body["user"] = request.user
+        async with self.pool.lease("", TRANSPORT_ERRORS, transport_error) as key:
+            async with self.http.post(
+                self._embed_url, data=orjson.dumps(body), headers=self._headers[key.value], timeout=self._timeout
+            ) as resp:
+                await self.raise_for_status(resp)
+                raw = await resp.read()
+        try:
+            data = orjson.loads(raw)
+            items = sorted(data["data"], key=lambda d: d.get("index", 0))
+            vectors = tuple(tuple(float(x) for x in item["embedding"]) for item in items)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise BadResponse("the answer is not a list of embeddings", provider=self.name) from None
+        if len(vectors) != len(request.inputs):
+            raise BadResponse(f"{len(vectors)} embeddings for {len(request.inputs)} inputs", provider=self.name)
+        return Embeddings(vectors, data.get("model") or model, usage_of(data.get("usage")))
 
     def _completion(self, raw: bytes) -> Completion:
         try:

@@ -28,6 +28,7 @@ from proxy.config import Settings
 from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.doors.anthropic import AnthropicDoor, CountTokens
+from proxy.doors.embeddings import EmbeddingsDoor
 from proxy.doors.openai_chat import OpenAIFrontDoor, error_response
 from proxy.engine import Engine
 from proxy.errors import RequestError, StoreUnavailable, VerificationError
@@ -232,12 +233,14 @@ def create_app(
     refusals = Refusals(metrics)
     front = OpenAIFrontDoor(engine, settings, refusals, metrics.observe_request)
     anthropic = AnthropicDoor(engine, settings, refusals, metrics.observe_request)
+    embeddings = EmbeddingsDoor(engine, settings, refusals, metrics.observe_request)
     hooks = Hooks(settings, metrics, dispatcher, recent)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
     def use(new: Settings) -> None:  # part of the reload's synchronous swap
         front.use(new)
         anthropic.use(new)
+        embeddings.use(new)
         dispatcher.settings = new
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
@@ -319,6 +322,7 @@ def create_app(
         Route(HOT_PATH, front, methods=["POST"]),
         Route("/v1/messages", anthropic, methods=["POST"]),
         Route("/v1/messages/count_tokens", CountTokens(anthropic), methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", front.models, methods=["GET"]),
         Route("/v1/models/{model:path}", front.model, methods=["GET"]),
         Route("/hooks/{name}", hooks.handle, methods=["GET", "POST"]),

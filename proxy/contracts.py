@@ -17,7 +17,18 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from proxy.probe import ProbeOutcome, ProbeResult
-from proxy.types import JSON, ChatRequest, Completion, Delta, Inbound, Message, WebRequest, WebResponse
+from proxy.types import (
+    JSON,
+    ChatRequest,
+    Completion,
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    Inbound,
+    Message,
+    WebRequest,
+    WebResponse,
+)
 
 
 class AdapterConfig(BaseModel):
@@ -74,6 +85,13 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
         """Yield the answer as deltas. Errors before the first delta may be retried/failed over."""
+
+    #: Whether `embed` is implemented (the embeddings door skips providers that cannot).
+    embeds: ClassVar[bool] = False
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Vectors for `request.inputs` (only when `embeds`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not embed")
 
     async def complete(self, request: ChatRequest, state: ProviderState) -> Completion:
         """The whole answer at once. Default: collect `stream()`; override when the upstream has

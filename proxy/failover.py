@@ -219,6 +219,28 @@ class Failover:
             return name, result
         raise ChainFailed(channel, attempts, errors)
 
+    async def run(self, channel: str, chain: Sequence[str], call: Callable[[Provider], Awaitable[T]]) -> tuple[str, T]:
+        """`call(provider)` down the chain with the same retries, circuits, failover and
+        bookkeeping as a chat answer (for requests that are not chat: embeddings)."""
+        attempts: list[tuple[str, str]] = []
+        errors: list[ProviderError] = []
+        self.inflight += 1
+        try:
+            for name in self._candidates(chain, attempts):
+                started = time.monotonic()
+                try:
+                    result = await self._with_retries(name, partial(call, self.providers[name]))
+                except RequestRejected as err:
+                    raise self._rejected(channel, name, err, started) from None
+                except ProviderError as err:
+                    self._failed(channel, name, err, started, attempts, errors)
+                    continue
+                self._succeeded(channel, name, started)
+                return name, result
+            raise ChainFailed(channel, attempts, errors)
+        finally:
+            self.inflight -= 1
+
     async def stream(
         self, channel: str, chain: Sequence[str], request: ChatRequest, state_for: StateFor, outcome: Outcome
     ) -> AsyncIterator[Delta]:

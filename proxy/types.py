@@ -94,6 +94,26 @@ class Completion:
     images: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """Texts (or token arrays) to embed. `model` is the channel's model override, else the
+    provider's embedding model; `dimensions` is passed on when the caller gave it."""
+
+    inputs: tuple[str, ...] | tuple[tuple[int, ...], ...]
+    model: str | None = None
+    dimensions: int | None = None
+    user: str = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in input order."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    model: str | None = None
+    usage: Usage | None = None
+
+
 # ---- the web boundary: framework-neutral requests, so protocol code is testable without a server
 
 

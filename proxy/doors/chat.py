@@ -348,7 +348,7 @@ class ChatDoor:
         grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
         return channel, req, record, turn, grant, key_name
 
-    async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest) -> Grant:
+    async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest | None) -> Grant:
         """The key's and the channel's limits (the last step of `_build`: nothing after it
         raises, so the caller always gets the grant to release). Raises `OverLimit`."""
         key, chan = limits.key_targets.get(key_id), limits.channel_targets.get(channel.name)
@@ -356,7 +356,8 @@ class ChatDoor:
         if not targets:
             return NO_GRANT
         grant = await self.engine.limiter.admit(targets, limits.slot_lease)
-        grant.prompt = req.messages
+        if req is not None:
+            grant.prompt = req.messages
         return grant
 
     # -- the endpoint ------------------------------------------------------------------------

@@ -129,6 +129,7 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         self._cm = serve_aiohttp(app)
         self.base_url = (await self._cm.__aenter__()) + "/v1"
@@ -315,6 +316,22 @@ class FakeOpenAI:
             prompt = str(body.get("prompt"))
             data = [{"url": f"https://images.example/{i}.png", "revised_prompt": prompt} for i in range(n)]
         return web.json_response({"created": int(time.time()), "data": data})
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body, _, early = await self._gate(request)
+        if early is not None:
+            return early
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else inputs
+        size = int(body.get("dimensions") or 3)
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(x)), float(i), *[0.5] * (size - 2)]}
+            for i, x in enumerate(inputs)
+        ]
+        data.reverse()  # `index` says which input each vector is for
+        words = sum(len(x.split()) if isinstance(x, str) else len(x) for x in inputs)
+        usage = {"prompt_tokens": words, "total_tokens": words}
+        return web.json_response({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, _, early = await self._gate(request)
