@@ -30,6 +30,7 @@ from proxy.dispatch import Dispatcher
 from proxy.doors.anthropic import AnthropicDoor, CountTokens
 from proxy.doors.embeddings import EmbeddingsDoor
 from proxy.doors.openai_chat import OpenAIFrontDoor, error_response
+from proxy.doors.responses import ResponsesDoor
 from proxy.engine import Engine
 from proxy.errors import RequestError, StoreUnavailable, VerificationError
 from proxy.health import readiness
@@ -234,6 +235,7 @@ def create_app(
     front = OpenAIFrontDoor(engine, settings, refusals, metrics.observe_request)
     anthropic = AnthropicDoor(engine, settings, refusals, metrics.observe_request)
     embeddings = EmbeddingsDoor(engine, settings, refusals, metrics.observe_request)
+    responses = ResponsesDoor(engine, settings, refusals, metrics.observe_request)
     hooks = Hooks(settings, metrics, dispatcher, recent)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
@@ -241,6 +243,7 @@ def create_app(
         front.use(new)
         anthropic.use(new)
         embeddings.use(new)
+        responses.use(new)
         dispatcher.settings = new
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
@@ -323,6 +326,7 @@ def create_app(
         Route("/v1/messages", anthropic, methods=["POST"]),
         Route("/v1/messages/count_tokens", CountTokens(anthropic), methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/models", front.models, methods=["GET"]),
         Route("/v1/models/{model:path}", front.model, methods=["GET"]),
         Route("/hooks/{name}", hooks.handle, methods=["GET", "POST"]),

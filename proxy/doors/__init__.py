@@ -4,6 +4,8 @@
   usage, metrics, the log line), and the `StreamEncoder` a dialect implements for its events.
 - `openai_chat.py`: OpenAI chat completions (`/v1/chat/completions`, `/v1/models`), the hot path.
 - `anthropic.py`: Anthropic Messages (`/v1/messages`, `/v1/messages/count_tokens`).
+- `responses.py`: OpenAI Responses (`/v1/responses`, `previous_response_id` kept in the store).
+- `embeddings.py`: OpenAI embeddings (`/v1/embeddings`) onto the providers that embed.
 
 The core never learns a dialect: each door turns its wire format into the core's `ChatRequest`
 and the core's deltas back into its wire format.

@@ -385,7 +385,7 @@ class AnthropicDoor(ChatDoor):
     def turn(self, data: dict[str, Any], headers: Mapping[bytes, bytes]) -> Turn:
         return parse(data, headers)
 
-    def completion_body(self, model: str, c: Completion, tokens: tuple[int, int, bool]) -> bytes:
+    def completion_body(self, model: str, c: Completion, tokens: tuple[int, int, bool], turn: Turn) -> bytes:
         content: list[dict[str, Any]] = []
         if c.text:
             content.append({"type": "text", "text": c.text})

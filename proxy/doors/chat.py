@@ -174,6 +174,17 @@ class Turn:
     session: str | None = None
     #: OpenAI's `stream_options.include_usage` (other dialects always report usage).
     include_usage: bool = False
+    #: A stored exchange this one continues (the Responses API's `previous_response_id`): its
+    #: messages are put in front of `messages` (`ChatDoor.earlier`).
+    previous: str | None = None
+    #: Store this exchange under this id when it ends (`ChatDoor.keep`); None: nothing stored.
+    keep_as: str | None = None
+    #: Leading messages of `messages` not stored with it (per-request instructions).
+    lead: int = 0
+    #: The dialect's own request details its encoder needs.
+    extra: Any = None
+    #: The caller's key name (set once the key is known).
+    owner: str = ""
 
 
 class StreamEncoder:
@@ -197,13 +208,33 @@ class StreamEncoder:
 
 
 class Seen:
-    """What a stream carried: for charging it to token budgets and usage when it ends."""
+    """What a stream carried: for charging it to token budgets and usage when it ends (and,
+    when the exchange is stored, its tool calls, as the fragments arrived)."""
 
-    __slots__ = ("text", "usage")
+    __slots__ = ("calls", "text", "usage")
 
     def __init__(self) -> None:
         self.text: list[str] = []
         self.usage: Usage | None = None
+        self.calls: list[dict[str, Any]] = []
+
+
+def merged_calls(fragments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Streamed tool-call fragments (OpenAI's chunk shape: `index`, then `id`/`name` once and
+    `arguments` in pieces) → whole calls, in index order."""
+    calls: dict[int, dict[str, Any]] = {}
+    for n, f in enumerate(fragments):
+        at = f.get("index", n)
+        function = f.get("function") or {}
+        call = calls.setdefault(at, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        if f.get("id"):
+            call["id"] = f["id"]
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        args = function.get("arguments")
+        if args:
+            call["function"]["arguments"] += args if isinstance(args, str) else orjson.dumps(args).decode()
+    return [calls[i] for i in sorted(calls)]
 
 
 class DoorView:
@@ -268,13 +299,21 @@ class ChatDoor:
     def turn(self, data: dict[str, Any], headers: Mapping[bytes, bytes]) -> Turn:
         raise NotImplementedError
 
-    def completion_body(self, model: str, c: Completion, tokens: tuple[int, int, bool]) -> bytes:
+    def completion_body(self, model: str, c: Completion, tokens: tuple[int, int, bool], turn: Turn) -> bytes:
         raise NotImplementedError
 
     def encoder(self, model: str, turn: Turn, req: ChatRequest) -> StreamEncoder:
         raise NotImplementedError
 
     def error_body(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def earlier(self, previous: str, turn: Turn) -> list[Message]:
+        """The stored messages `turn.previous` names (dialects that continue stored exchanges)."""
+        raise NotImplementedError
+
+    async def keep(self, turn: Turn, text: str, calls: list[dict[str, Any]] | None) -> None:
+        """Store the exchange under `turn.keep_as` (dialects that continue stored exchanges)."""
         raise NotImplementedError
 
     def over_limit_head(self, e: OverLimit) -> tuple[tuple[bytes, bytes], ...]:
@@ -328,6 +367,11 @@ class ChatDoor:
         channel = self._channel(key, data.get("model"), view)
         trace.channel = channel.name
         turn = self.turn(data, headers)
+        turn.owner = key_name
+        if turn.previous is not None:
+            earlier = await self.earlier(turn.previous, turn)
+            turn.messages[turn.lead : turn.lead] = earlier
+            turn.lead += len(earlier)  # stored with the next exchange, not again with this one
         messages, session = turn.messages, turn.session
         conversation, stateless, record = "", False, []
         if session:
@@ -443,7 +487,9 @@ class ChatDoor:
             prompt=req.messages,
             answer=result.text,
         )
-        body = self.completion_body(channel.name, result, tokens)
+        if turn.keep_as is not None:
+            await self.keep(turn, result.text, result.tool_calls)
+        body = self.completion_body(channel.name, result, tokens, turn)
         await trace.reply(send, 200, body, (*JSON_HEAD, (b"x-switchboard-provider", provider.encode())))
         await grant.finish(result.usage, result.text)
         if self.view.settings.raw.server.log_content:
@@ -485,7 +531,7 @@ class ChatDoor:
         seen = Seen()
         trace.status = 200
         try:
-            body = self._events(self.encoder(channel.name, turn, req), source, first, req, record, seen, trace)
+            body = self._events(self.encoder(channel.name, turn, req), source, first, req, record, seen, trace, turn)
             await send_stream(receive, send, headers, body)
         finally:  # charged when the stream ends, also when the client left or it broke off
             text = "".join(seen.text)
@@ -512,6 +558,7 @@ class ChatDoor:
         record: list[Message],
         seen: Seen,
         trace: Trace,
+        turn: Turn,
     ) -> AsyncIterator[bytes]:
         """The answer as the dialect's events, written as the deltas arrive. The opening events
         ride along with the first piece and the closing ones go out together: fewer writes, the
@@ -531,6 +578,7 @@ class ChatDoor:
                     out += encoder.text(d.text)
                 if d.tool_calls:
                     out += encoder.tools(d.tool_calls)
+                    seen.calls.extend(d.tool_calls)
                 if d.finish_reason:
                     finish = finish or d.finish_reason
                 if d.usage:
@@ -546,6 +594,8 @@ class ChatDoor:
             return
         finally:
             await source.aclose()  # type: ignore[attr-defined]
+        if turn.keep_as is not None:  # stored before the end is sent: a quick follow-up finds it
+            await self.keep(turn, "".join(text), merged_calls(seen.calls) or None)
         yield out + encoder.end(finish or "stop", seen)
         if record:
             await self.engine.record(req.conversation, record, "".join(text))

@@ -161,7 +161,7 @@ class OpenAIFrontDoor(ChatDoor):
         session = named.decode("latin-1") if named else user
         return Turn(messages, params, stream, session, bool(options and options.get("include_usage")))
 
-    def completion_body(self, model: str, c: Completion, tokens: tuple[int, int, bool]) -> bytes:
+    def completion_body(self, model: str, c: Completion, tokens: tuple[int, int, bool], turn: Turn) -> bytes:
         message: dict[str, Any] = {"role": "assistant", "content": c.text}
         if c.tool_calls:
             message["tool_calls"] = c.tool_calls

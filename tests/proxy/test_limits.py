@@ -101,7 +101,7 @@ async def test_tokens_per_day_run_out_as_usage_accumulates():
             assert await ask(url, OTHER)  # no budget on the other key
     assert e.value.code == "tokens_per_day_exceeded" and "20 tokens per day" in e.value.message
     left = 86400 - time.time() % 86400  # seconds to the UTC day's end
-    assert left - 5 <= int(e.value.response.headers["retry-after"]) <= left + 1
+    assert left - 5 <= int(e.value.response.headers["retry-after"]) <= left + 5
     assert len(up.requests) == 4
 
 

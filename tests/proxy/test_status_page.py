@@ -73,10 +73,23 @@ async def written(c: httpx.AsyncClient, url: str, requests: int) -> None:
 def browse(url: str, shot: Path) -> dict[str, Any]:
     """Sign in through the form and read the page, as an operator's browser does."""
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
+
+    def gone(element: Any) -> Any:
+        """`staleness_of`, also for Chromium's other words for it ("Node with given id does not
+        belong to the document" is a WebDriverException, not a StaleElementReferenceException)."""
+
+        def check(_: Any) -> bool:
+            try:
+                element.is_enabled()
+            except WebDriverException:
+                return True
+            return False
+
+        return check
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
@@ -98,7 +111,7 @@ def browse(url: str, shot: Path) -> dict[str, Any]:
             driver.find_element(By.NAME, "key").send_keys(key)
             button = driver.find_element(By.CSS_SELECTOR, "form.login button")
             button.click()
-            WebDriverWait(driver, 15).until(staleness_of(button))  # the next page replaced the form
+            WebDriverWait(driver, 15).until(gone(button))  # the next page replaced the form
 
         submit("not-the-key")
         wrong = driver.find_element(By.CSS_SELECTOR, ".warn").text
