@@ -29,6 +29,7 @@ from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.doors.anthropic import AnthropicDoor, CountTokens
 from proxy.doors.embeddings import EmbeddingsDoor
+from proxy.doors.images import ImagesDoor
 from proxy.doors.openai_chat import OpenAIFrontDoor, error_response
 from proxy.doors.responses import ResponsesDoor
 from proxy.engine import Engine
@@ -236,6 +237,7 @@ def create_app(
     anthropic = AnthropicDoor(engine, settings, refusals, metrics.observe_request)
     embeddings = EmbeddingsDoor(engine, settings, refusals, metrics.observe_request)
     responses = ResponsesDoor(engine, settings, refusals, metrics.observe_request)
+    images = ImagesDoor(engine, settings, refusals, metrics.observe_request)
     hooks = Hooks(settings, metrics, dispatcher, recent)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
@@ -244,6 +246,7 @@ def create_app(
         anthropic.use(new)
         embeddings.use(new)
         responses.use(new)
+        images.use(new)
         dispatcher.settings = new
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
@@ -327,6 +330,7 @@ def create_app(
         Route("/v1/messages/count_tokens", CountTokens(anthropic), methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/images/generations", images, methods=["POST"]),
         Route("/v1/models", front.models, methods=["GET"]),
         Route("/v1/models/{model:path}", front.model, methods=["GET"]),
         Route("/hooks/{name}", hooks.handle, methods=["GET", "POST"]),

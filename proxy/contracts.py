@@ -24,6 +24,7 @@ from proxy.types import (
     Delta,
     Embeddings,
     EmbedRequest,
+    ImageRequest,
     Inbound,
     Message,
     WebRequest,
@@ -88,6 +89,12 @@ class Provider(abc.ABC):
 
     #: Whether `embed` is implemented (the embeddings door skips providers that cannot).
     embeds: ClassVar[bool] = False
+    #: Whether `draw` is implemented (the images door skips providers that cannot).
+    draws: ClassVar[bool] = False
+
+    async def draw(self, request: ImageRequest) -> list[JSON]:
+        """The images API's `data` items (`url` or `b64_json`, maybe `revised_prompt`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate images")
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         """Vectors for `request.inputs` (only when `embeds`)."""

@@ -21,7 +21,7 @@ from proxy.limiter import Observer as LimitObserver
 from proxy.registry import Registry
 from proxy.shared_health import SharedHealth
 from proxy.tracing import Tracing
-from proxy.types import JSON, ChatRequest, Completion, Delta, Embeddings, EmbedRequest, Message
+from proxy.types import JSON, ChatRequest, Completion, Delta, Embeddings, EmbedRequest, ImageRequest, Message
 from proxy.usage import Recorder, TokenObserver
 
 log = logging.getLogger("switchboard")
@@ -214,16 +214,28 @@ class Engine:
             channel.name, channel.providers, request, self.state_for(request.conversation), outcome
         )
 
+    def able(self, channel: Channel, capability: str, what: str) -> list[str]:
+        """The channel's providers with `capability` (`embeds`, `draws`), in chain order;
+        ValueError naming the others when there are none."""
+        chain = [p for p in channel.providers if getattr(self.providers.get(p), capability, False)]
+        if not chain:
+            adapters = self.settings.providers
+            kinds = ", ".join(f"{p} ({getattr(adapters.get(p), 'kind', '?')})" for p in channel.providers)
+            raise ValueError(f"no provider of channel '{channel.name}' can {what}: {kinds or 'none enabled'}")
+        return chain
+
     async def embed(self, channel: Channel, request: EmbedRequest) -> tuple[str, Embeddings]:
         """Embeddings from the first provider of the channel's chain that embeds (the others are
         skipped); ValueError when none of them can."""
         assert self.failover is not None
-        chain = [p for p in channel.providers if getattr(self.providers.get(p), "embeds", False)]
-        if not chain:
-            adapters = self.settings.providers
-            kinds = ", ".join(f"{p} ({getattr(adapters.get(p), 'kind', '?')})" for p in channel.providers)
-            raise ValueError(f"no provider of channel '{channel.name}' can embed: {kinds or 'none enabled'}")
+        chain = self.able(channel, "embeds", "embed")
         return await self.failover.run(channel.name, chain, lambda p: p.embed(request))
+
+    async def draw(self, channel: Channel, request: ImageRequest) -> tuple[str, list[JSON]]:
+        """Images from the first provider of the channel's chain that generates them."""
+        assert self.failover is not None
+        chain = self.able(channel, "draws", "generate images")
+        return await self.failover.run(channel.name, chain, lambda p: p.draw(request))
 
     async def complete(self, channel: Channel, request: ChatRequest) -> tuple[str, Completion]:
         assert self.failover is not None

@@ -114,6 +114,20 @@ class Embeddings:
     usage: Usage | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """Images to generate. `n`/`size`/`response_format` None: the provider's defaults; `params`
+    are further images-API fields (quality, style, background ...) passed on."""
+
+    prompt: str
+    n: int | None = None
+    size: str | None = None
+    response_format: str | None = None
+    model: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    user: str = "anonymous"
+
+
 # ---- the web boundary: framework-neutral requests, so protocol code is testable without a server
 
 

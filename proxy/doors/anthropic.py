@@ -31,8 +31,8 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.doors.chat import JSON_HEAD, ChatDoor, Seen, StreamEncoder, Trace, Turn, json_type
 from proxy.errors import RequestError
-from proxy.http_util import ClientGone, header_map, read_body
-from proxy.logs import REQUEST_ID, request_id
+from proxy.http_util import ClientGone
+from proxy.logs import REQUEST_ID
 from proxy.types import ChatRequest, Completion, Message
 from proxy.usage import estimate, estimate_prompt
 
@@ -426,19 +426,7 @@ class AnthropicDoor(ChatDoor):
         count usage accounting uses when an upstream reports none."""
         trace = Trace(self.door)
         try:
-            view = self.view
-            headers = header_map(scope, self.wanted)
-            trace.id = request_id(headers.get(b"x-request-id"))
-            REQUEST_ID.set(trace.id)
-            _, key = self._auth(self.api_key(headers), view)
-            body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise RequestError("We could not parse the JSON body of your request.") from None
-            if not isinstance(data, dict):
-                raise RequestError("The request body must be a JSON object.")
-            channel = self._channel(key, data.get("model"), view)
+            _, headers, _, data, channel = await self.preamble(scope, receive, trace)
             turn = parse({k: v for k, v in data.items() if k != "stream"}, headers)
             messages = [Message("system", channel.prompt)] if channel.prompt else []
             tools = len(orjson.dumps(turn.params.get("tools"))) // 4 if turn.params.get("tools") else 0

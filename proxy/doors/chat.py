@@ -392,6 +392,28 @@ class ChatDoor:
         grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
         return channel, req, record, turn, grant, key_name
 
+    async def preamble(
+        self, scope: Scope, receive: Receive, trace: Trace
+    ) -> tuple[DoorView, Mapping[bytes, bytes], str, dict[str, Any], Channel]:
+        """For a door's other endpoints (embeddings, images, token counts): the request id, the
+        key, the JSON body and the channel its `model` names. Raises `RequestError`."""
+        view = self.view
+        headers = header_map(scope, self.wanted)
+        trace.id = request_id(headers.get(b"x-request-id"))
+        REQUEST_ID.set(trace.id)
+        key_name, key = self._auth(self.api_key(headers), view)
+        trace.key = key_name
+        body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise RequestError("We could not parse the JSON body of your request.") from None
+        if not isinstance(data, dict):
+            raise RequestError("The request body must be a JSON object.")
+        channel = self._channel(key, data.get("model"), view)
+        trace.channel = channel.name
+        return view, headers, key_name, data, channel
+
     async def _admit(self, limits: Limits, key_id: str, channel: Channel, req: ChatRequest | None) -> Grant:
         """The key's and the channel's limits (the last step of `_build`: nothing after it
         raises, so the caller always gets the grant to release). Raises `OverLimit`."""

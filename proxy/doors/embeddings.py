@@ -17,19 +17,15 @@ from __future__ import annotations
 import array
 import base64
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from proxy.doors.chat import JSON_HEAD, ChatDoor, Trace, rejected
-from proxy.doors.openai_chat import error_body, error_type
-from proxy.errors import ChainFailed, OverLimit, RequestError, RequestRejected
-from proxy.http_util import header_map, read_body
+from proxy.doors.chat import JSON_HEAD, Trace
+from proxy.doors.openai_chat import OpenAICallDoor
+from proxy.errors import ChainFailed, RequestError, RequestRejected
 from proxy.limiter import NO_GRANT
-from proxy.logs import REQUEST_ID, request_id
-from proxy.refusals import UPSTREAM
 from proxy.types import EmbedRequest, Usage
 from proxy.usage import estimate
 
@@ -74,40 +70,13 @@ def encode(vector: tuple[float, ...], fmt: str) -> Any:
     return base64.b64encode(packed.tobytes()).decode()
 
 
-class EmbeddingsDoor(ChatDoor):
+class EmbeddingsDoor(OpenAICallDoor):
     """The ASGI app of `POST /v1/embeddings`."""
 
     door = "embeddings"
 
-    def error_body(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:
-        return error_body(message, error_type(status), param=param, code=code)
-
-    async def chat(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
-        try:
-            await self._embed(scope, receive, send, trace)
-        except RequestError as e:
-            self.refused(e.status, e.code, e.param)
-            body = self.error_body(e.status, e.message, param=e.param, code=e.code)
-            await trace.reply(send, e.status, body, JSON_HEAD)
-        except OverLimit as e:
-            await trace.reply(send, 429, self.error_body(429, str(e), code=e.code), self.over_limit_head(e))
-
-    async def _embed(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
-        view = self.view
-        headers: Mapping[bytes, bytes] = header_map(scope, self.wanted)
-        trace.id = request_id(headers.get(b"x-request-id"))
-        REQUEST_ID.set(trace.id)
-        key_name, key = self._auth(self.api_key(headers), view)
-        trace.key = key_name
-        body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise RequestError("We could not parse the JSON body of your request.") from None
-        if not isinstance(data, dict):
-            raise RequestError("The request body must be a JSON object.")
-        channel = self._channel(key, data.get("model"), view)
-        trace.channel = channel.name
+    async def serve(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
+        view, _, key_name, data, channel = await self.preamble(scope, receive, trace)
         inputs = parse_input(data.get("input"))
         fmt = data.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
@@ -128,14 +97,8 @@ class EmbeddingsDoor(ChatDoor):
                 provider, result = await self.engine.embed(channel, request)
             except ValueError as e:  # no provider of the channel embeds
                 raise RequestError(f"{e}.", param="model", code="embeddings_not_supported") from None
-            except RequestRejected as e:
-                status, message = rejected(e)
-                self.refused(status, UPSTREAM, e.param)
-                err = self.error_body(status, message, param=e.param, code=e.code or "upstream_rejected")
-                return await trace.reply(send, status, err, JSON_HEAD)
-            except ChainFailed as e:
-                status, message, code = self._chain_failed(channel, e)
-                return await trace.reply(send, status, self.error_body(status, message, code=code), JSON_HEAD)
+            except (RequestRejected, ChainFailed) as e:
+                return await self.call_failed(e, channel, send, trace)
             trace.provider, trace.failover = provider, provider != channel.providers[0]
             prompt = result.usage.prompt_tokens if result.usage else sum(_tokens(x) for x in inputs)
             vectors = [

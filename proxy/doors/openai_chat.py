@@ -20,9 +20,11 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from proxy.doors.chat import ChatDoor, Seen, StreamEncoder, Turn, json_type, why_off
-from proxy.errors import RequestError
+from proxy.doors.chat import JSON_HEAD, ChatDoor, Seen, StreamEncoder, Trace, Turn, json_type, rejected, why_off
+from proxy.errors import ChainFailed, OverLimit, RequestError, RequestRejected
+from proxy.refusals import UPSTREAM
 from proxy.types import ChatRequest, Completion, Message
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -224,3 +226,37 @@ class OpenAIFrontDoor(ChatDoor):
 def _wanted(request: Request) -> dict[bytes, bytes]:
     """The headers a door's `api_key` reads, from a Starlette request."""
     return {k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()}
+
+
+class OpenAICallDoor(ChatDoor):
+    """A door for OpenAI's other endpoints (embeddings, images): the chat doors' keys, channels,
+    limits, metrics and log line, OpenAI's errors, and one call down the channel's chain that
+    `serve` makes. `RequestError` and `OverLimit` raised by `serve` become the error JSON."""
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:
+        return error_body(message, error_type(status), param=param, code=code)
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
+        try:
+            await self.serve(scope, receive, send, trace)
+        except RequestError as e:
+            self.refused(e.status, e.code, e.param)
+            body = self.error_body(e.status, e.message, param=e.param, code=e.code)
+            await trace.reply(send, e.status, body, JSON_HEAD)
+        except OverLimit as e:
+            await trace.reply(send, 429, self.error_body(429, str(e), code=e.code), self.over_limit_head(e))
+
+    async def call_failed(self, e: Exception, channel: Any, send: Send, trace: Trace) -> None:
+        """The answer to a call that failed upstream: the caller's error as the backend said
+        it, or the chain's failure (502/503)."""
+        if isinstance(e, RequestRejected):
+            status, message = rejected(e)
+            self.refused(status, UPSTREAM, e.param)
+            err = self.error_body(status, message, param=e.param, code=e.code or "upstream_rejected")
+            return await trace.reply(send, status, err, JSON_HEAD)
+        assert isinstance(e, ChainFailed)
+        status, message, code = self._chain_failed(channel, e)
+        await trace.reply(send, status, self.error_body(status, message, code=code), JSON_HEAD)
