@@ -21,7 +21,7 @@ from providers.openai_base import OpenAICompatConfig, OpenAICompatProvider, sse_
 from providers.upstream import TRANSPORT_ERRORS, transport_error
 from proxy.contracts import ProviderState
 from proxy.errors import BadResponse, RequestRejected
-from proxy.types import ChatRequest, Completion, Delta, Embeddings, EmbedRequest
+from proxy.types import ChatRequest, Completion, Delta, Embeddings, EmbedRequest, TranscribeRequest
 
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 
@@ -38,6 +38,9 @@ class OpenAIProvider(OpenAICompatProvider):
     def __init__(self, name: str, config: OpenAIConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(name, config, http)
         self._embed_url = config.base_url.rstrip("/") + "/embeddings"
+        self._transcribe_url = config.base_url.rstrip("/") + "/audio/transcriptions"
+        # the configured extra headers; content-type is the multipart boundary aiohttp sets
+        self._headers_for_upload = {"accept": "application/json", **config.headers}
         self._stream_extra: dict[str, Any] = {"stream": True}
         if config.stream_usage:
             self._stream_extra["stream_options"] = {"include_usage": True}
@@ -96,6 +99,33 @@ class OpenAIProvider(OpenAICompatProvider):
         if len(vectors) != len(request.inputs):
             raise BadResponse(f"{len(vectors)} embeddings for {len(request.inputs)} inputs", provider=self.name)
         return Embeddings(vectors, data.get("model") or model, usage_of(data.get("usage")))
+
+    transcribes = True
+
+    async def transcribe(self, request: TranscribeRequest) -> tuple[str, bytes]:
+        model = request.model or self.config.transcription_model
+        if not model:
+            raise RequestRejected(
+                f"no transcription model for provider {self.name}: set the channel's model or the provider's "
+                "transcription_model",
+                provider=self.name,
+                status=400,
+                param="model",
+            )
+        form = aiohttp.FormData()
+        form.add_field("file", request.audio, filename=request.filename, content_type=request.content_type)
+        form.add_field("model", model)
+        for name, value in request.fields.items():
+            form.add_field(name, value)
+        async with self.pool.lease("", TRANSPORT_ERRORS, transport_error) as key:
+            auth = {"authorization": f"Bearer {key.value}"} if key.value else {}
+            async with self.http.post(
+                self._transcribe_url, data=form, headers={**self._headers_for_upload, **auth}, timeout=self._timeout
+            ) as resp:
+                await self.raise_for_status(resp)
+                raw = await resp.read()
+                kind = resp.headers.get("content-type", "application/json")
+        return kind, raw
 
     def _completion(self, raw: bytes) -> Completion:
         try:

@@ -52,6 +52,9 @@ class OpenAICompatConfig(AdapterConfig):
     `max_completion_tokens`, many compatible servers only know `max_tokens`)."""
     stream_usage: bool = True
     """Ask for the usage chunk (`stream_options.include_usage`); some compatible servers reject it."""
+    transcription_model: str | None = None
+    """Model for `POST /v1/audio/transcriptions` through this provider when the channel names none
+    (e.g. `whisper-1`)."""
     embedding_model: str | None = None
     """Model for `POST /v1/embeddings` through this provider when the channel names none (e.g.
     `text-embedding-3-small`)."""

@@ -28,6 +28,7 @@ from proxy.config import Settings
 from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.doors.anthropic import AnthropicDoor, CountTokens
+from proxy.doors.audio import AudioDoor
 from proxy.doors.embeddings import EmbeddingsDoor
 from proxy.doors.images import ImagesDoor
 from proxy.doors.openai_chat import OpenAIFrontDoor, error_response
@@ -238,6 +239,7 @@ def create_app(
     embeddings = EmbeddingsDoor(engine, settings, refusals, metrics.observe_request)
     responses = ResponsesDoor(engine, settings, refusals, metrics.observe_request)
     images = ImagesDoor(engine, settings, refusals, metrics.observe_request)
+    audio = AudioDoor(engine, settings, refusals, metrics.observe_request)
     hooks = Hooks(settings, metrics, dispatcher, recent)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
@@ -247,6 +249,7 @@ def create_app(
         embeddings.use(new)
         responses.use(new)
         images.use(new)
+        audio.use(new)
         dispatcher.settings = new
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
@@ -331,6 +334,7 @@ def create_app(
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/images/generations", images, methods=["POST"]),
+        Route("/v1/audio/transcriptions", audio, methods=["POST"]),
         Route("/v1/models", front.models, methods=["GET"]),
         Route("/v1/models/{model:path}", front.model, methods=["GET"]),
         Route("/hooks/{name}", hooks.handle, methods=["GET", "POST"]),

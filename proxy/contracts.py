@@ -27,6 +27,7 @@ from proxy.types import (
     ImageRequest,
     Inbound,
     Message,
+    TranscribeRequest,
     WebRequest,
     WebResponse,
 )
@@ -91,6 +92,12 @@ class Provider(abc.ABC):
     embeds: ClassVar[bool] = False
     #: Whether `draw` is implemented (the images door skips providers that cannot).
     draws: ClassVar[bool] = False
+    #: Whether `transcribe` is implemented (the audio door skips providers that cannot).
+    transcribes: ClassVar[bool] = False
+
+    async def transcribe(self, request: TranscribeRequest) -> tuple[str, bytes]:
+        """The transcription as the upstream sent it: (content type, body)."""
+        raise NotImplementedError(f"{type(self).__name__} does not transcribe")
 
     async def draw(self, request: ImageRequest) -> list[JSON]:
         """The images API's `data` items (`url` or `b64_json`, maybe `revised_prompt`)."""

@@ -21,7 +21,17 @@ from proxy.limiter import Observer as LimitObserver
 from proxy.registry import Registry
 from proxy.shared_health import SharedHealth
 from proxy.tracing import Tracing
-from proxy.types import JSON, ChatRequest, Completion, Delta, Embeddings, EmbedRequest, ImageRequest, Message
+from proxy.types import (
+    JSON,
+    ChatRequest,
+    Completion,
+    Delta,
+    Embeddings,
+    EmbedRequest,
+    ImageRequest,
+    Message,
+    TranscribeRequest,
+)
 from proxy.usage import Recorder, TokenObserver
 
 log = logging.getLogger("switchboard")
@@ -230,6 +240,12 @@ class Engine:
         assert self.failover is not None
         chain = self.able(channel, "embeds", "embed")
         return await self.failover.run(channel.name, chain, lambda p: p.embed(request))
+
+    async def transcribe(self, channel: Channel, request: TranscribeRequest) -> tuple[str, tuple[str, bytes]]:
+        """A transcription from the first provider of the channel's chain that transcribes."""
+        assert self.failover is not None
+        chain = self.able(channel, "transcribes", "transcribe audio")
+        return await self.failover.run(channel.name, chain, lambda p: p.transcribe(request))
 
     async def draw(self, channel: Channel, request: ImageRequest) -> tuple[str, list[JSON]]:
         """Images from the first provider of the channel's chain that generates them."""

@@ -128,6 +128,18 @@ class ImageRequest:
     user: str = "anonymous"
 
 
+@dataclass(frozen=True, slots=True)
+class TranscribeRequest:
+    """Audio to transcribe: the uploaded file and the other form fields (language, prompt,
+    response_format, temperature ...), passed on as strings."""
+
+    audio: bytes
+    filename: str
+    content_type: str
+    model: str | None = None
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
 # ---- the web boundary: framework-neutral requests, so protocol code is testable without a server
 
 

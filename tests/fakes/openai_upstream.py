@@ -130,6 +130,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_get("/v1/models", self._models)
         self._cm = serve_aiohttp(app)
         self.base_url = (await self._cm.__aenter__()) + "/v1"
@@ -316,6 +317,28 @@ class FakeOpenAI:
             prompt = str(body.get("prompt"))
             data = [{"url": f"https://images.example/{i}.png", "revised_prompt": prompt} for i in range(n)]
         return web.json_response({"created": int(time.time()), "data": data})
+
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        """Multipart: records the fields (the file as `{"filename", "content_type", "size"}`) and
+        answers `{"text": "heard <size> bytes of <filename>"}` (plain text for
+        `response_format=text`)."""
+        form = await request.post()
+        fields: dict[str, Any] = {}
+        for name, value in form.items():
+            if isinstance(value, web.FileField):
+                size = len(value.file.read())
+                fields[name] = {"filename": value.filename, "content_type": value.content_type, "size": size}
+            else:
+                fields[name] = value
+        self.requests.append(Recorded(request.path, CIMultiDict(request.headers), fields))
+        if self.faults:
+            fault = self.faults.popleft()
+            return web.json_response(error_body(SERVER_ERROR, "server_error", None), status=fault.status)
+        file = fields.get("file") or {}
+        text = f"heard {file.get('size')} bytes of {file.get('filename')}"
+        if fields.get("response_format") == "text":
+            return web.Response(text=text + "\n", content_type="text/plain")
+        return web.json_response({"text": text})
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body, _, early = await self._gate(request)
