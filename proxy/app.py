@@ -29,6 +29,7 @@ from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.doors.anthropic import AnthropicDoor, CountTokens
 from proxy.doors.audio import AudioDoor
+from proxy.doors.dify import DifyAPI, DifyDoor
 from proxy.doors.embeddings import EmbeddingsDoor
 from proxy.doors.images import ImagesDoor
 from proxy.doors.openai_chat import OpenAIFrontDoor, error_response
@@ -240,6 +241,11 @@ def create_app(
     responses = ResponsesDoor(engine, settings, refusals, metrics.observe_request)
     images = ImagesDoor(engine, settings, refusals, metrics.observe_request)
     audio = AudioDoor(engine, settings, refusals, metrics.observe_request)
+    dify = {
+        m: DifyDoor(engine, settings, refusals, metrics.observe_request, mode=m)
+        for m in ("chat", "completion", "workflow")
+    }
+    dify_api = DifyAPI(dify["chat"])
     hooks = Hooks(settings, metrics, dispatcher, recent)
     recovery = Recovery(dispatcher, hooks.platforms, settings.raw.server)
 
@@ -250,6 +256,8 @@ def create_app(
         responses.use(new)
         images.use(new)
         audio.use(new)
+        for door in dify.values():
+            door.use(new)
         dispatcher.settings = new
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
@@ -335,6 +343,17 @@ def create_app(
         Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/images/generations", images, methods=["POST"]),
         Route("/v1/audio/transcriptions", audio, methods=["POST"]),
+        Route("/dify/v1/chat-messages", dify["chat"], methods=["POST"]),
+        Route("/dify/v1/chat-messages/{task_id}/stop", dify_api.stop, methods=["POST"]),
+        Route("/dify/v1/completion-messages", dify["completion"], methods=["POST"]),
+        Route("/dify/v1/workflows/run", dify["workflow"], methods=["POST"]),
+        Route("/dify/v1/conversations", dify_api.conversations, methods=["GET"]),
+        Route("/dify/v1/conversations/{conversation_id}", dify_api.delete, methods=["DELETE"]),
+        Route("/dify/v1/conversations/{conversation_id}/name", dify_api.rename, methods=["POST"]),
+        Route("/dify/v1/messages", dify_api.messages, methods=["GET"]),
+        Route("/dify/v1/parameters", dify_api.parameters, methods=["GET"]),
+        Route("/dify/v1/meta", dify_api.meta, methods=["GET"]),
+        Route("/dify/v1/info", dify_api.info, methods=["GET"]),
         Route("/v1/models", front.models, methods=["GET"]),
         Route("/v1/models/{model:path}", front.model, methods=["GET"]),
         Route("/hooks/{name}", hooks.handle, methods=["GET", "POST"]),

@@ -106,6 +106,9 @@ class KeyConfig(_Strict):
     """Channels (by name) this key may use as `model`; `"*"`: every channel."""
     name: str | None = None
     """A label for logs, metrics and `limits.keys` (default: `keys[N]`); never the key itself."""
+    dify_channel: str | None = None
+    """The channel Dify Service API requests (`/dify/v1/...`) with this key go to; unset: the key's only channel
+    when it names exactly one. A Dify app key is an entry of its own with this set."""
 
     def allows(self, channel: str) -> bool:
         return "*" in self.channels or channel in self.channels
@@ -398,6 +401,10 @@ def parse_config(
             raise ConfigError(f"channels[{i}].name", f"duplicate channel name {ch.name!r}")
         seen.add(ch.name)
         channels.append(_channel(i, ch, prov, plat, base or Path.cwd()))
+    for i, k in enumerate(raw.keys):
+        if k.dify_channel is not None and (k.dify_channel not in seen or not k.allows(k.dify_channel)):
+            why = "names no channel" if k.dify_channel not in seen else "is not one of the key's channels"
+            raise ConfigError(f"keys[{i}].dify_channel", f"{k.dify_channel!r} {why}")
     limits = compile_limits(raw.limits, key_ids(raw.keys), [c.name for c in channels], list(plat))
     return Settings(raw, prov, plat, tuple(channels), limits=limits)
 

@@ -7,6 +7,7 @@
 - `responses.py`: OpenAI Responses (`/v1/responses`, `previous_response_id` kept in the store).
 - `embeddings.py`: OpenAI embeddings (`/v1/embeddings`) onto the providers that embed.
 - `images.py`: OpenAI image generation (`/v1/images/generations`) onto the providers that draw.
+- `dify.py`: the Dify Service API (`/dify/v1/...`), conversations kept by Switchboard.
 - `audio.py`: OpenAI transcriptions (`/v1/audio/transcriptions`, multipart) onto the providers that transcribe.
 
 The core never learns a dialect: each door turns its wire format into the core's `ChatRequest`

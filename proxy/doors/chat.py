@@ -189,7 +189,10 @@ class Turn:
 
 class StreamEncoder:
     """Turns the core's deltas into one dialect's event stream. Each method returns the bytes to
-    send (possibly empty); `seen` is what the stream carried so far."""
+    send (possibly empty); `seen` is what the stream carried so far. A dialect that lets its
+    caller stop an answer sets `stopped`: the stream then ends as if the answer had."""
+
+    stopped = False
 
     def start(self) -> bytes:
         return b""
@@ -610,7 +613,7 @@ class ChatDoor:
                         trace.first_byte = time.monotonic()  # time to first token: sent right after this
                     yield out
                     out = b""
-                d = await anext(source, None)
+                d = None if encoder.stopped else await anext(source, None)
         except StreamInterrupted as e:
             yield out + encoder.cut_off(f"The answer was cut off: {e}")
             return
