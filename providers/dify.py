@@ -151,6 +151,7 @@ class _Run:
 class DifyProvider(Provider):
     config_model = DifyConfig
     stateful = True
+    uses_tools = False  # a Dify app's tools are its own: the Service API takes none from the caller
 
     def __init__(self, name: str, config: DifyConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(name, config, http)

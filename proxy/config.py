@@ -38,9 +38,9 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     """TCP port `serve` listens on (0: any free port)."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted, in bytes; a larger one is answered 413."""
     max_upload_bytes: int = Field(26_214_400, ge=1024)
     """Largest audio upload `POST /v1/audio/transcriptions` takes, in bytes (OpenAI's limit: 25 MB)."""
-    """Largest request body accepted, in bytes; a larger one is answered 413."""
     max_concurrent_generations: int = Field(64, ge=1)
     """Background generations for platform messages running at once."""
     drain_seconds: float = Field(30.0, ge=0)

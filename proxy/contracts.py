@@ -88,6 +88,8 @@ class Provider(abc.ABC):
     def stream(self, request: ChatRequest, state: ProviderState) -> AsyncIterator[Delta]:
         """Yield the answer as deltas. Errors before the first delta may be retried/failed over."""
 
+    #: Whether the provider passes `tools` on (a request with tools skips providers that cannot).
+    uses_tools: ClassVar[bool] = True
     #: Whether `embed` is implemented (the embeddings door skips providers that cannot).
     embeds: ClassVar[bool] = False
     #: Whether `draw` is implemented (the images door skips providers that cannot).

@@ -218,10 +218,13 @@ class Engine:
 
     # -- answering ---------------------------------------------------------------------------
 
-    def stream(self, channel: Channel, request: ChatRequest, outcome: Outcome) -> AsyncIterator[Delta]:
+    def stream(
+        self, channel: Channel, request: ChatRequest, outcome: Outcome, chain: Sequence[str] | None = None
+    ) -> AsyncIterator[Delta]:
+        """`chain`: the providers to try (default: the channel's), e.g. those that can use tools."""
         assert self.failover is not None
         return self.failover.stream(
-            channel.name, channel.providers, request, self.state_for(request.conversation), outcome
+            channel.name, chain or channel.providers, request, self.state_for(request.conversation), outcome
         )
 
     def able(self, channel: Channel, capability: str, what: str) -> list[str]:
@@ -253,8 +256,10 @@ class Engine:
         chain = self.able(channel, "draws", "generate images")
         return await self.failover.run(channel.name, chain, lambda p: p.draw(request))
 
-    async def complete(self, channel: Channel, request: ChatRequest) -> tuple[str, Completion]:
+    async def complete(
+        self, channel: Channel, request: ChatRequest, chain: Sequence[str] | None = None
+    ) -> tuple[str, Completion]:
         assert self.failover is not None
         return await self.failover.complete(
-            channel.name, channel.providers, request, self.state_for(request.conversation)
+            channel.name, chain or channel.providers, request, self.state_for(request.conversation)
         )

@@ -185,6 +185,8 @@ class Turn:
     extra: Any = None
     #: The caller's key name (set once the key is known).
     owner: str = ""
+    #: The providers to try when not all of the channel's can serve the request (tools).
+    chain: list[str] | None = None
 
 
 class StreamEncoder:
@@ -391,9 +393,21 @@ class ChatDoor:
             params=turn.params,
             stream=turn.stream,
         )
+        if req.params.get("tools"):
+            turn.chain = self._able(channel, "uses_tools", "use tools", "tools")
         limits = view.settings.limits
         grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
         return channel, req, record, turn, grant, key_name
+
+    def _able(self, channel: Channel, capability: str, what: str, param: str) -> list[str] | None:
+        """The channel's providers that can serve a feature of this request; a 400 naming the
+        others when none can (a channel with no enabled provider fails as usual: 503)."""
+        if not channel.providers:
+            return None
+        try:
+            return self.engine.able(channel, capability, what)
+        except ValueError as e:
+            raise RequestError(f"{e}.", param=param, code="unsupported_by_provider") from None
 
     async def preamble(
         self, scope: Scope, receive: Receive, trace: Trace
@@ -491,7 +505,7 @@ class ChatDoor:
         try:
             if req.stream:
                 return await self._stream(channel, req, record, turn, grant, key_name, receive, send, trace)
-            provider, result = await self.engine.complete(channel, req)
+            provider, result = await self.engine.complete(channel, req, turn.chain)
             trace.provider, trace.failover = provider, provider != channel.providers[0]
         except RequestRejected as e:
             status, message = rejected(e)
@@ -543,7 +557,7 @@ class ChatDoor:
         trace: Trace,
     ) -> None:
         outcome = Outcome()
-        source = self.engine.stream(channel, req, outcome)
+        source = self.engine.stream(channel, req, outcome, turn.chain)
         trace.stream = True
         # the first delta decides the provider (failover happens here, before any byte is sent)
         first = await anext(source, None)
