@@ -141,3 +141,22 @@ async def test_key_in_an_error_is_masked(ollama):
         with pytest.raises(AuthFailed) as e:
             await p.complete(REQ, NO_STATE)
         assert "unknown key" in e.value.message and "sk-local-0123456789" not in str(e.value)
+
+
+async def test_embed_through_litellm():
+    """`embed` calls litellm.aembedding: here an OpenAI-compatible embeddings API (the fake
+    answers the vectors out of order; `index` puts them back)."""
+    from proxy.types import EmbedRequest
+    from tests.fakes.openai_upstream import FakeOpenAI
+
+    async with FakeOpenAI() as fake, aiohttp.ClientSession() as http:
+        config = LiteLLMConfig(
+            kind="litellm", model="openai/gpt", api_base=fake.base_url, api_key="sk-x", embedding_model="openai/emb"
+        )
+        p = LiteLLMProvider("local", config, http)
+        await p.start()
+        result = await p.embed(EmbedRequest(("a cat", "the dog sat")))
+        assert result.vectors == ((5.0, 0.0, 0.5), (11.0, 1.0, 0.5))
+        assert result.usage is not None and result.usage.prompt_tokens == 5
+        (sent,) = [r.json for r in fake.requests if r.path.endswith("/embeddings")]
+        assert sent["model"] == "emb" and sent["input"] == ["a cat", "the dog sat"]
