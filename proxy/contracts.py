@@ -90,6 +90,8 @@ class Provider(abc.ABC):
 
     #: Whether the provider passes `tools` on (a request with tools skips providers that cannot).
     uses_tools: ClassVar[bool] = True
+    #: Whether the provider passes image parts on (a request with images skips providers that cannot).
+    sees_images: ClassVar[bool] = True
     #: Whether `embed` is implemented (the embeddings door skips providers that cannot).
     embeds: ClassVar[bool] = False
     #: Whether `draw` is implemented (the images door skips providers that cannot).

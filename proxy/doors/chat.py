@@ -395,6 +395,13 @@ class ChatDoor:
         )
         if req.params.get("tools"):
             turn.chain = self._able(channel, "uses_tools", "use tools", "tools")
+        if any(m.content.__class__ is list for m in messages) and _has_images(messages):
+            able = self._able(channel, "sees_images", "take images", "messages")
+            turn.chain = able if turn.chain is None or able is None else [p for p in turn.chain if p in able]
+            if turn.chain == []:
+                raise RequestError(
+                    f"no provider of channel '{channel.name}' can take both tools and images.", param="messages"
+                )
         limits = view.settings.limits
         grant = await self._admit(limits, key_name, channel, req) if limits.active else NO_GRANT
         return channel, req, record, turn, grant, key_name
@@ -638,6 +645,10 @@ class ChatDoor:
         yield out + encoder.end(finish or "stop", seen)
         if record:
             await self.engine.record(req.conversation, record, "".join(text))
+
+
+def _has_images(messages: list[Message]) -> bool:
+    return any(isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content) for m in messages)
 
 
 def rejected(e: RequestRejected) -> tuple[int, str]:

@@ -1,6 +1,7 @@
-"""A request feature a channel's provider cannot serve: with tools, a Dify provider in the chain
-is skipped (a Dify app's tools are its own), and a channel of Dify providers only answers a 400
-that names them, in the caller's dialect, before any upstream is called."""
+"""A request feature a channel's provider cannot serve: with tools or images, a Dify provider in
+the chain is skipped (a Dify app's tools are its own; only text reaches it), and a channel of
+Dify providers only answers a 400 that names them, in the caller's dialect, before any upstream
+is called."""
 
 from __future__ import annotations
 
@@ -56,4 +57,18 @@ async def test_tools_skip_dify_and_a_dify_only_channel_refuses_them():
                     tools=[{"name": "lookup", "input_schema": {"type": "object"}}],
                 )
             assert a.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-            assert len(up.chat_requests()) == 1
+            picture = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}},
+                    ],
+                }
+            ]
+            seen = await client.chat.completions.with_raw_response.create(model="mixed", messages=picture)  # type: ignore[arg-type]
+            assert seen.headers["x-switchboard-provider"] == "gpt"  # Dify gets only text: skipped
+            with pytest.raises(openai.BadRequestError) as img:
+                await client.chat.completions.create(model="dify-only", messages=picture)  # type: ignore[arg-type]
+            assert img.value.param == "messages" and "can take images: kb (dify)" in img.value.message
+            assert len(up.chat_requests()) == 2
