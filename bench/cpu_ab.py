@@ -15,6 +15,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from loads import chat_load
 from procs import Procs, free_port, post_ok, tree_cpu_seconds, wait_ready
@@ -32,10 +33,10 @@ def main() -> None:
     args = ap.parse_args()
     paths = default_paths()
     procs = Procs(paths.out / "logs")
+    live: list[tuple[str, Target, Any]] = []
     try:
         _, up_port = start_fake(procs, paths, "upstream", "upstream.py")
         upstream = f"http://127.0.0.1:{up_port}/v1"
-        live = []
         for i, checkout in enumerate(args.checkouts):
             port = free_port()
             name = f"ab{i}"
@@ -46,7 +47,7 @@ def main() -> None:
                                cwd=Path(checkout).resolve())
             wait_ready(proc, lambda t=target: post_ok(t.url, t.body("json"), t.request_headers()), 30)
             live.append((checkout, target, proc))
-        for _, target, proc in live:  # warm-up
+        for _, target, _proc in live:  # warm-up
             for mode in args.modes.split(","):
                 chat_load(paths, target, mode, 50, 1)
         cpu: dict[tuple[str, str], list[float]] = {}
@@ -63,10 +64,11 @@ def main() -> None:
                     cpu.setdefault((checkout, mode), []).append(used / res["requests"] * 1e6)
                     rps.setdefault((checkout, mode), []).append(res["rps"])
         for (checkout, mode), xs in cpu.items():
+            rounds = " ".join(f"{x:.0f}" for x in xs)
             print(f"{checkout:30} {mode:4} cpu µs/req median {statistics.median(xs):6.1f}  "
-                  f"rounds {' '.join(f'{x:.0f}' for x in xs)}  req/s median {statistics.median(rps[checkout, mode]):.0f}")
+                  f"rounds {rounds}  req/s median {statistics.median(rps[checkout, mode]):.0f}")
     finally:
-        for _, _, proc in live if "live" in dir() else []:
+        for _, _, proc in live:
             proc.pause(False)
         procs.close()
 

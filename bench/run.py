@@ -209,7 +209,7 @@ def run(paths: Paths, procs: Procs, meta: dict[str, Any]) -> dict[str, Any]:
                     f"profile_{mode}", partial(hotpath.profile, paths, target, proc.pid, mode, PROFILE_SECONDS)
                 )
     bench.isolate(None)
-    meta["slack_pending"] = None if slack_api else "platforms/slack.py does not exist yet"
+    meta["slack_pending"] = None if slack_api else "platforms/slack/ does not exist yet"
     meta["missing_peers"] = missing_peers(paths)
     meta["foreign_load"] = sorted(bench.foreign)[:5]
     return bench.results

@@ -262,7 +262,7 @@ def webhook_lines(doc: dict[str, Any]) -> list[str]:
     if not hook:
         return [
             f"Pending: {doc['meta'].get('slack_pending')}. The harness is ready (bench/webhook.py, "
-            "bench/slack.lua, bench/fake_slack.py) and runs as soon as `platforms/slack.py` exists."
+            "bench/slack.lua, bench/fake_slack.py) and runs as soon as `platforms/slack/` exists."
         ]
     if "failed" in hook:
         return [f"Not measured: {hook['failed']}"]

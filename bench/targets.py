@@ -69,7 +69,7 @@ class Paths:
 
 def slack_available(paths: Paths) -> bool:
     """The Slack adapter is being written by another engineer; bench it once it exists."""
-    return (paths.root / "platforms/slack.py").exists()
+    return (paths.root / "platforms/slack/__init__.py").exists()
 
 
 def switchboard_config(

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from platforms.feishu import FeishuConfig, FeishuPlatform
-from platforms.feishu_crypto import DecryptError, decrypt, signature
+from platforms.feishu.crypto import DecryptError, decrypt, signature
 from proxy.errors import RequestError, VerificationError
 from proxy.types import WebRequest
 from tests.platforms.fake_ctx import FakeCtx

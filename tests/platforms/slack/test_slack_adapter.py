@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from platforms.slack import SlackConfig, SlackPlatform
-from platforms.slack_events import SlackThread
+from platforms.slack.events import SlackThread
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.types import Inbound
 from tests.platforms.slack.fake_slack import FakeSlack

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from platforms.slack_events import SlackThread, escape, parse_event, parse_shortcut, plain_text
+from platforms.slack.events import SlackThread, escape, parse_event, parse_shortcut, plain_text
 from proxy.errors import RequestError
 from tests.platforms.slack.slack_kit import BOT_USER, payload, shortcut_form
 

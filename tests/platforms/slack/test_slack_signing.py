@@ -7,7 +7,7 @@ import time
 import pytest
 from slack_sdk.signature import SignatureVerifier
 
-from platforms.slack_signing import signature, verify_request
+from platforms.slack.signing import signature, verify_request
 from proxy.errors import VerificationError
 from tests.platforms.slack.slack_kit import SECRET, raw, shortcut_form, sign
 
@@ -76,7 +76,7 @@ def test_the_timestamp_is_checked_before_the_hmac(monkeypatch):
         computed.append("x")
         return "v0="
 
-    monkeypatch.setattr("platforms.slack_signing.signature", counting_signature)
+    monkeypatch.setattr("platforms.slack.signing.signature", counting_signature)
     with pytest.raises(VerificationError, match="window"):
         verify_request(SECRET, lower(sign(b"{}", NOW - 3600)), b"{}", now=NOW)
     assert computed == []

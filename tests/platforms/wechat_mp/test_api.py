@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from platforms.wechat_api import CustomerService, WeChatAPIError
+from platforms.wechat_mp.api import CustomerService, WeChatAPIError
 from tests.platforms.wechat_mp.wechat_kit import APP_ID, APP_SECRET, OPENID, FakeWeChatAPI
 
 

@@ -7,8 +7,8 @@ from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.utils import check_signature
 
-from platforms.wechat_crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
-from platforms.wechat_xml import MalformedXML, cdata, encrypted_reply, parse_fields, text_reply
+from platforms.wechat_mp.crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
+from platforms.wechat_mp.xml import MalformedXML, cdata, encrypted_reply, parse_fields, text_reply
 from tests.platforms.wechat_mp.wechat_kit import (
     AES_KEY,
     APP_ID,

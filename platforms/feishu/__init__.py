@@ -8,9 +8,9 @@ Quirks handled:
   `token` is checked. Without an Encrypt Key, `header.token` (v1: top-level `token`) is checked;
 - Feishu retries for hours (15 s … 6 h) when the 3-second ack is missed: dedupe on
   `header.event_id` and on `message_id`; the ack `{"msg": "success"}` goes out at once;
-- messages: see `feishu_message`; app senders (other bots, ourselves) are ignored;
-- replies: see `feishu_reply` (text once, or a card streamed with PATCH; `stream: false` sends
-  once when the answer is complete) and `feishu_api` (cached tenant token, `code` checks).
+- messages: see `message.py`; app senders (other bots, ourselves) are ignored;
+- replies: see `reply.py` (text once, or a card streamed with PATCH; `stream: false` sends
+  once when the answer is complete) and `api.py` (cached tenant token, `code` checks).
 
 After a crash (proxy/claims.py, proxy/recovery.py): Feishu was acknowledged and does not retry;
 the restarted process answers the message itself (the reply goes to the message id, which stays
@@ -29,10 +29,10 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, field_validator
 
-from platforms.feishu_api import FeishuAPI
-from platforms.feishu_crypto import DecryptError, decrypt, signature
-from platforms.feishu_message import addressed_to_bot, message_text
-from platforms.feishu_reply import CardStream, send_once
+from platforms.feishu.api import FeishuAPI
+from platforms.feishu.crypto import DecryptError, decrypt, signature
+from platforms.feishu.message import addressed_to_bot, message_text
+from platforms.feishu.reply import CardStream, send_once
 from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.types import Inbound, WebRequest, WebResponse

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from platforms.feishu_api import FeishuAPI, FeishuAPIError, card_content, text_content
+from platforms.feishu.api import FeishuAPI, FeishuAPIError, card_content, text_content
 from proxy.contracts import Answer, PlatformContext
 from proxy.text import split_text
 from proxy.types import Inbound

@@ -40,10 +40,10 @@ import orjson
 from cachetools import TTLCache
 from pydantic import Field, field_validator, model_validator
 
-from platforms.wechat_api import CustomerService, WeChatAPIError
-from platforms.wechat_crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
-from platforms.wechat_pending import Pending, Ready
-from platforms.wechat_xml import MalformedXML, encrypted_reply, parse_fields, text_reply
+from platforms.wechat_mp.api import CustomerService, WeChatAPIError
+from platforms.wechat_mp.crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
+from platforms.wechat_mp.pending import Pending, Ready
+from platforms.wechat_mp.xml import MalformedXML, encrypted_reply, parse_fields, text_reply
 from proxy.contracts import AdapterConfig, Answer, ClaimState, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text

@@ -1,7 +1,7 @@
 """Slack: Events API (`message.im`, `app_mention`) and message shortcuts on one Request URL.
 
 Quirks handled (reference: shared/reference/platforms.md §1):
-- every request is signed (platforms/slack_signing.py), interactivity too: checked on the raw
+- every request is signed (platforms/slack/signing.py), interactivity too: checked on the raw
   bytes before anything is decoded; `ssl_check=1` probes are answered 200 and nothing else;
 - Slack retries after 3 s (`X-Slack-Retry-Num`), so we ack at once and dedupe persistently on
   `event_id`, and on channel+ts because one message can arrive as `message` and `app_mention`;
@@ -35,9 +35,9 @@ import orjson
 from cachetools import TTLCache
 from pydantic import Field
 
-from platforms.slack_api import SlackAPI, SlackAPIError, SlackRateLimited
-from platforms.slack_events import Shortcut, SlackThread, escape, form_fields, parse_event, parse_shortcut
-from platforms.slack_signing import REPLAY_WINDOW, signature, verify_request
+from platforms.slack.api import SlackAPI, SlackAPIError, SlackRateLimited
+from platforms.slack.events import Shortcut, SlackThread, escape, form_fields, parse_event, parse_shortcut
+from platforms.slack.signing import REPLAY_WINDOW, signature, verify_request
 from proxy.contracts import AdapterConfig, Answer, Job, Platform, PlatformContext
 from proxy.errors import RequestError
 from proxy.text import split_text
