@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.admin import Admin
 from proxy.config import Settings
+from proxy.connections import Connections
 from proxy.contracts import Platform
 from proxy.dispatch import Dispatcher
 from proxy.doors.anthropic import AnthropicDoor, CountTokens
@@ -62,6 +63,8 @@ class Hooks:
         self.recent = recent
         self.dispatcher = dispatcher
         self.platforms: dict[str, Platform] = {}
+        #: The outbound connections of adapters in a connection mode (proxy/connections.py).
+        self.connections = Connections()
         self._handling: dict[Platform, int] = {}  # webhook requests in flight, per adapter
 
     async def start(self) -> None:
@@ -78,7 +81,9 @@ class Hooks:
                 except Exception:
                     log.exception("platform %s (%s) failed to start; it stays enabled", name, a.kind)
                 built[name] = platform
-                log.info("platform %s (%s) listening at /hooks/%s", name, a.kind, name)
+                self.connections.start(platform)
+                how = "holding a connection" if platform.connects() else f"listening at /hooks/{name}"
+                log.info("platform %s (%s) %s", name, a.kind, how)
         return built
 
     # -- reload (proxy/reload.py) ------------------------------------------------------------
@@ -110,6 +115,7 @@ class Hooks:
 
     async def close_all(self, platforms: Iterable[Platform]) -> None:
         for p in platforms:
+            await self.connections.stop(p)
             try:
                 await p.close()
             except Exception:
@@ -270,6 +276,7 @@ def create_app(
         return {n: c.report(now) for n, c in failover.circuits.items()} if failover else {}
 
     metrics.watch(circuits, lambda: engine.failover.inflight if engine.failover else 0)
+    metrics.watch_connections(hooks.connections.status)
     stop_watching = asyncio.Event()
 
     def on_sighup() -> None:
@@ -300,6 +307,7 @@ def create_app(
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             stop_watching.set()
             recovery.stop()
+            await hooks.connections.close()  # no new events while the answers in flight finish
             cut = await runner.drain(settings.raw.server.drain_seconds)
             if cut:
                 log.warning(
@@ -317,6 +325,11 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         status, body = await readiness(engine.settings, engine)
+        links = hooks.connections.status()
+        if links:  # platforms in a connection mode: a lost one degrades, it does not stop serving
+            body["connections"] = links
+            if status == 200 and any(link["state"] != "connected" for link in links.values()):
+                body["status"] = "degraded"
         return Response(orjson.dumps(body), status, media_type="application/json")
 
     async def metrics_endpoint(request: Request) -> Response:

@@ -469,6 +469,19 @@ class Platform(abc.ABC):
         """Platform-specific additions to the /help answer."""
         return None
 
+    # -- connection modes (proxy/connections.py) ---------------------------------------------
+
+    def connects(self) -> bool:
+        """Does this adapter hold an outbound connection (as configured)? Then the core runs
+        `connection` under a supervisor that makes it again whenever it ends."""
+        return False
+
+    async def connection(self, up: Callable[[], None]) -> None:
+        """Hold one connection to the platform: call `up()` once it is accepted, handle what
+        arrives (acknowledging each event only after it was claimed and submitted), and return
+        or raise when the connection ends."""
+        raise NotImplementedError
+
     # -- recovery: answering a message whose first attempt died with its process ---------------
 
     def dump_reply_to(self, reply_to: Any) -> Any:

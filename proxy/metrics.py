@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -181,8 +181,34 @@ class Metrics:
         """Gauges read when scraped: each enabled provider's circuit and the answers in flight."""
         self.registry.register(_Live(circuits, inflight))
 
+    def watch_connections(self, status: Callable[[], dict[str, dict[str, object]]]) -> None:
+        """Gauges read when scraped: each connection-mode platform's state and reconnects."""
+        self.registry.register(_Links(status))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Links(Collector):
+    def __init__(self, status: Callable[[], dict[str, dict[str, object]]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "switchboard_platform_connected",
+            "Connection-mode platforms (Slack Socket Mode, ...): 1 while the connection is up.",
+            labels=["platform"],
+        )
+        again = CounterMetricFamily(
+            "switchboard_platform_reconnects",
+            "Times a connection-mode platform's connection ended and was made again.",
+            labels=["platform"],
+        )
+        for name, link in self.status().items():
+            up.add_metric([name], 1 if link["state"] == "connected" else 0)
+            again.add_metric([name], float(link["reconnects"]))  # type: ignore[arg-type]
+        yield up
+        yield again
 
 
 #: `switchboard_circuit_state` values.

@@ -1,4 +1,7 @@
-"""Slack: Events API (`message.im`, `app_mention`) and message shortcuts on one Request URL.
+"""Slack: Events API (`message.im`, `app_mention`) and message shortcuts on one Request URL, or
+the same over Socket Mode (`app_token`): an outbound WebSocket, no public URL needed. Envelopes
+are handled like the requests they stand for and acknowledged once claimed and submitted; the
+core's supervisor (proxy/connections.py) makes the connection again when it drops.
 
 Quirks handled (reference: shared/reference/platforms.md §1):
 - every request is signed (platforms/slack/signing.py), interactivity too: checked on the raw
@@ -29,17 +32,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
+import aiohttp
 import orjson
 from cachetools import TTLCache
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from platforms.slack.api import SlackAPI, SlackAPIError, SlackRateLimited
 from platforms.slack.events import Shortcut, SlackThread, escape, form_fields, parse_event, parse_shortcut
 from platforms.slack.signing import REPLAY_WINDOW, signature, verify_request
 from proxy.contracts import AdapterConfig, Answer, Job, Platform, PlatformContext
-from proxy.errors import RequestError
+from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
@@ -53,8 +58,12 @@ FORM = "application/x-www-form-urlencoded"
 class SlackConfig(AdapterConfig):
     kind: Literal["slack"] = "slack"
     """`slack`: Slack Events API, interactivity and shortcuts."""
-    signing_secret: str = Field(min_length=1)
-    """The app's signing secret; requests whose `X-Slack-Signature` does not match are refused."""
+    signing_secret: str | None = Field(None, min_length=1)
+    """The app's signing secret; requests whose `X-Slack-Signature` does not match are refused. Needed for the
+    Events API (a Request URL); Socket Mode alone needs only `app_token`."""
+    app_token: str | None = Field(None, min_length=1)
+    """An app-level token (`xapp-…`, scope `connections:write`): Socket Mode, an outbound WebSocket instead of a
+    public Request URL (events, shortcuts and streaming edits as with the Events API)."""
     bot_token: str = Field(min_length=1)
     """The bot user OAuth token (`xoxb-…`) for chat.postMessage / chat.update."""
     api_base: str = "https://slack.com/api"
@@ -76,6 +85,12 @@ class SlackConfig(AdapterConfig):
     delete_callback: str = "delete_message"
     """Callback id of the message shortcut that deletes one of the bot's messages."""
 
+    @model_validator(mode="after")
+    def _a_way_in(self) -> SlackConfig:
+        if self.signing_secret is None and self.app_token is None:
+            raise ValueError("set signing_secret (Events API) or app_token (Socket Mode), or both")
+        return self
+
 
 class SlackPlatform(Platform):
     config_model = SlackConfig
@@ -83,6 +98,7 @@ class SlackPlatform(Platform):
     def __init__(self, name: str, config: SlackConfig, ctx: PlatformContext) -> None:
         super().__init__(name, config, ctx)
         self.api = SlackAPI(lambda: ctx.http, config.api_base, config.bot_token, max_wait=config.max_retry_wait)
+        self.app_api = SlackAPI(lambda: ctx.http, config.api_base, config.app_token) if config.app_token else None
         self.bot_user: str | None = None
         self.bot_id: str | None = None
         self.queued: TTLCache[str, Job] = TTLCache(maxsize=10_000, ttl=3600)  # event_id -> job
@@ -102,6 +118,8 @@ class SlackPlatform(Platform):
         form = FORM in request.headers.get("content-type", "")
         if _ssl_check(request, form):
             return EMPTY_OK
+        if self.config.signing_secret is None:
+            raise VerificationError("slack: this platform runs in Socket Mode (no signing_secret): no Request URL", 403)
         verify_request(self.config.signing_secret, request.headers, request.body, self.config.replay_window)
         if form:
             return await self._interaction(form_fields(request.body))
@@ -119,6 +137,60 @@ class SlackPlatform(Platform):
         if data.get("type") == "event_callback":
             await self._event(data, request.headers.get("x-slack-retry-num"))
         return EMPTY_OK
+
+    # -- Socket Mode (proxy/connections.py supervises it) --------------------------------------
+
+    def connects(self) -> bool:
+        return self.app_api is not None
+
+    async def connection(self, up: Callable[[], None]) -> None:
+        """One Socket Mode connection: `apps.connections.open` gives the WebSocket URL; each
+        envelope is handled like the Events API request it stands for and acknowledged once it
+        is claimed and submitted (an envelope that was not acknowledged is delivered again, and
+        a repeat is dropped by the same persistent dedupe). A `disconnect` message ends it."""
+        assert self.app_api is not None
+        opened = await self.app_api.call("apps.connections.open", {}, patient=False)
+        url = opened.get("url")
+        if not isinstance(url, str):
+            raise SlackAPIError("apps.connections.open", "answer without url")
+        async with self.ctx.http.ws_connect(url, heartbeat=30, autoping=True) as ws:
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+                    continue
+                try:
+                    data = orjson.loads(frame.data)
+                except orjson.JSONDecodeError:
+                    log.warning("slack socket mode: a frame that is not JSON was ignored")
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                kind = data.get("type")
+                if kind == "hello":
+                    up()
+                elif kind == "disconnect":
+                    log.info("slack socket mode: disconnect (%s): reconnecting", data.get("reason"))
+                    return
+                elif isinstance(data.get("envelope_id"), str):
+                    ack = await self._envelope(data)
+                    await ws.send_str(orjson.dumps(ack).decode())
+
+    async def _envelope(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        """Handle one envelope; its acknowledgement (with a response payload where Slack takes one)."""
+        ack: dict[str, Any] = {"envelope_id": envelope["envelope_id"]}
+        payload = envelope.get("payload")
+        if not isinstance(payload, dict):
+            return ack
+        kind = envelope.get("type")
+        if kind == "events_api" and payload.get("type") == "event_callback":
+            retry = envelope.get("retry_attempt")
+            await self._event(payload, str(retry) if retry else None)
+        elif kind == "interactive":
+            await self._interaction({"payload": orjson.dumps(payload).decode()})
+        elif kind == "slash_commands":
+            ack["payload"] = {"text": "Slash commands are not supported here: mention me or message me directly."}
+        return ack
 
     async def _event(self, data: dict[str, Any], retry: str | None) -> None:
         event_id = data.get("event_id")

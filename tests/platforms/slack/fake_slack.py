@@ -5,6 +5,13 @@
         slack.fail("chat.update", "cant_update_message")   # the next one HTTP 200 + ok:false
         slack.auth_fails = True                   # auth.test answers ok:false (invalid_auth)
 
+Socket Mode: `apps.connections.open` (with `APP_TOKEN`) answers the URL of the fake's WebSocket
+gateway, which says `hello`, then sends what `slack.push(envelope)` queues and records every
+acknowledgement in `slack.acks` (envelope id -> the ack). `slack.drop()` closes the open
+connection (the next one is made again by the client); `slack.say_disconnect()` sends Slack's
+`disconnect` message instead; `slack.connections` counts connections made. Envelopes not
+acknowledged when a connection ends are sent again on the next one, with `retry_attempt` + 1.
+
 `slack.pause_after("chat.update:429")` is how long the next call waited after a 429.
 `slack.of("chat.update")` lists the JSON bodies of the accepted calls of a method; a 429 is
 recorded as "chat.update:429" in `slack.calls`. Deleted messages are remembered: updating one
@@ -13,13 +20,15 @@ answers `message_not_found`, like Slack.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from tests.platforms.slack.slack_kit import BOT_ID, BOT_USER, TOKEN
+from tests.platforms.slack.slack_kit import APP_TOKEN, BOT_ID, BOT_USER, TOKEN
 from tests.servers import serve_aiohttp
 
 
@@ -33,11 +42,18 @@ class FakeSlack:
         self.auth_fails = False
         self.deleted: set[str] = set()
         self._ts = itertools.count(1)
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.connections = 0
+        self.unacked: list[dict[str, Any]] = []  # sent on the open connection, not acknowledged yet
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._ws: web.WebSocketResponse | None = None
         self.base_url = ""
         self._cm: Any = None
 
     async def __aenter__(self) -> FakeSlack:
         app = web.Application()
+        app.router.add_post("/api/apps.connections.open", self._open)
+        app.router.add_get("/link", self._link)
         app.router.add_post("/api/{method}", self._call)
         self._cm = serve_aiohttp(app)
         self.base_url = (await self._cm.__aenter__()) + "/api"
@@ -45,6 +61,69 @@ class FakeSlack:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._cm.__aexit__(*exc)
+
+    # -- Socket Mode -------------------------------------------------------------------------
+
+    def push(self, envelope: dict[str, Any]) -> None:
+        self._outbox.put_nowait(envelope)
+
+    async def drop(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    def say_disconnect(self) -> None:
+        self._outbox.put_nowait({"type": "disconnect", "reason": "refresh_requested"})
+
+    async def wait_acks(self, n: int, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.acks) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.acks
+
+    async def wait_connections(self, n: int, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.connections < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.connections
+
+    async def _open(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {APP_TOKEN}":
+            return web.json_response({"ok": False, "error": "not_allowed_token_type"})
+        self.calls.append(("apps.connections.open", {}))
+        self.stamps.append(time.monotonic())
+        url = str(request.url.with_path("/link").with_scheme("ws").with_query({}))
+        return web.json_response({"ok": True, "url": url})
+
+    async def _link(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        self.connections += 1
+        for envelope in self.unacked:  # what the last connection left unacknowledged comes again
+            envelope["retry_attempt"] = envelope.get("retry_attempt", 0) + 1
+            self._outbox.put_nowait(envelope)
+        self.unacked = []
+        await ws.send_json({"type": "hello", "num_connections": 1})
+
+        async def sender() -> None:
+            while True:
+                item = await self._outbox.get()
+                if item is None:
+                    return
+                if "envelope_id" in item:
+                    self.unacked.append(item)
+                await ws.send_json(item)
+
+        task = asyncio.create_task(sender())
+        try:
+            async for frame in ws:
+                ack = orjson.loads(frame.data)
+                self.acks[ack["envelope_id"]] = ack
+                self.unacked = [e for e in self.unacked if e["envelope_id"] != ack["envelope_id"]]
+        finally:
+            task.cancel()
+            self._ws = None
+        return ws
 
     def rate_limit(self, method: str, retry_after: str = "0", times: int = 1) -> None:
         self.rate_limits.setdefault(method, []).extend([retry_after] * times)

@@ -20,6 +20,7 @@ from proxy.types import Inbound, WebRequest
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TOKEN = "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy"
+APP_TOKEN = "xapp-1-A0APP0001-1234567890-abcdefabcdef"
 BOT_USER, BOT_ID = "U0BOT0001", "B0BOT0001"
 PAYLOADS = Path(__file__).parent / "payloads"
 FORM = "application/x-www-form-urlencoded"
