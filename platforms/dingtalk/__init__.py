@@ -32,12 +32,13 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 from yarl import URL
 
 from proxy.contracts import AdapterConfig, Answer, Platform
@@ -49,6 +50,8 @@ log = logging.getLogger("switchboard.dingtalk")
 KINDS = {"text": "text", "richText": "text", "picture": "image", "audio": "voice", "video": "video", "file": "file"}
 LEADING_MENTION = re.compile(r"^\s*(@\S+\s+)*")
 ACK = WebResponse(200, b'{"msgtype":"empty"}', "application/json")
+#: The Stream-mode topic of messages to the robot.
+BOT_TOPIC = "/v1.0/im/bot/messages/get"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,19 @@ class DingTalkConfig(AdapterConfig):
     """Plain-http hosts allowed as webhooks: for tests on loopback only; empty in production."""
     replay_window_ms: int = Field(3_600_000, ge=1000)
     """Milliseconds a callback's `timestamp` may be off."""
+    mode: Literal["callback", "stream"] = "callback"
+    """`callback`: DingTalk POSTs each message to `/hooks/<name>`; `stream`: Stream mode, an outbound WebSocket
+    (no public URL), with `client_id`."""
+    client_id: str | None = None
+    """The app's ClientID (AppKey), for Stream mode; `app_secret` is its ClientSecret."""
+    gateway: str = "https://api.dingtalk.com"
+    """Stream mode's API root (`/v1.0/gateway/connections/open`); tests point it at a fake."""
+
+    @model_validator(mode="after")
+    def _stream_needs_client_id(self) -> DingTalkConfig:
+        if self.mode == "stream" and not self.client_id:
+            raise ValueError("mode: stream needs client_id (the app's ClientID / AppKey)")
+        return self
 
 
 def sign(secret: str, timestamp: str) -> str:
@@ -124,6 +140,8 @@ class DingTalkPlatform(Platform):
             raise VerificationError("sign mismatch")
 
     async def handle(self, request: WebRequest) -> WebResponse:
+        if self.config.mode == "stream":
+            raise VerificationError(f"dingtalk {self.name}: Stream mode: no callback URL", 403)
         self.verify(request)
         try:
             data = orjson.loads(request.body)
@@ -136,6 +154,76 @@ class DingTalkPlatform(Platform):
             return ACK
         self.ctx.submit(self, self._parse(data, target))
         return ACK
+
+    # -- Stream mode (proxy/connections.py supervises it) -------------------------------------
+
+    def connects(self) -> bool:
+        return self.config.mode == "stream"
+
+    async def connection(self, up: Callable[[], None]) -> None:
+        """One Stream-mode connection: `connections/open` with the ClientID and ClientSecret gives
+        an endpoint and a ticket; each bot message (a CALLBACK frame on the bot topic) is handled
+        like a callback and acknowledged once claimed and submitted; SYSTEM `ping` frames are
+        answered, `disconnect` ends the connection (the supervisor makes a new one)."""
+        c = self.config
+        body = {
+            "clientId": c.client_id,
+            "clientSecret": c.app_secret,
+            "subscriptions": [{"type": "CALLBACK", "topic": BOT_TOPIC}],
+            "ua": "switchboard",
+        }
+        async with self.ctx.http.post(
+            c.gateway.rstrip("/") + "/v1.0/gateway/connections/open",
+            json=body,
+            timeout=aiohttp.ClientTimeout(total=15),
+        ) as resp:
+            opened = await resp.json(content_type=None) if resp.status == 200 else None
+        if not isinstance(opened, dict) or not opened.get("endpoint") or not opened.get("ticket"):
+            raise ConnectionError(f"connections/open answered HTTP {resp.status} without an endpoint")
+        url = URL(str(opened["endpoint"])).update_query(ticket=str(opened["ticket"]))
+        async with self.ctx.http.ws_connect(url, heartbeat=30) as ws:
+            up()
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+                    continue
+                try:
+                    data = orjson.loads(frame.data)
+                except orjson.JSONDecodeError:
+                    log.warning("dingtalk %s: a stream frame that is not JSON was ignored", self.name)
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                ack, stop = await self._frame(data)
+                if ack is not None:
+                    await ws.send_str(orjson.dumps(ack).decode())
+                if stop:
+                    log.info("dingtalk %s: the gateway asked to disconnect: reconnecting", self.name)
+                    return
+
+    async def _frame(self, frame: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """A stream frame's acknowledgement (the official SDK's shape), and whether to disconnect."""
+        headers = frame.get("headers") if isinstance(frame.get("headers"), dict) else {}
+        assert isinstance(headers, dict)
+        topic, kind = headers.get("topic"), frame.get("type")
+        ack_headers = {"messageId": headers.get("messageId"), "contentType": "application/json"}
+        if kind == "SYSTEM":
+            if topic == "disconnect":
+                return None, True
+            return {"code": 200, "headers": ack_headers, "message": "OK", "data": frame.get("data", "")}, False
+        if kind == "CALLBACK" and topic == BOT_TOPIC:
+            try:
+                data = orjson.loads(str(frame.get("data") or ""))
+            except orjson.JSONDecodeError:
+                data = None
+            if isinstance(data, dict) and isinstance(data.get("msgId"), str) and data["msgId"]:
+                target = self._reply_target(data)
+                if target is not None and await self.ctx.claim(data["msgId"]):
+                    self.ctx.submit(self, self._parse(data, target))
+                return {"code": 200, "headers": ack_headers, "message": "OK", "data": '{"response": "OK"}'}, False
+            return {"code": 400, "headers": ack_headers, "message": "bad request", "data": "{}"}, False
+        return {"code": 404, "headers": ack_headers, "message": "not implemented", "data": "{}"}, False
 
     def _reply_target(self, data: dict[str, Any]) -> ReplyTarget | None:
         """The checked sessionWebhook, or None (logged) when it must not be used."""

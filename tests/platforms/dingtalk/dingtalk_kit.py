@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -67,3 +68,121 @@ class FakeWebhook:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._cm.__aexit__(*exc)
+
+
+CLIENT_ID = "dingclientid0001"
+
+
+class FakeStreamGateway:
+    """DingTalk's Stream gateway on loopback: `POST /v1.0/gateway/connections/open` (checks the
+    ClientID/ClientSecret, answers an endpoint and a ticket), and the WebSocket endpoint (checks
+    the ticket), which sends what `push(frame)` queues and records every acknowledgement in
+    `acks` (messageId -> ack). `drop()` closes the connection; `disconnect()` sends the SYSTEM
+    `disconnect` frame; `connections` counts connections made. Callback frames not acknowledged
+    when a connection ends are sent again on the next one."""
+
+    def __init__(self) -> None:
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.opens: list[dict[str, Any]] = []
+        self.connections = 0
+        self.unacked: list[dict[str, Any]] = []
+        self._tickets: set[str] = set()
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._ws: web.WebSocketResponse | None = None
+        self.base = ""
+
+    async def __aenter__(self) -> FakeStreamGateway:
+        app = web.Application()
+        app.router.add_post("/v1.0/gateway/connections/open", self._open)
+        app.router.add_get("/connect", self._connect)
+        self._cm = serve_aiohttp(app)
+        self.base = await self._cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._cm.__aexit__(*exc)
+
+    def push(self, frame: dict[str, Any]) -> None:
+        self._outbox.put_nowait(frame)
+
+    def bot_message(self, message_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "specVersion": "1.0",
+            "type": "CALLBACK",
+            "headers": {
+                "messageId": message_id,
+                "topic": "/v1.0/im/bot/messages/get",
+                "contentType": "application/json",
+                "time": str(now_ms()),
+            },
+            "data": json.dumps(body),
+        }
+
+    def ping(self, message_id: str) -> dict[str, Any]:
+        data = json.dumps({"opaque": message_id})
+        return {
+            "specVersion": "1.0",
+            "type": "SYSTEM",
+            "headers": {"messageId": message_id, "topic": "ping"},
+            "data": data,
+        }
+
+    def disconnect(self) -> None:
+        self.push(
+            {
+                "specVersion": "1.0",
+                "type": "SYSTEM",
+                "headers": {"messageId": "bye", "topic": "disconnect"},
+                "data": "{}",
+            }
+        )
+
+    async def drop(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def wait(self, what: str, n: int, timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while len(getattr(self, what)) < n if what == "acks" else getattr(self, what) < n:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        return getattr(self, what)
+
+    async def _open(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.opens.append(body)
+        if body.get("clientId") != CLIENT_ID or body.get("clientSecret") != SECRET:
+            return web.json_response({"code": "invalidClient", "message": "bad credentials"}, status=401)
+        ticket = f"ticket-{len(self.opens)}"
+        self._tickets.add(ticket)
+        return web.json_response({"endpoint": self.base.replace("http", "ws", 1) + "/connect", "ticket": ticket})
+
+    async def _connect(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("ticket") not in self._tickets:
+            return web.Response(status=401)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        self.connections += 1
+        for frame in self.unacked:
+            self._outbox.put_nowait(frame)
+        self.unacked = []
+
+        async def sender() -> None:
+            while True:
+                frame = await self._outbox.get()
+                if frame["type"] == "CALLBACK":
+                    self.unacked.append(frame)
+                await ws.send_json(frame)
+
+        task = asyncio.create_task(sender())
+        try:
+            async for message in ws:
+                ack = json.loads(message.data)
+                self.acks[ack["headers"]["messageId"]] = ack
+                self.unacked = [f for f in self.unacked if f["headers"]["messageId"] != ack["headers"]["messageId"]]
+        finally:
+            task.cancel()
+            self._ws = None
+        return ws
