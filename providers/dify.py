@@ -150,7 +150,6 @@ class _Run:
 
 class DifyProvider(Provider):
     config_model = DifyConfig
-    stateful = True
     uses_tools = False  # a Dify app's tools are its own: the Service API takes none from the caller
     sees_images = False  # only the text of a turn is sent (Dify's files need uploads or app settings)
 

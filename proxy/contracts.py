@@ -65,8 +65,6 @@ class Provider(abc.ABC):
     #: Optional packages this provider imports, each with the extra that installs it. When one is
     #: missing the provider is disabled at config load, with the install command as the reason.
     requires: ClassVar[dict[str, str]] = {}
-    #: Does the backend keep its own conversation memory (Dify)? Informational.
-    stateful: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Any, http: aiohttp.ClientSession) -> None:
         self.name = name
@@ -440,8 +438,6 @@ class Platform(abc.ABC):
     """
 
     config_model: ClassVar[type[AdapterConfig]]
-    #: Maximum characters of one outgoing message; longer answers are split.
-    text_limit: ClassVar[int] = 4000
     #: Seconds the platform waits for a webhook's answer before it counts it failed (and retries):
     #: a slower acknowledgement is counted as a deadline miss. None: no such deadline (or the
     #: adapter holds requests open on purpose, as WeChat's passive replies do).

@@ -75,7 +75,6 @@ class FeishuConfig(AdapterConfig):
 
 class FeishuPlatform(Platform):
     config_model = FeishuConfig
-    text_limit = 4000
     ack_deadline = 3.0  # Feishu retries a delivery not answered 200 within 3 s
 
     def __init__(self, name: str, config: FeishuConfig, ctx: PlatformContext) -> None:

@@ -114,7 +114,6 @@ class SynologyConfig(AdapterConfig):
 
 class SynologyPlatform(Platform):
     config_model = SynologyConfig
-    text_limit = 2000
 
     def _verify(self, token: str) -> None:
         given = token.encode()

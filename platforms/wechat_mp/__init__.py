@@ -113,7 +113,6 @@ class WeChatMPConfig(AdapterConfig):
 
 class WeChatMPPlatform(Platform):
     config_model = WeChatMPConfig
-    text_limit = 2000
     config: WeChatMPConfig
 
     def __init__(self, name: str, config: WeChatMPConfig, ctx: PlatformContext) -> None:
