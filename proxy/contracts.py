@@ -430,11 +430,13 @@ class PlatformContext(Protocol):
 
 
 class Platform(abc.ABC):
-    """One inbound chat protocol, served at `/hooks/{name}`.
+    """One inbound chat protocol, served at `/hooks/{name}` (and/or over a connection).
 
-    `handle` does: verify on the raw bytes (constant time, replay window) → parse → dedupe with
-    `ctx.claim` → `ctx.submit` → return the acknowledgement within the platform's deadline.
-    Verification failures raise `VerificationError`; malformed bodies `RequestError`.
+    For every webhook request the core calls `handle`, which runs the adapter's `verify` (on the
+    raw bytes: constant time, replay window via `proxy.verify.within_window`) and only then its
+    `receive` (parse → dedupe with `ctx.claim` → `ctx.submit` → the acknowledgement within the
+    platform's deadline). So no adapter can answer a request it did not verify. Verification
+    failures raise `VerificationError`; malformed bodies `RequestError`.
     """
 
     config_model: ClassVar[type[AdapterConfig]]
@@ -454,8 +456,21 @@ class Platform(abc.ABC):
     async def close(self) -> None:
         """Called once at shutdown, after in-flight replies were drained."""
 
+    async def handle(self, request: WebRequest) -> WebResponse:
+        """A webhook request: verified, then received. Not overridden by adapters."""
+        self.verify(request)
+        return await self.receive(request)
+
     @abc.abstractmethod
-    async def handle(self, request: WebRequest) -> WebResponse: ...
+    def verify(self, request: WebRequest) -> None:
+        """Raise `VerificationError` unless the request comes from the platform (signature or
+        token, compared in constant time; the timestamp within the replay window). A request the
+        adapter does not take at all (wrong method, a connection-only mode) may be refused here
+        with `RequestError` / `VerificationError` too."""
+
+    @abc.abstractmethod
+    async def receive(self, request: WebRequest) -> WebResponse:
+        """A verified request: parse, dedupe, submit, acknowledge."""
 
     @abc.abstractmethod
     async def deliver(self, msg: Inbound, answer: Answer) -> None:

@@ -45,6 +45,7 @@ from proxy.contracts import AdapterConfig, Answer, Platform
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
+from proxy.verify import within_window
 
 log = logging.getLogger("switchboard.dingtalk")
 KINDS = {"text": "text", "richText": "text", "picture": "image", "audio": "voice", "video": "video", "file": "file"}
@@ -128,21 +129,17 @@ class DingTalkPlatform(Platform):
             )
 
     def verify(self, req: WebRequest) -> None:
+        if self.config.mode == "stream":
+            raise VerificationError(f"dingtalk {self.name}: Stream mode: no callback URL", 403)
         ts, given = req.headers.get("timestamp", ""), req.headers.get("sign", "")
         if not ts or not given:
             raise VerificationError("missing timestamp/sign headers")
-        if not (ts.isascii() and ts.isdigit() and len(ts) <= 16):
-            raise VerificationError("timestamp is not milliseconds")
-        if abs(time.time() * 1000 - int(ts)) > self.config.replay_window_ms:
-            raise VerificationError("timestamp outside the replay window")
+        within_window(ts, self.config.replay_window_ms, unit=0.001, what="timestamp (ms)")
         expected = sign(self.config.app_secret, ts).encode()
         if not hmac.compare_digest(expected, given.encode("utf-8", "replace")):
             raise VerificationError("sign mismatch")
 
-    async def handle(self, request: WebRequest) -> WebResponse:
-        if self.config.mode == "stream":
-            raise VerificationError(f"dingtalk {self.name}: Stream mode: no callback URL", 403)
-        self.verify(request)
+    async def receive(self, request: WebRequest) -> WebResponse:
         try:
             data = orjson.loads(request.body)
         except orjson.JSONDecodeError:

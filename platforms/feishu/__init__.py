@@ -139,21 +139,29 @@ class FeishuPlatform(Platform):
         expected = self.config.verification_token.encode()
         return isinstance(token, str) and hmac.compare_digest(token.encode(), expected)
 
-    async def handle(self, request: WebRequest) -> WebResponse:
+    def verify(self, request: WebRequest) -> None:
+        """The signature (with an Encrypt Key) and the Verification Token: `url_verification` is
+        unsigned by design, its token is the check."""
         if request.method != "POST":
             raise RequestError("Feishu events are POSTed", status=405)
         failure = self._signature_failure(request)
         data = self._open(request.body, signed=failure is None)
-        if data.get("type") == "url_verification":  # unsigned by design: the token is the check
+        if data.get("type") == "url_verification":
             if not self._token_ok(data.get("token")):
                 raise VerificationError("url_verification token mismatch")
-            return WebResponse(200, orjson.dumps({"challenge": str(data.get("challenge", ""))}), "application/json")
+            return
         if failure is not None:
             raise failure
         header: dict[str, Any] = data["header"] if isinstance(data.get("header"), dict) else {}
         token = header.get("token") if "schema" in data else data.get("token")
         if (not self.config.encrypt_key or token is not None) and not self._token_ok(token):
             raise VerificationError("verification token mismatch")
+
+    async def receive(self, request: WebRequest) -> WebResponse:
+        data = self._open(request.body, signed=True)
+        if data.get("type") == "url_verification":
+            return WebResponse(200, orjson.dumps({"challenge": str(data.get("challenge", ""))}), "application/json")
+        header: dict[str, Any] = data["header"] if isinstance(data.get("header"), dict) else {}
         if header.get("event_type") != MESSAGE_EVENT:
             return ACK  # other events (and legacy v1 envelopes) are not ours to answer
         msg = self._inbound(header, data.get("event"))

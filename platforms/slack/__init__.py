@@ -114,13 +114,17 @@ class SlackPlatform(Platform):
 
     # -- inbound -----------------------------------------------------------------------------
 
-    async def handle(self, request: WebRequest) -> WebResponse:
-        form = FORM in request.headers.get("content-type", "")
-        if _ssl_check(request, form):
-            return EMPTY_OK
+    def verify(self, request: WebRequest) -> None:
+        if _ssl_check(request, FORM in request.headers.get("content-type", "")):
+            return  # Slack's unsigned probe: answered 200 with nothing, no work done
         if self.config.signing_secret is None:
             raise VerificationError("slack: this platform runs in Socket Mode (no signing_secret): no Request URL", 403)
         verify_request(self.config.signing_secret, request.headers, request.body, self.config.replay_window)
+
+    async def receive(self, request: WebRequest) -> WebResponse:
+        form = FORM in request.headers.get("content-type", "")
+        if _ssl_check(request, form):
+            return EMPTY_OK
         if form:
             return await self._interaction(form_fields(request.body))
         try:

@@ -122,14 +122,11 @@ class SynologyPlatform(Platform):
         if not token or not any(matches):
             raise VerificationError("token mismatch")
 
-    async def handle(self, request: WebRequest) -> WebResponse:
-        if request.method != "POST":
-            raise RequestError("Synology Chat posts forms", status=405)
-        try:
-            form = {k: v[0] for k, v in parse_qs(request.body.decode(), keep_blank_values=True).items()}
-        except UnicodeDecodeError:
-            raise RequestError("body is not a UTF-8 form") from None
-        self._verify(form.get("token", ""))
+    def verify(self, request: WebRequest) -> None:
+        self._verify(_form(request).get("token", ""))
+
+    async def receive(self, request: WebRequest) -> WebResponse:
+        form = _form(request)
         user = form.get("user_id", "")
         if not user:
             raise RequestError("form has no user_id")
@@ -225,3 +222,13 @@ def _check_ids(form: dict[str, str]) -> None:
         value = form.get(name, "")
         if value and not (DIGITS.fullmatch(value) and int(value) < 2**63):
             raise RequestError(f"{name} must be a whole number below 2^63")
+
+
+def _form(request: WebRequest) -> dict[str, str]:
+    """The posted form (its token is the request's credential)."""
+    if request.method != "POST":
+        raise RequestError("Synology Chat posts forms", status=405)
+    try:
+        return {k: v[0] for k, v in parse_qs(request.body.decode(), keep_blank_values=True).items()}
+    except UnicodeDecodeError:
+        raise RequestError("body is not a UTF-8 form") from None

@@ -48,6 +48,7 @@ from proxy.contracts import AdapterConfig, Answer, ClaimState, Platform, Platfor
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
+from proxy.verify import within_window
 
 log = logging.getLogger("switchboard.wechat_mp")
 
@@ -132,22 +133,21 @@ class WeChatMPPlatform(Platform):
 
     # -- inbound ---------------------------------------------------------------------------------
 
-    async def handle(self, request: WebRequest) -> WebResponse:
+    def verify(self, request: WebRequest) -> None:
         q = request.query
-        self._verify(q)
+        sig, ts, nonce = q.get("signature", ""), q.get("timestamp", ""), q.get("nonce", "")
+        if not (sig and ts and nonce) or not signature_ok(sig, self.config.token, ts, nonce):
+            raise VerificationError("wechat_mp: bad or missing signature", 403)
+        within_window(ts, self.config.replay_window, what="wechat_mp: timestamp", status=403)
+
+    async def receive(self, request: WebRequest) -> WebResponse:
+        q = request.query
         if request.method == "GET":
             if "echostr" not in q:
                 raise RequestError("echostr is missing")
             return WebResponse(200, q["echostr"].encode("utf-8"))
         fields = self._open(request.body, q)
         return await self._on_message(fields, Replier(fields, self._cipher, self.config.token))
-
-    def _verify(self, query: Mapping[str, str]) -> None:
-        sig, ts, nonce = query.get("signature", ""), query.get("timestamp", ""), query.get("nonce", "")
-        if not (sig and ts and nonce) or not signature_ok(sig, self.config.token, ts, nonce):
-            raise VerificationError("wechat_mp: bad or missing signature", 403)
-        if not ts.isdigit() or abs(time.time() - int(ts)) > self.config.replay_window:
-            raise VerificationError("wechat_mp: timestamp outside the replay window", 403)
 
     def _open(self, body: bytes, query: Mapping[str, str]) -> dict[str, str]:
         """The message fields: parsed safely, and in safe mode checked and decrypted."""

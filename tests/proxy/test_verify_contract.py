@@ -1,0 +1,80 @@
+"""Verification is structural: the core's `Platform.handle` runs the adapter's `verify` before its
+`receive`, an adapter without `verify` cannot be built, and every adapter's replay window is the
+one shared helper."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.contracts import AdapterConfig, Answer, Platform
+from proxy.errors import VerificationError
+from proxy.types import Inbound, WebRequest, WebResponse
+from proxy.verify import within_window
+
+REQ = WebRequest("POST", "/hooks/x", {}, {}, b"{}")
+
+
+class Recording(Platform):
+    config_model = AdapterConfig
+
+    def __init__(self, fail: bool) -> None:
+        super().__init__("x", None, None)  # type: ignore[arg-type]
+        self.fail, self.received = fail, 0
+
+    def verify(self, request: WebRequest) -> None:
+        if self.fail:
+            raise VerificationError("bad signature")
+
+    async def receive(self, request: WebRequest) -> WebResponse:
+        self.received += 1
+        return WebResponse(200, b"ok")
+
+    async def deliver(self, msg: Inbound, answer: Answer) -> None:
+        return None
+
+
+async def test_handle_verifies_before_it_receives():
+    good, bad = Recording(fail=False), Recording(fail=True)
+    assert (await good.handle(REQ)).body == b"ok" and good.received == 1
+    with pytest.raises(VerificationError):
+        await bad.handle(REQ)
+    assert bad.received == 0
+
+
+def test_an_adapter_without_verify_cannot_be_built():
+    class Forgetful(Platform):
+        config_model = AdapterConfig
+
+        async def receive(self, request: WebRequest) -> WebResponse:
+            return WebResponse()
+
+        async def deliver(self, msg: Inbound, answer: Answer) -> None:
+            return None
+
+    with pytest.raises(TypeError, match="verify"):
+        Forgetful("x", None, None)  # type: ignore[abstract, arg-type]
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "kw", "ok"),
+    [
+        ("1000", {}, True),
+        ("1300", {}, True),
+        ("1301", {}, False),
+        ("699", {}, False),
+        ("10xx", {}, False),
+        ("", {}, False),
+        ("-5", {}, False),
+        ("1000500", {"unit": 0.001}, True),  # milliseconds
+        ("1300001", {"unit": 0.001}, False),
+    ],
+)
+def test_the_replay_window(timestamp: str, kw: dict[str, Any], ok: bool):
+    window = 300_000 if kw.get("unit") else 300
+    if ok:
+        within_window(timestamp, window, now=1000.0, **kw)
+    else:
+        with pytest.raises(VerificationError):
+            within_window(timestamp, window, now=1000.0, **kw)
