@@ -411,8 +411,14 @@ class PlatformContext(Protocol):
         Claim the message's `event_id` and each of its `extra_keys`; `submit` (or `settle`) then
         owns them."""
 
+    async def accept(self, platform: Platform, msg: Inbound) -> Job | None:
+        """Claim `msg` (its `event_id` and `extra_keys`) and `submit` it; None when any of them
+        was answered or is being answered (a duplicate). What adapters use, so none can forget
+        to dedupe."""
+
     def submit(self, platform: Platform, msg: Inbound) -> Job:
-        """Answer `msg` in the background (commands, routing, history, failover) and call
+        """Only for a message whose `event_id` this context just claimed (else RuntimeError):
+        answer `msg` in the background (commands, routing, history, failover) and call
         `platform.deliver(msg, answer)`. Returns at once. The message is stored on its claim and
         its lease kept alive until delivery ends; then the claim is settled. If the process dies
         first, the message is answered again by whichever process takes the claim over."""

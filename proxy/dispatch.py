@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
+from cachetools import TTLCache
 
 from proxy.bus import Bus
 from proxy.claims import Claims, Record, claim_key
@@ -418,6 +419,8 @@ class PlatformCtx:
     def __init__(self, name: str, dispatcher: Dispatcher) -> None:
         self.name = name
         self._d = dispatcher
+        #: Keys this context claimed and has not submitted yet: `submit` takes only those.
+        self._claimed: TTLCache[str, bool] = TTLCache(maxsize=100_000, ttl=600)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -439,7 +442,16 @@ class PlatformCtx:
             claim = await self._d.claims.claim(self.name, key)
         if not claim:
             self._d.duplicate(self.name)
+        else:
+            self._claimed[key] = True
         return claim
+
+    async def accept(self, platform: Platform, msg: Inbound) -> Job | None:
+        """Claim `msg` (its event id and every extra key) and submit it; None for a duplicate."""
+        for key in (msg.event_id, *msg.extra_keys):
+            if not await self.claim(key):
+                return None
+        return self.submit(platform, msg)
 
     async def note(self, msg: Inbound, **fields: Any) -> None:
         await self._d.claims.note(msg, fields)
@@ -448,6 +460,9 @@ class PlatformCtx:
         await self.store.settle(claim_key(self.name, key), self._d.claims.ttl)
 
     def submit(self, platform: Platform, msg: Inbound) -> Job:
+        if self._claimed.pop(msg.event_id, None) is None:
+            # an adapter that skipped dedupe would answer every retry: refuse, loudly, in tests
+            raise RuntimeError(f"{self.name}: submit of {msg.event_id!r} without a claim (use ctx.accept)")
         return self._d.submit(platform, msg)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:

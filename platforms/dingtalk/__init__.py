@@ -147,9 +147,8 @@ class DingTalkPlatform(Platform):
         if not isinstance(data, dict) or not isinstance(data.get("msgId"), str) or not data["msgId"]:
             raise RequestError("body has no msgId")
         target = self._reply_target(data)
-        if target is None or not await self.ctx.claim(data["msgId"]):
-            return ACK
-        self.ctx.submit(self, self._parse(data, target))
+        if target is not None:
+            await self.ctx.accept(self, self._parse(data, target))
         return ACK
 
     # -- Stream mode (proxy/connections.py supervises it) -------------------------------------
@@ -216,8 +215,8 @@ class DingTalkPlatform(Platform):
                 data = None
             if isinstance(data, dict) and isinstance(data.get("msgId"), str) and data["msgId"]:
                 target = self._reply_target(data)
-                if target is not None and await self.ctx.claim(data["msgId"]):
-                    self.ctx.submit(self, self._parse(data, target))
+                if target is not None:
+                    await self.ctx.accept(self, self._parse(data, target))
                 return {"code": 200, "headers": ack_headers, "message": "OK", "data": '{"response": "OK"}'}, False
             return {"code": 400, "headers": ack_headers, "message": "bad request", "data": "{}"}, False
         return {"code": 404, "headers": ack_headers, "message": "not implemented", "data": "{}"}, False

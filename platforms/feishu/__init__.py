@@ -167,11 +167,8 @@ class FeishuPlatform(Platform):
         msg = self._inbound(header, data.get("event"))
         if msg is None:
             return ACK
-        for key in (msg.event_id, *msg.extra_keys):
-            if not await self.ctx.claim(key):
-                log.info("feishu %s: duplicate delivery %s ignored", self.name, key)
-                return ACK
-        self.ctx.submit(self, msg)
+        if await self.ctx.accept(self, msg) is None:
+            log.info("feishu %s: duplicate delivery %s ignored", self.name, msg.event_id)
         return ACK
 
     def _inbound(self, header: dict[str, Any], event: Any) -> Inbound | None:

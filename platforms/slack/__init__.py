@@ -198,16 +198,16 @@ class SlackPlatform(Platform):
 
     async def _event(self, data: dict[str, Any], retry: str | None) -> None:
         event_id = data.get("event_id")
-        if not isinstance(event_id, str) or not event_id or not await self.ctx.claim(event_id):
-            log.debug("slack event %s ignored: seen before (retry %s)", event_id, retry)
+        if not isinstance(event_id, str) or not event_id:
             return
         msg = parse_event(self.name, data, self.bot_user)
         if msg is None:
             return
-        for key in msg.extra_keys:  # the same message delivered as another event
-            if not await self.ctx.claim(key):
-                return
-        self.queued[msg.event_id] = self.ctx.submit(self, msg)
+        job = await self.ctx.accept(self, msg)  # event_id, and channel+ts: one message as two events
+        if job is None:
+            log.debug("slack event %s ignored: seen before (retry %s)", event_id, retry)
+            return
+        self.queued[msg.event_id] = job
 
     async def _interaction(self, fields: dict[str, str]) -> WebResponse:
         if "payload" not in fields:

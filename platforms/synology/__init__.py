@@ -135,13 +135,11 @@ class SynologyPlatform(Platform):
             log.info("synology %s: user %s is not in allow_users; ignored", self.name, user)
             return ACK
         post_id = form.get("post_id") or f"{user}:{form.get('timestamp', '')}"
-        if not await self.ctx.claim(post_id):
-            return ACK
         msg = self._inbound(form, post_id, user)
-        if CODE_PREFIX.match(msg.text):
+        if not CODE_PREFIX.match(msg.text):
+            await self.ctx.accept(self, msg)
+        elif await self.ctx.claim(post_id):  # refused here, once: no answer is generated
             self.ctx.spawn(self._send(msg, {"text": NO_CODE}), f"refuse:{post_id}")
-        else:
-            self.ctx.submit(self, msg)
         return ACK
 
     def _inbound(self, form: dict[str, str], post_id: str, user: str) -> Inbound:

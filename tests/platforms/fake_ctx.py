@@ -32,6 +32,14 @@ class FakeCtx:
     def submit(self, platform: Any, msg: Inbound) -> None:
         self.submitted.append(msg)
 
+    async def accept(self, platform: Any, msg: Inbound) -> Inbound | None:
+        """As the core's: claim every key of `msg`, then submit it; None for a duplicate."""
+        for key in (msg.event_id, *msg.extra_keys):
+            if not await self.claim(key):
+                return None
+        self.submit(platform, msg)
+        return msg
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self.spawned.append(name)
         coro.close()

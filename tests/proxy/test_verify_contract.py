@@ -78,3 +78,23 @@ def test_the_replay_window(timestamp: str, kw: dict[str, Any], ok: bool):
     else:
         with pytest.raises(VerificationError):
             within_window(timestamp, window, now=1000.0, **kw)
+
+
+async def test_submit_takes_only_a_claimed_message_and_accept_dedupes():
+    """Dedupe is structural too: `ctx.submit` refuses a message whose event id this context did
+    not claim; `ctx.accept` (what adapters use) claims every key, then submits."""
+    from proxy.app import create_app
+    from proxy.config import parse_config
+
+    app = create_app(
+        parse_config({"providers": {"echo": {"kind": "echo"}}, "channels": [{"name": "c", "providers": ["echo"]}]}, {})
+    )
+    async with app.router.lifespan_context(app):
+        ctx = app.state.hooks.dispatcher.context("x")
+        msg = Inbound("x", "ev-1", "chat", "user", "hi", extra_keys=("chat:1",))
+        with pytest.raises(RuntimeError, match="without a claim"):
+            ctx.submit(Recording(fail=False), msg)
+        assert await ctx.accept(Recording(fail=False), msg) is not None
+        assert await ctx.accept(Recording(fail=False), msg) is None  # the same message again
+        again = Inbound("x", "ev-2", "chat", "user", "hi", extra_keys=("chat:1",))  # another event, same message
+        assert await ctx.accept(Recording(fail=False), again) is None

@@ -111,6 +111,13 @@ class FakeCtx:
         self.jobs.append(FakeJob(msg))
         return self.jobs[-1]
 
+    async def accept(self, platform: Any, msg: Inbound) -> FakeJob | None:
+        """As the core's: claim every key of `msg`, then submit it; None for a duplicate."""
+        for key in (msg.event_id, *msg.extra_keys):
+            if not await self.claim(key):
+                return None
+        return self.submit(platform, msg)
+
     def spawn(self, coro: Any, name: str) -> None:
         self.spawned.append(asyncio.ensure_future(coro))
 
