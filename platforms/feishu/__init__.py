@@ -21,14 +21,19 @@ it, and answered now when its claim ran out.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
+import aiohttp
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
+from yarl import URL
 
+from platforms.feishu import frames
 from platforms.feishu.api import FeishuAPI
 from platforms.feishu.crypto import DecryptError, decrypt, signature
 from platforms.feishu.message import addressed_to_bot, message_text
@@ -50,8 +55,11 @@ class FeishuConfig(AdapterConfig):
     """The app's App ID (`cli_…`)."""
     app_secret: str = Field(min_length=1)
     """The app's App Secret, for tenant access tokens."""
-    verification_token: str = Field(min_length=1)
-    """The event subscription's Verification Token, checked on every event."""
+    verification_token: str | None = Field(None, min_length=1)
+    """The event subscription's Verification Token, checked on every event (webhook mode)."""
+    mode: Literal["webhook", "websocket"] = "webhook"
+    """`webhook`: Feishu POSTs events to `/hooks/<name>`; `websocket`: the long connection, an outbound WebSocket
+    (no public URL), opened with the App ID and App Secret."""
     encrypt_key: str | None = None
     """Turns on encrypted events and signature checks ("" or absent: token mode)."""
     domain: Literal["feishu", "lark"] = "feishu"
@@ -71,6 +79,12 @@ class FeishuConfig(AdapterConfig):
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
+
+    @model_validator(mode="after")
+    def _webhook_needs_token(self) -> FeishuConfig:
+        if self.mode == "webhook" and not self.verification_token:
+            raise ValueError("webhook mode needs verification_token (or use mode: websocket)")
+        return self
 
 
 class FeishuPlatform(Platform):
@@ -136,12 +150,16 @@ class FeishuPlatform(Platform):
         return inner
 
     def _token_ok(self, token: Any) -> bool:
-        expected = self.config.verification_token.encode()
+        expected = (self.config.verification_token or "").encode()
+        if not expected:
+            return False
         return isinstance(token, str) and hmac.compare_digest(token.encode(), expected)
 
     def verify(self, request: WebRequest) -> None:
         """The signature (with an Encrypt Key) and the Verification Token: `url_verification` is
         unsigned by design, its token is the check."""
+        if self.config.mode == "websocket":
+            raise VerificationError(f"feishu {self.name}: long-connection mode: no event URL", 403)
         if request.method != "POST":
             raise RequestError("Feishu events are POSTed", status=405)
         failure = self._signature_failure(request)
@@ -161,15 +179,98 @@ class FeishuPlatform(Platform):
         data = self._open(request.body, signed=True)
         if data.get("type") == "url_verification":
             return WebResponse(200, orjson.dumps({"challenge": str(data.get("challenge", ""))}), "application/json")
+        await self._event(data)
+        return ACK
+
+    async def _event(self, data: dict[str, Any]) -> None:
+        """A verified event (from a webhook or the long connection): a message is accepted."""
         header: dict[str, Any] = data["header"] if isinstance(data.get("header"), dict) else {}
         if header.get("event_type") != MESSAGE_EVENT:
-            return ACK  # other events (and legacy v1 envelopes) are not ours to answer
+            return  # other events (and legacy v1 envelopes) are not ours to answer
         msg = self._inbound(header, data.get("event"))
         if msg is None:
-            return ACK
+            return
         if await self.ctx.accept(self, msg) is None:
             log.info("feishu %s: duplicate delivery %s ignored", self.name, msg.event_id)
-        return ACK
+
+    # -- the long connection (proxy/connections.py supervises it) ----------------------------
+
+    def connects(self) -> bool:
+        return self.config.mode == "websocket"
+
+    async def connection(self, up: Callable[[], None]) -> None:
+        """One long connection: `/callback/ws/endpoint` with the App ID and Secret gives the
+        WebSocket URL (its `service_id` goes in every frame we send); we ping at the interval the
+        platform asks for; each event frame (reassembled when it came in parts) is handled like a
+        webhook event and answered `{"code": 200}` once claimed and submitted."""
+        c = self.config
+        async with self.ctx.http.post(
+            (c.api_base or DOMAINS[c.domain]) + "/callback/ws/endpoint",
+            json={"AppID": c.app_id, "AppSecret": c.app_secret},
+            headers={"locale": "zh"},
+            timeout=aiohttp.ClientTimeout(total=15),
+        ) as resp:
+            answer = await resp.json(content_type=None) if resp.status == 200 else None
+        data = answer.get("data") if isinstance(answer, dict) and answer.get("code") == 0 else None
+        if not isinstance(data, dict) or not isinstance(data.get("URL"), str):
+            raise ConnectionError(f"ws/endpoint answered HTTP {resp.status}: {str(answer)[:200]}")
+        url = URL(data["URL"])
+        service = int(url.query.get("service_id", "0") or 0)
+        interval = _ping_interval(data.get("ClientConfig"), 120.0)
+        parts: dict[str, dict[int, bytes]] = {}
+        async with self.ctx.http.ws_connect(url, heartbeat=None) as ws:
+            up()
+            pinger = asyncio.create_task(self._ping(ws, service, lambda: interval))
+            try:
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.BINARY:
+                        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            return
+                        continue
+                    try:
+                        frame = frames.decode(message.data)
+                    except frames.FrameError as e:
+                        log.warning("feishu %s: a frame that does not decode was ignored (%s)", self.name, e)
+                        continue
+                    if frame.method == frames.CONTROL:
+                        if frame.header("type") == "pong" and frame.payload:
+                            interval = _ping_interval(_json(frame.payload), interval)
+                        continue
+                    reply = await self._data(frame, parts)
+                    if reply is not None:
+                        await ws.send_bytes(reply)
+            finally:
+                pinger.cancel()
+
+    async def _ping(self, ws: aiohttp.ClientWebSocketResponse, service: int, interval: Callable[[], float]) -> None:
+        while True:
+            await asyncio.sleep(interval())
+            ping = frames.Frame(service=service, method=frames.CONTROL, headers=[("type", "ping")])
+            await ws.send_bytes(frames.encode(ping))
+
+    async def _data(self, frame: frames.Frame, parts: dict[str, dict[int, bytes]]) -> bytes | None:
+        """A data frame's answer (the frame sent back with `{"code": 200}` as its payload), or None
+        while a multi-part message is still incomplete."""
+        total, at, msg_id = frame.header("sum"), frame.header("seq"), frame.header("message_id")
+        payload = frame.payload or b""
+        if total.isdigit() and int(total) > 1:
+            got = parts.setdefault(msg_id, {})
+            got[int(at) if at.isdigit() else len(got)] = payload
+            if len(got) < int(total):
+                return None
+            payload = b"".join(got[i] for i in sorted(got))
+            del parts[msg_id]
+        code = 200
+        if frame.header("type") == "event":
+            started = time.monotonic()
+            data = _json(payload)
+            if isinstance(data, dict):
+                await self._event(data)
+            else:
+                code = 400
+            frame.headers.append(("biz_rt", str(int((time.monotonic() - started) * 1000))))
+        frame.payload = orjson.dumps({"code": code})
+        return frames.encode(frame)
 
     def _inbound(self, header: dict[str, Any], event: Any) -> Inbound | None:
         event = event if isinstance(event, dict) else {}
@@ -215,3 +316,16 @@ class FeishuPlatform(Platform):
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _ping_interval(config: Any, default: float) -> float:
+    """The ping interval a ClientConfig asks for (seconds), else `default`."""
+    value = config.get("PingInterval") if isinstance(config, dict) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else default

@@ -87,7 +87,14 @@ async def test_submit_takes_only_a_claimed_message_and_accept_dedupes():
     from proxy.config import parse_config
 
     app = create_app(
-        parse_config({"providers": {"echo": {"kind": "echo"}}, "channels": [{"name": "c", "providers": ["echo"]}]}, {})
+        parse_config(
+            {
+                "store": {"url": "memory://"},
+                "providers": {"echo": {"kind": "echo"}},
+                "channels": [{"name": "c", "providers": ["echo"]}],
+            },
+            {},
+        )
     )
     async with app.router.lifespan_context(app):
         ctx = app.state.hooks.dispatcher.context("x")

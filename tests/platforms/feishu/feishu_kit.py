@@ -3,6 +3,7 @@ from the documented scheme (not with the adapter's code), and a fake Feishu open
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import hashlib
@@ -90,7 +91,15 @@ def card_text(call: Call) -> str:
 
 
 class FakeFeishu:
-    """A loopback Feishu open API: tenant token, bot info, reply, patch. Records every call."""
+    """A loopback Feishu open API: tenant token, bot info, reply, patch. Records every call.
+
+    And the long connection: `POST /callback/ws/endpoint` (App ID and Secret checked) answers the
+    URL of the fake's WebSocket (`service_id=77`, a 1-second ping interval), which sends the
+    events `push_event(message_id, event, parts=n)` queues as protobuf frames built with the
+    official SDK's generated classes (lark-oapi), split into `parts` frames when asked, records
+    each response frame in `responses` (message_id -> decoded payload) and counts `pings`.
+    `drop()` closes the connection; `connections` counts them. Events not answered when a
+    connection ends are sent again on the next one."""
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
@@ -98,9 +107,18 @@ class FakeFeishu:
         self.invalidate_next = False  # the next authorised call answers "invalid access token"
         self.fail_patches = 0  # the next N patches answer a frequency-limit error
         self.bot_info_down = False
+        self.responses: dict[str, dict[str, Any]] = {}
+        self.response_headers: dict[str, dict[str, str]] = {}
+        self.pings = 0
+        self.connections = 0
+        self.unanswered: list[tuple[str, list[bytes]]] = []
+        self._outbox: asyncio.Queue[tuple[str, list[bytes]]] = asyncio.Queue()
+        self._ws: web.WebSocketResponse | None = None
 
     async def __aenter__(self) -> FakeFeishu:
         app = web.Application()
+        app.router.add_post("/callback/ws/endpoint", self._endpoint)
+        app.router.add_get("/ws", self._socket)
         app.router.add_route("*", "/{path:.*}", self._any)
         self._cm = serve_aiohttp(app)
         self.base = await self._cm.__aenter__()
@@ -108,6 +126,78 @@ class FakeFeishu:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._cm.__aexit__(*exc)
+
+    # -- the long connection -----------------------------------------------------------------
+
+    def push_event(self, message_id: str, event: dict[str, Any], parts: int = 1) -> None:
+        from lark_oapi.ws.pb.pbbp2_pb2 import Frame
+
+        data = json.dumps(event).encode()
+        size = -(-len(data) // parts)
+        frames = []
+        for seq in range(parts):
+            f = Frame(SeqID=seq, LogID=0, service=77, method=1, payload=data[seq * size : (seq + 1) * size])
+            for k, v in (("type", "event"), ("message_id", message_id), ("sum", str(parts)), ("seq", str(seq))):
+                h = f.headers.add()
+                h.key, h.value = k, v
+            frames.append(f.SerializeToString())
+        self._outbox.put_nowait((message_id, frames))
+
+    async def drop(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def wait(self, what: str, n: int, timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = getattr(self, what)
+            if (len(value) if isinstance(value, dict) else value) >= n:
+                break
+            await asyncio.sleep(0.02)
+        return getattr(self, what)
+
+    async def _endpoint(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body != {"AppID": APP_ID, "AppSecret": APP_SECRET}:
+            return web.json_response({"code": 514, "msg": "auth failed"})
+        url = str(request.url.with_path("/ws").with_scheme("ws").with_query({"device_id": "d1", "service_id": "77"}))
+        return web.json_response({"code": 0, "msg": "ok", "data": {"URL": url, "ClientConfig": {"PingInterval": 1}}})
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        from lark_oapi.ws.pb.pbbp2_pb2 import Frame
+
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws = ws
+        self.connections += 1
+        for item in self.unanswered:
+            self._outbox.put_nowait(item)
+        self.unanswered = []
+
+        async def sender() -> None:
+            while True:
+                message_id, frames = await self._outbox.get()
+                self.unanswered.append((message_id, frames))
+                for raw in frames:
+                    await ws.send_bytes(raw)
+
+        task = asyncio.create_task(sender())
+        try:
+            async for message in ws:
+                frame = Frame()
+                frame.ParseFromString(message.data)
+                headers = {h.key: h.value for h in frame.headers}
+                if frame.method == 0:
+                    assert frame.service == 77 and headers["type"] == "ping"
+                    self.pings += 1
+                    continue
+                self.responses[headers["message_id"]] = json.loads(frame.payload)
+                self.response_headers[headers["message_id"]] = headers
+                self.unanswered = [u for u in self.unanswered if u[0] != headers["message_id"]]
+        finally:
+            task.cancel()
+            self._ws = None
+        return ws
 
     def of(self, method: str, suffix: str = "") -> list[Call]:
         return [c for c in self.calls if c.method == method and c.path.endswith(suffix) and not c.refused]
