@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from functools import partial
-from typing import TextIO
+from typing import Any, TextIO
 
 from proxy import logs
 from proxy.config import Settings, load_config
@@ -158,8 +158,14 @@ async def _live(settings: Settings, out: TextIO) -> int:
         print(f"store: {'reachable' if ok else 'UNREACHABLE'}", file=out)
         names = list(engine.providers)
         found = dict(zip(names, await asyncio.gather(*(_probe(engine.providers[n]) for n in names)), strict=True))
+        links = await _connections(settings, engine)
     finally:
         await engine.close()
+    if links:
+        print("platform connections, live (opened, then closed before any event is read):", file=out)
+        for name, why in links.items():
+            print(f"  {name:<16} {'connected' if why is None else 'FAILED: ' + why}", file=out)
+        ok = ok and all(why is None for why in links.values())
     print(f"providers, live (one cheap call per key, {PROBE_SECONDS:.0f} s each):", file=out)
     dead = []
     for name, a in settings.providers.items():
@@ -173,6 +179,40 @@ async def _live(settings: Settings, out: TextIO) -> int:
     if dead:
         print(f"unusable: {', '.join(dead)} (no key is usable)", file=out)
     return 0 if ok and not dead else 1
+
+
+class _Connected(Exception):
+    """Raised from a connection's `up()` in `check --live`: it worked; stop before any event."""
+
+
+async def _connections(settings: Settings, engine: Any) -> dict[str, str | None]:
+    """Each enabled platform in a connection mode: open its connection once (credentials, the
+    gateway, the handshake) and close it as soon as the platform accepts it. None: it worked."""
+    from proxy.dispatch import Dispatcher
+    from proxy.runner import Runner
+
+    dispatcher = Dispatcher(engine, Runner(1), settings)
+    out: dict[str, str | None] = {}
+    for name, a in settings.platforms.items():
+        if a.disabled is not None or a.cls is None:
+            continue
+        platform = a.cls(name, a.config, dispatcher.context(name))
+        if not platform.connects():
+            continue
+
+        def up() -> None:
+            raise _Connected
+
+        try:
+            await asyncio.wait_for(platform.connection(up), PROBE_SECONDS * 3)
+            out[name] = "the platform closed the connection at once"
+        except _Connected:
+            out[name] = None
+        except TimeoutError:
+            out[name] = "no answer in time"
+        except Exception as e:  # only the type and the message: the connection's own words
+            out[name] = f"{type(e).__name__}: {e}"[:200]
+    return out
 
 
 async def _probe(provider: Provider) -> list[ProbeResult]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from slack_sdk.socket_mode.response import SocketModeResponse
 
 from proxy.app import create_app
 from proxy.config import parse_config
@@ -75,6 +76,7 @@ async def test_events_arrive_over_the_socket_and_are_answered_once(tmp_path, sla
         metrics = (await c.get(f"{url}/metrics")).text
         hook = await c.post(f"{url}/hooks/slack", content=b"{}")  # no signing secret: no Request URL
     assert set(acks) == {"env-1", "env-2", "env-3"}  # every envelope acknowledged, the repeat too
+    assert acks["env-1"] == SocketModeResponse(envelope_id="env-1").to_dict()  # as slack_sdk acknowledges
     assert sorted(done) == ["echo: first", "echo: second"]  # answered once each
     assert len(slack.of("chat.postMessage")) == 2
     assert ready["connections"] == {"slack": {"state": "connected", "reconnects": 0, "error": None}}
@@ -119,3 +121,38 @@ async def test_an_envelope_unacknowledged_when_the_process_stopped_is_answered_a
         slack.push(envelope(3, "Ev0STOP03", "sentinel"))
         done = await finals(slack, ["slow one", "sentinel"])
     assert sorted(done) == ["echo: sentinel", "echo: slow one"]
+
+
+@pytest.mark.parametrize(("token", "connected"), [(APP_TOKEN, True), ("xapp-1-wrong", False)])
+async def test_check_live_opens_the_connection_once(tmp_path, slack, token, connected):
+    """`switchboard check --live` opens each connection-mode platform's connection and closes it
+    as soon as the platform accepts it (no event is read), and fails when it cannot."""
+    import argparse
+    import io
+
+    import yaml
+
+    from proxy.cli import check
+
+    config = tmp_path / "c.yaml"
+    platform = {"kind": "slack", "app_token": token, "bot_token": TOKEN, "api_base": slack.base_url}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"url": "memory://"},
+                "providers": {"echo": {"kind": "echo"}},
+                "platforms": {"slack": platform},
+                "channels": [{"name": "eng", "providers": ["echo"]}],
+            }
+        )
+    )
+    out = io.StringIO()
+    code = await asyncio.to_thread(check, argparse.Namespace(config=str(config), live=True), out)
+    report = out.getvalue().split("platform connections, live")[1].split()  # e.g. [..., "slack", "connected"]
+    line = " ".join(report[report.index("slack") : report.index("providers,")])
+    if connected:
+        assert code == 0 and line == "slack connected", out.getvalue()
+        assert slack.connections == 1 and slack.acks == {}
+    else:
+        assert code == 1 and "not_allowed_token_type" in line, out.getvalue()
+        assert slack.connections == 0
