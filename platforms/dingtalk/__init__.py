@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ import orjson
 from pydantic import Field, model_validator
 from yarl import URL
 
-from proxy.contracts import AdapterConfig, Answer, Platform
+from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -81,12 +82,22 @@ class DingTalkConfig(AdapterConfig):
     client_id: str | None = None
     """The app's ClientID (AppKey), for Stream mode; `app_secret` is its ClientSecret."""
     gateway: str = "https://api.dingtalk.com"
-    """Stream mode's API root (`/v1.0/gateway/connections/open`); tests point it at a fake."""
+    """Stream mode's API root (`/v1.0/gateway/connections/open`, access tokens, AI cards); tests point it at a
+    fake."""
+    card_template_id: str | None = None
+    """Stream mode: an AI card template (its content variable `card_content_key`); answers stream into a card
+    created in the chat instead of one markdown message."""
+    card_content_key: str = "content"
+    """The card template's variable that holds the answer's text."""
+    card_update_interval: float = Field(0.5, ge=0)
+    """Seconds between two streamed card updates."""
 
     @model_validator(mode="after")
     def _stream_needs_client_id(self) -> DingTalkConfig:
         if self.mode == "stream" and not self.client_id:
             raise ValueError("mode: stream needs client_id (the app's ClientID / AppKey)")
+        if self.card_template_id and self.mode != "stream":
+            raise ValueError("card_template_id needs mode: stream (AI cards are sent with the app's credentials)")
         return self
 
 
@@ -119,6 +130,10 @@ class DingTalkPlatform(Platform):
     config_model = DingTalkConfig
     text_limit: ClassVar[int] = 5000
     """DingTalk markdown messages stay well-formed up to about this many characters."""
+
+    def __init__(self, name: str, config: DingTalkConfig, ctx: PlatformContext) -> None:
+        super().__init__(name, config, ctx)
+        self._access: tuple[str, float] | None = None  # access token, valid until (monotonic)
 
     async def start(self) -> None:
         if self.config.allow_insecure_webhook_hosts:
@@ -280,6 +295,8 @@ class DingTalkPlatform(Platform):
         return not _expired(msg.reply_to)
 
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
+        if self.config.card_template_id:
+            return await self._card(msg, answer)
         async for _ in answer:
             pass  # DingTalk cannot edit a sent message: send the whole answer once
         target: ReplyTarget = msg.reply_to
@@ -298,6 +315,82 @@ class DingTalkPlatform(Platform):
             await self._send(target.webhook, body)
             if i + 1 < len(parts):
                 await self.ctx.note(msg, sent=i + 1)
+
+    # -- AI cards (Stream mode with card_template_id) -----------------------------------------
+
+    async def _card(self, msg: Inbound, answer: Answer) -> None:
+        """Stream the answer into an AI card: created and delivered in the chat (`createAndDeliver`,
+        the bodies the official SDK's AICardReplier sends), its content replaced at most once per
+        `card_update_interval` (`/v1.0/card/streaming`), then finalized and marked finished (or
+        failed). The card's id is noted on the claim, so a recovered answer updates it."""
+        c = self.config
+        track = (msg.recovered or {}).get("card")
+        if not isinstance(track, str):
+            track = "sb" + hashlib.sha256(f"{self.name}|{msg.event_id}".encode()).hexdigest()[:40]
+            space = f"IM_ROBOT.{msg.user_id}" if msg.direct else f"IM_GROUP.{msg.chat_id}"
+            body: dict[str, Any] = {
+                "cardTemplateId": c.card_template_id,
+                "outTrackId": track,
+                "cardData": {"cardParamMap": {c.card_content_key: "", "flowStatus": "1"}},
+                "callbackType": "STREAM",
+                "openSpaceId": f"dtv1.card//{space}",
+                "imGroupOpenSpaceModel": {"supportForward": True},
+                "imRobotOpenSpaceModel": {"supportForward": True},
+            }
+            if msg.direct:
+                body["imRobotOpenDeliverModel"] = {"spaceType": "IM_ROBOT"}
+            else:
+                body["imGroupOpenDeliverModel"] = {"robotCode": c.client_id}
+            await self._openapi("POST", "/v1.0/card/instances/createAndDeliver", body)
+            await self.ctx.note(msg, card=track)
+        last = 0.0
+        async for _ in answer:
+            if time.monotonic() - last >= c.card_update_interval and answer.text:
+                await self._stream_card(track, answer.text, final=False, failed=False)
+                last = time.monotonic()
+        text = answer.text + "".join(f"\n\n![image]({u})" for u in answer.images if u.startswith("http"))
+        await self._stream_card(track, text or "(no answer)", final=True, failed=answer.failed)
+        status = "5" if answer.failed else "3"
+        params = {c.card_content_key: text or "(no answer)", "flowStatus": status}
+        await self._openapi("PUT", "/v1.0/card/instances", {"outTrackId": track, "cardData": {"cardParamMap": params}})
+
+    async def _stream_card(self, track: str, text: str, *, final: bool, failed: bool) -> None:
+        body = {
+            "outTrackId": track,
+            "guid": secrets.token_hex(16),
+            "key": self.config.card_content_key,
+            "content": text,
+            "isFull": True,
+            "isFinalize": final,
+            "isError": failed,
+        }
+        await self._openapi("PUT", "/v1.0/card/streaming", body)
+
+    async def _token(self) -> str:
+        """The app's access token (`/v1.0/oauth2/accessToken`), cached until shortly before it expires."""
+        if self._access is not None and time.monotonic() < self._access[1]:
+            return self._access[0]
+        c = self.config
+        url = c.gateway.rstrip("/") + "/v1.0/oauth2/accessToken"
+        body = {"appKey": c.client_id, "appSecret": c.app_secret}
+        async with self.ctx.http.post(url, json=body, timeout=aiohttp.ClientTimeout(total=15)) as resp:
+            data = await resp.json(content_type=None) if resp.status == 200 else None
+        if not isinstance(data, dict) or not isinstance(data.get("accessToken"), str):
+            raise DeliveryError(f"dingtalk access token refused: HTTP {resp.status}")
+        life = float(data.get("expireIn") or 7200)
+        self._access = (data["accessToken"], time.monotonic() + max(60.0, life - 300))
+        return self._access[0]
+
+    async def _openapi(self, method: str, path: str, body: dict[str, Any]) -> None:
+        headers = {"x-acs-dingtalk-access-token": await self._token(), "content-type": "application/json"}
+        url = self.config.gateway.rstrip("/") + path
+        async with self.ctx.http.request(
+            method, url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=15)
+        ) as resp:
+            raw = await resp.read()
+        if resp.status != 200:
+            log.warning("dingtalk %s: %s %s refused: HTTP %s %s", self.name, method, path, resp.status, raw[:200])
+            raise DeliveryError(f"dingtalk {path} failed: HTTP {resp.status}")
 
     async def _send(self, url: URL, body: dict[str, Any]) -> None:
         async with self.ctx.http.post(

@@ -87,6 +87,9 @@ class FakeStreamGateway:
         self.connections = 0
         self.unacked: list[dict[str, Any]] = []
         self._tickets: set[str] = set()
+        #: AI-card calls: (method, path, body), with the access token checked
+        self.cards: list[tuple[str, str, dict[str, Any]]] = []
+        self.tokens_issued = 0
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._ws: web.WebSocketResponse | None = None
         self.base = ""
@@ -95,6 +98,8 @@ class FakeStreamGateway:
         app = web.Application()
         app.router.add_post("/v1.0/gateway/connections/open", self._open)
         app.router.add_get("/connect", self._connect)
+        app.router.add_post("/v1.0/oauth2/accessToken", self._token)
+        app.router.add_route("*", "/v1.0/card/{tail:.*}", self._card)
         self._cm = serve_aiohttp(app)
         self.base = await self._cm.__aenter__()
         return self
@@ -148,6 +153,19 @@ class FakeStreamGateway:
                 break
             await asyncio.sleep(0.02)
         return getattr(self, what)
+
+    async def _token(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body != {"appKey": CLIENT_ID, "appSecret": SECRET}:
+            return web.json_response({"code": "invalidClientId"}, status=400)
+        self.tokens_issued += 1
+        return web.json_response({"accessToken": f"at-{self.tokens_issued}", "expireIn": 7200})
+
+    async def _card(self, request: web.Request) -> web.Response:
+        if request.headers.get("x-acs-dingtalk-access-token") != f"at-{self.tokens_issued}":
+            return web.json_response({"code": "InvalidAuthentication"}, status=401)
+        self.cards.append((request.method, request.path, await request.json()))
+        return web.json_response({"success": True, "result": {}})
 
     async def _open(self, request: web.Request) -> web.Response:
         body = await request.json()

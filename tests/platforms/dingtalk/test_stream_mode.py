@@ -4,6 +4,7 @@ acknowledgements and drops the connection; answers go to the fake sessionWebhook
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from tests.platforms.dingtalk.test_dingtalk import wait_posts
 from tests.servers import serve_asgi
 
 
-def app(tmp_path: Path, gateway: str, delay: float = 0.0) -> Any:
+def app(tmp_path: Path, gateway: str, delay: float = 0.0, **extra: Any) -> Any:
     ding = {
+        **extra,
         "kind": "dingtalk",
         "mode": "stream",
         "client_id": CLIENT_ID,
@@ -103,3 +105,33 @@ async def test_drops_and_disconnects_reconnect_without_losing_or_doubling(tmp_pa
 def test_stream_mode_needs_a_client_id():
     with pytest.raises(ConfigError, match="mode: stream needs client_id"):
         parse_config({"platforms": {"ding": {"kind": "dingtalk", "mode": "stream", "app_secret": SECRET}}}, {})
+
+
+async def test_answers_stream_into_an_ai_card(tmp_path):
+    async with FakeStreamGateway() as gw, FakeWebhook() as hook:
+        card = app(tmp_path, gw.base, delay=0.2, card_template_id="tpl-ai-1", card_update_interval=0)
+        async with serve_asgi(card):
+            await gw.wait("connections", 1)
+            gw.push(gw.bot_message("m-1", message(hook, "msgC", "card please")))
+            for _ in range(500):
+                if any(path == "/v1.0/card/instances" and method == "PUT" for method, path, _ in gw.cards):
+                    break
+                await asyncio.sleep(0.02)
+    calls = gw.cards
+    (create,) = [b for m, p, b in calls if p == "/v1.0/card/instances/createAndDeliver"]
+    staff = message(hook, "msgC", "x")["senderStaffId"]
+    assert create["cardTemplateId"] == "tpl-ai-1" and create["openSpaceId"] == f"dtv1.card//IM_ROBOT.{staff}"
+    assert create["cardData"]["cardParamMap"] == {"content": "", "flowStatus": "1"}
+    streamed = [b for m, p, b in calls if p == "/v1.0/card/streaming"]
+    assert streamed[-1]["content"] == "echo: card please" and streamed[-1]["isFinalize"] is True
+    assert all(b["outTrackId"] == create["outTrackId"] and b["key"] == "content" for b in streamed)
+    (finish,) = [b for m, p, b in calls if m == "PUT" and p == "/v1.0/card/instances"]
+    assert finish["cardData"]["cardParamMap"] == {"content": "echo: card please", "flowStatus": "3"}
+    assert hook.posts == []  # the card is the answer: no sessionWebhook message
+    assert gw.tokens_issued == 1  # the access token is cached
+
+
+def test_ai_cards_need_stream_mode():
+    ding = {"kind": "dingtalk", "app_secret": SECRET, "card_template_id": "tpl"}
+    with pytest.raises(ConfigError, match="card_template_id needs mode: stream"):
+        parse_config({"platforms": {"ding": ding}}, {})
