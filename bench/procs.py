@@ -201,13 +201,21 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process and its living descendants have used, in seconds."""
+def _tree(pid: int) -> list[int]:
+    """A process and all its living descendants."""
     tree = _children()
-    todo, ticks = [pid], 0
+    todo, out = [pid], []
     while todo:
         p = todo.pop()
+        out.append(p)
         todo.extend(tree.get(p, []))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process and its living descendants have used, in seconds."""
+    ticks = 0
+    for p in _tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -218,16 +226,11 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MB (VmRSS from /proc)."""
-    tree = _children()
-    todo, total_kb = [pid], 0
-    while todo:
-        p = todo.pop()
-        todo.extend(tree.get(p, []))
+    total_kb = 0
+    for p in _tree(pid):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-                    break
+            status = Path(f"/proc/{p}/status").read_text()
         except OSError:
             continue
+        total_kb += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return total_kb / 1024

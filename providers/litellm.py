@@ -19,7 +19,7 @@ from pydantic import Field
 
 from providers.keypool import mask
 from providers.openai_base import error_from_body, model_listed
-from providers.upstream import probe_get, retry_after, scrub
+from providers.upstream import no_model, probe_get, retry_after, scrub
 from proxy.contracts import AdapterConfig, Provider, ProviderState
 from proxy.errors import (
     AuthFailed,
@@ -236,13 +236,7 @@ class LiteLLMProvider(Provider):
         c = self.config
         model = request.model or c.embedding_model
         if not model:
-            raise RequestRejected(
-                f"no embedding model for provider {self.name}: set the channel's model or the provider's "
-                "embedding_model",
-                provider=self.name,
-                status=400,
-                param="model",
-            )
+            raise no_model(self.name, "embedding", "embedding_model")
         kw: dict[str, Any] = {"model": model, "input": [list(x) if isinstance(x, tuple) else x for x in request.inputs]}
         kw.update(timeout=c.timeout, num_retries=0, max_retries=0, drop_params=c.drop_params)
         if request.dimensions is not None:

@@ -18,9 +18,9 @@ import aiohttp
 import orjson
 
 from providers.openai_base import OpenAICompatConfig, OpenAICompatProvider, sse_deltas, usage_of
-from providers.upstream import TRANSPORT_ERRORS, transport_error
+from providers.upstream import TRANSPORT_ERRORS, no_model, transport_error
 from proxy.contracts import ProviderState
-from proxy.errors import BadResponse, RequestRejected
+from proxy.errors import BadResponse
 from proxy.types import ChatRequest, Completion, Delta, Embeddings, EmbedRequest, TranscribeRequest
 
 _TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -72,13 +72,7 @@ class OpenAIProvider(OpenAICompatProvider):
     async def embed(self, request: EmbedRequest) -> Embeddings:
         model = request.model or self.config.embedding_model
         if not model:
-            raise RequestRejected(
-                f"no embedding model for provider {self.name}: set the channel's model or the provider's "
-                "embedding_model",
-                provider=self.name,
-                status=400,
-                param="model",
-            )
+            raise no_model(self.name, "embedding", "embedding_model")
         body: dict[str, Any] = {"model": model, "input": list(request.inputs), "encoding_format": "float"}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
@@ -105,13 +99,7 @@ class OpenAIProvider(OpenAICompatProvider):
     async def transcribe(self, request: TranscribeRequest) -> tuple[str, bytes]:
         model = request.model or self.config.transcription_model
         if not model:
-            raise RequestRejected(
-                f"no transcription model for provider {self.name}: set the channel's model or the provider's "
-                "transcription_model",
-                provider=self.name,
-                status=400,
-                param="model",
-            )
+            raise no_model(self.name, "transcription", "transcription_model")
         form = aiohttp.FormData()
         form.add_field("file", request.audio, filename=request.filename, content_type=request.content_type)
         form.add_field("model", model)

@@ -26,6 +26,7 @@ from proxy.errors import (
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
+    RequestRejected,
     error_for_status,
 )
 from proxy.probe import PROBE_SECONDS
@@ -244,3 +245,14 @@ def _decode(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return UNPARSEABLE
+
+
+def no_model(provider: str, what: str, field: str) -> RequestRejected:
+    """The refusal of an embeddings / transcription request that names no model: neither the
+    channel's `model` nor the provider's `field` is set (a 400 that says which to set)."""
+    return RequestRejected(
+        f"no {what} model for provider {provider}: set the channel's model or the provider's {field}",
+        provider=provider,
+        status=400,
+        param="model",
+    )

@@ -17,7 +17,12 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
 
 from proxy.contracts import Platform
 
@@ -41,6 +46,28 @@ def backoff(failures: int) -> float:
     to between half and all of it."""
     base = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, failures - 1))
     return base * (0.5 + random.random() / 2)
+
+
+async def received(ws: aiohttp.ClientWebSocketResponse, kind: aiohttp.WSMsgType) -> AsyncIterator[Any]:
+    """The data of each `kind` message (TEXT or BINARY) until the connection closes or fails;
+    control frames and the other kind are skipped."""
+    async for message in ws:  # aiohttp's iterator itself ends at CLOSE / CLOSING / CLOSED
+        if message.type == kind:
+            yield message.data
+        elif message.type == aiohttp.WSMsgType.ERROR:
+            return
+
+
+async def json_objects(ws: aiohttp.ClientWebSocketResponse, who: str) -> AsyncIterator[dict[str, Any]]:
+    """Each TEXT message that is a JSON object; anything else is logged (for `who`) and skipped."""
+    async for text in received(ws, aiohttp.WSMsgType.TEXT):
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            log.warning("%s: a frame that is not JSON was ignored", who)
+            continue
+        if isinstance(data, dict):
+            yield data
 
 
 class Connections:

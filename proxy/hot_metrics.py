@@ -2,7 +2,8 @@
 
 prometheus_client's `Counter` and `Histogram` take a lock on every update (they may be updated
 from any thread): a request's eight updates (attempts, provider latency, requests, request
-time, tokens) cost ~10 µs, a fifth of Switchboard's own work per answer. Every update here
+time, tokens) cost ~8 µs (measured: 4.2 µs per attempt, 2–4 µs per request, 1.5 µs for tokens),
+a tenth of Switchboard's own work per answer. Every update here
 happens on the event loop's thread, so these keep plain numbers in lists, and a collector turns
 them into metric families when `/metrics` is scraped (on the same thread). The exposition is
 prometheus_client's, so names, types and the text format are what `Counter`/`Histogram` give

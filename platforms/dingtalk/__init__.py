@@ -42,6 +42,7 @@ import orjson
 from pydantic import Field, model_validator
 from yarl import URL
 
+from proxy.connections import json_objects
 from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
@@ -194,18 +195,7 @@ class DingTalkPlatform(Platform):
         url = URL(str(opened["endpoint"])).update_query(ticket=str(opened["ticket"]))
         async with self.ctx.http.ws_connect(url, heartbeat=30) as ws:
             up()
-            async for frame in ws:
-                if frame.type != aiohttp.WSMsgType.TEXT:
-                    if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        return
-                    continue
-                try:
-                    data = orjson.loads(frame.data)
-                except orjson.JSONDecodeError:
-                    log.warning("dingtalk %s: a stream frame that is not JSON was ignored", self.name)
-                    continue
-                if not isinstance(data, dict):
-                    continue
+            async for data in json_objects(ws, f"dingtalk {self.name} (stream)"):
                 ack, stop = await self._frame(data)
                 if ack is not None:
                     await ws.send_str(orjson.dumps(ack).decode())

@@ -38,6 +38,7 @@ from platforms.feishu.api import FeishuAPI
 from platforms.feishu.crypto import DecryptError, decrypt, signature
 from platforms.feishu.message import addressed_to_bot, message_text
 from platforms.feishu.reply import CardStream, send_once
+from proxy.connections import received
 from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -222,13 +223,9 @@ class FeishuPlatform(Platform):
             up()
             pinger = asyncio.create_task(self._ping(ws, service, lambda: interval))
             try:
-                async for message in ws:
-                    if message.type != aiohttp.WSMsgType.BINARY:
-                        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                            return
-                        continue
+                async for raw in received(ws, aiohttp.WSMsgType.BINARY):
                     try:
-                        frame = frames.decode(message.data)
+                        frame = frames.decode(raw)
                     except frames.FrameError as e:
                         log.warning("feishu %s: a frame that does not decode was ignored (%s)", self.name, e)
                         continue

@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 from cachetools import TTLCache
 from pydantic import Field, model_validator
@@ -43,6 +42,7 @@ from pydantic import Field, model_validator
 from platforms.slack.api import SlackAPI, SlackAPIError, SlackRateLimited
 from platforms.slack.events import Shortcut, SlackThread, escape, form_fields, parse_event, parse_shortcut
 from platforms.slack.signing import REPLAY_WINDOW, signature, verify_request
+from proxy.connections import json_objects
 from proxy.contracts import AdapterConfig, Answer, Job, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
@@ -158,18 +158,7 @@ class SlackPlatform(Platform):
         if not isinstance(url, str):
             raise SlackAPIError("apps.connections.open", "answer without url")
         async with self.ctx.http.ws_connect(url, heartbeat=30, autoping=True) as ws:
-            async for frame in ws:
-                if frame.type != aiohttp.WSMsgType.TEXT:
-                    if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        return
-                    continue
-                try:
-                    data = orjson.loads(frame.data)
-                except orjson.JSONDecodeError:
-                    log.warning("slack socket mode: a frame that is not JSON was ignored")
-                    continue
-                if not isinstance(data, dict):
-                    continue
+            async for data in json_objects(ws, f"slack {self.name} (socket mode)"):
                 kind = data.get("type")
                 if kind == "hello":
                     up()

@@ -21,9 +21,8 @@ from starlette.types import Message, Receive, Scope, Send
 from proxy.doors.chat import Trace
 from proxy.doors.openai_chat import OpenAICallDoor
 from proxy.errors import ChainFailed, RequestError, RequestRejected
-from proxy.http_util import header_map, read_body
+from proxy.http_util import read_body
 from proxy.limiter import NO_GRANT
-from proxy.logs import REQUEST_ID, request_id
 from proxy.types import TranscribeRequest
 
 #: Form fields passed on to the provider (besides `file` and `model`).
@@ -43,11 +42,7 @@ class AudioDoor(OpenAICallDoor):
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, trace: Trace) -> None:
         view = self.view
-        headers = header_map(scope, self.wanted)
-        trace.id = request_id(headers.get(b"x-request-id"))
-        REQUEST_ID.set(trace.id)
-        key_name, key = self._auth(self.api_key(headers), view)
-        trace.key = key_name
+        headers, key_name, key = self.identify(scope, trace, view)
         if not (headers.get(b"content-type") or b"").lower().startswith(b"multipart/form-data"):
             raise RequestError("The request must be multipart/form-data with the audio in 'file'.")
         limit = view.settings.raw.server.max_upload_bytes

@@ -356,21 +356,7 @@ class ChatDoor:
     async def _build(
         self, scope: Scope, receive: Receive, trace: Trace
     ) -> tuple[Channel, ChatRequest, list[Message], Turn, Grant, str]:
-        view = self.view  # this request's config, whatever a reload does meanwhile
-        headers = header_map(scope, self.wanted)
-        trace.id = request_id(headers.get(b"x-request-id"))
-        REQUEST_ID.set(trace.id)
-        key_name, key = self._auth(self.api_key(headers), view)
-        trace.key = key_name
-        body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise RequestError("We could not parse the JSON body of your request.") from None
-        if not isinstance(data, dict):
-            raise RequestError("The request body must be a JSON object.")
-        channel = self._channel(key, data.get("model"), view)
-        trace.channel = channel.name
+        view, headers, key_name, data, channel = await self.preamble(scope, receive, trace)
         turn = self.turn(data, headers)
         turn.owner = key_name
         if turn.previous is not None:
@@ -416,17 +402,23 @@ class ChatDoor:
         except ValueError as e:
             raise RequestError(f"{e}.", param=param, code="unsupported_by_provider") from None
 
-    async def preamble(
-        self, scope: Scope, receive: Receive, trace: Trace
-    ) -> tuple[DoorView, Mapping[bytes, bytes], str, dict[str, Any], Channel]:
-        """For a door's other endpoints (embeddings, images, token counts): the request id, the
-        key, the JSON body and the channel its `model` names. Raises `RequestError`."""
-        view = self.view
+    def identify(self, scope: Scope, trace: Trace, view: DoorView) -> tuple[Mapping[bytes, bytes], str, KeyConfig]:
+        """The request's headers this door reads, its id (set for the log lines), and its key."""
         headers = header_map(scope, self.wanted)
         trace.id = request_id(headers.get(b"x-request-id"))
         REQUEST_ID.set(trace.id)
         key_name, key = self._auth(self.api_key(headers), view)
         trace.key = key_name
+        return headers, key_name, key
+
+    async def preamble(
+        self, scope: Scope, receive: Receive, trace: Trace
+    ) -> tuple[DoorView, Mapping[bytes, bytes], str, dict[str, Any], Channel]:
+        """What every endpoint of a door starts with: the request id, the key, the JSON body and
+        the channel its `model` names, read from this request's config view (whatever a reload
+        does meanwhile). Raises `RequestError`."""
+        view = self.view
+        headers, key_name, key = self.identify(scope, trace, view)
         body = await read_body(receive, self.max_body, headers.get(b"content-length"), self.body_timeout)
         try:
             data = orjson.loads(body)
