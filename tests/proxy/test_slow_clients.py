@@ -201,5 +201,8 @@ async def test_client_leaving_mid_body_is_counted_apart_and_logged_quietly(caplo
                         break
                     await asyncio.sleep(0.01)
         assert hook_count(metrics, "499") == 1 and hook_count(metrics, "500") == 0
-        assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+        # The service's own records only: an SDK client another test left unclosed may be
+        # collected here, and its finalizer's complaint is not this server's logging.
+        ours = [r for r in caplog.records if r.name.split(".")[0] in ("switchboard", "uvicorn")]
+        assert not [r for r in ours if r.levelno >= logging.WARNING or r.exc_info]
         assert "left before its request body arrived" in caplog.text
