@@ -24,6 +24,7 @@ from proxy.contracts import AdapterConfig
 from proxy.errors import ConfigError
 from proxy.limits import NO_LIMITS, Limits, LimitsConfig, compile_limits
 from proxy.registry import Registry
+from proxy.texts import TextsConfig
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -183,6 +184,8 @@ class ChannelConfig(_Strict):
     direct chats are always per user."""
     description: str | None = None
     """Free text shown in `GET /v1/models` and `check`."""
+    texts: TextsConfig = TextsConfig()  # type: ignore[valid-type]
+    """The bot's own texts replaced for this channel's chat users (over the platform's locale and `texts:`)."""
 
 
 class PriceConfig(_Strict):
@@ -299,7 +302,9 @@ def _raise_validation(prefix: str, err: ValidationError) -> None:
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "literal_error":
-        valid = first.get("ctx", {}).get("expected")
+        msg, valid = "is not one of the choices", first.get("ctx", {}).get("expected")
+    elif first["type"] == "value_error":  # a validator's own words, without pydantic's prefix
+        msg = msg.removeprefix("Value error, ")
     elif first["type"] == "missing":
         msg = "is required"
     raise ConfigError(_loc(prefix, first["loc"]), msg, valid)

@@ -17,6 +17,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from proxy.probe import ProbeOutcome, ProbeResult
+from proxy.texts import Locale, Texts, TextsConfig, bundle
 from proxy.types import (
     JSON,
     ChatRequest,
@@ -38,6 +39,20 @@ class AdapterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     kind: str
+
+
+class PlatformConfig(AdapterConfig):
+    """Base of every platform config block: what every platform has, the bot's language."""
+
+    #: The locale of a platform whose `locale` is unset (`zh` where users mostly write Chinese).
+    default_locale: ClassVar[str] = "en"
+    locale: Locale | None = None
+    """Language of the bot's own texts (help, apologies, notices): `en` or `zh`; unset: the kind's default."""
+    texts: TextsConfig = TextsConfig()  # type: ignore[valid-type]
+    """Single texts of the bundle replaced on this platform (see the Texts section of the README)."""
+
+    def language(self) -> str:
+        return self.locale or self.default_locale
 
 
 # ----------------------------------------------------------------------------------- providers
@@ -455,6 +470,11 @@ class Platform(abc.ABC):
         self.name = name
         self.config = config
         self.ctx = ctx
+        #: The bot's own texts on this platform (its locale's bundle and `texts:` overrides);
+        #: a channel's `texts:` go over these for the messages it answers.
+        self.texts: Texts = (
+            bundle(config.language()).over(config.texts) if isinstance(config, PlatformConfig) else bundle("en")
+        )
 
     async def start(self) -> None:
         """Called once at start-up (fetch bot identity, warm tokens...)."""

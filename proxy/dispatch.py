@@ -29,10 +29,10 @@ from proxy.errors import (
     ContextTooLong,
     DeliveryError,
     OverLimit,
+    QuotaExceeded,
     RequestRejected,
     StoreUnavailable,
     StreamInterrupted,
-    wait_text,
 )
 from proxy.failover import Outcome
 from proxy.limiter import NO_GRANT, Grant
@@ -40,47 +40,42 @@ from proxy.limits import Limits, Target
 from proxy.logs import REQUEST_ID, event, request_id
 from proxy.routing import conversation_key, route
 from proxy.runner import Runner
+from proxy.texts import BUNDLES, Texts
 from proxy.types import ChatRequest, Delta, Inbound, Message, RequestObserver, Usage
 
 log = logging.getLogger("switchboard.dispatch")
 
 CLEAR_COMMANDS = {"/clear", "\\clear", "#clear"}
 HELP_COMMANDS = {"/help", "\\help", "#help"}
-UNSUPPORTED = "Sorry, I can only read text messages for now. Please send your question as text."
-NO_CHANNEL = "Sorry, this chat is not connected to any assistant."
-CLEARED = "Done: I have forgotten our conversation. Let's start fresh."
-APOLOGY = "Sorry, I could not get an answer right now. Please try again in a moment."
-CUT_OFF = "\n\n(Sorry, the answer was cut off: the backend failed midway.)"
-REJECTED = "Sorry, the assistant could not take this message: {reason}"
-TOO_LONG = "Sorry, our conversation has grown too long for the assistant. Send /clear to start fresh."
 
 
-def rejected_text(err: RequestRejected) -> str:
+def rejected_text(err: RequestRejected, texts: Texts) -> str:
     """What the user reads when the backend refused their message (a caller error)."""
     reason = err.message.strip()
     if isinstance(err, ContextTooLong):
-        return TOO_LONG
+        return texts["too_long"]
     if len(reason) > 200:
         reason = reason[:199] + "…"
-    return REJECTED.format(reason=reason or f"HTTP {err.status}")
+    return texts.say("rejected", reason=reason or f"HTTP {err.status}")
 
 
-def help_text(channel: str | None, extra: str | None) -> str:
-    lines = [
-        "I'm an AI assistant connected through Switchboard" + (f" (channel {channel})." if channel else "."),
-        "Just write your question and I'll answer; I remember our conversation.",
-        "/clear: forget our conversation.  /help: this message.",
-    ]
-    if extra:
-        lines.append(extra)
-    return "\n".join(lines)
+def failed_text(err: ChainFailed, texts: Texts) -> str:
+    """The apology, or the quota notice when every provider tried was out of quota."""
+    if err.errors and all(isinstance(e, QuotaExceeded) for e in err.errors):
+        return texts["quota"]
+    return texts["apology"]
+
+
+def help_text(texts: Texts, channel: str, extra: str | None) -> str:
+    return texts.say("help", channel=channel) + (f"\n{extra}" if extra else "")
 
 
 class Answer:
     """Implements `proxy.contracts.Answer`. A generated answer runs its upstream stream in a
     producer task, so `stop()` can close the upstream even while it is waiting for a chunk."""
 
-    def __init__(self) -> None:
+    def __init__(self, texts: Texts = BUNDLES["en"]) -> None:
+        self.texts = texts  # for the apology or cut-off note this answer may end with
         self.text = ""
         self.images: tuple[str, ...] = ()
         self.failed = self.stopped = self.replaced = False
@@ -103,8 +98,10 @@ class Answer:
         return a
 
     @classmethod
-    def generated(cls, source: AsyncIterator[Delta], on_done: Callable[[Answer], Awaitable[None]]) -> Answer:
-        a = cls()
+    def generated(
+        cls, source: AsyncIterator[Delta], on_done: Callable[[Answer], Awaitable[None]], texts: Texts
+    ) -> Answer:
+        a = cls(texts)
         a._producer = asyncio.create_task(a._produce(source, on_done))
         return a
 
@@ -118,19 +115,19 @@ class Answer:
                 self.stopped = True
             except StreamInterrupted as err:
                 log.warning("answer cut off: %s", err)
-                self._emit(CUT_OFF)
+                self._emit(self.texts["cut_off"])
             except RequestRejected as err:
                 log.info("the backend refused the message: %s", err)
                 self.failed = True
-                self._emit(rejected_text(err))
+                self._emit(rejected_text(err, self.texts))
             except ChainFailed as err:
                 log.warning("no answer: %s", err)
                 self.failed = True
-                self._emit(APOLOGY)
+                self._emit(failed_text(err, self.texts))
             except Exception:
                 log.exception("answer failed")
                 self.failed = True
-                self._emit(APOLOGY)
+                self._emit(self.texts["apology"])
             # The transcript is written before the answer counts as finished, so a delivery that
             # ends (and closes the answer) can never cut the write short.
             self._streaming = False
@@ -254,7 +251,7 @@ class Dispatcher:
                 except StoreUnavailable as e:  # claimed, then the store went away: apologise
                     self.engine.store_failed("answer")
                     log.warning("no answer to %s message %s: %s", platform.name, msg.event_id, e)
-                    answer = Answer.fixed(APOLOGY)
+                    answer = Answer.fixed(platform.texts["apology"])
                     answer.failed = True
                 if answer is not None:  # None: over a limit, and the user was told this window
                     job.attach(answer)
@@ -337,20 +334,23 @@ class Dispatcher:
             await self.engine.store.put(f"undelivered:{msg.platform}:{msg.event_id}", why, 7 * 86400)
 
     async def _answer(self, platform: Platform, msg: Inbound, rec: Record, job: Job) -> Answer | None:
-        if msg.kind != "text":
-            return Answer.fixed(UNSUPPORTED)
         routed = route(self.settings.channels, msg)
         if routed is None:
+            if msg.kind != "text":
+                return Answer.fixed(platform.texts["unsupported"])
             log.info("no channel matches %s chat=%s user=%s", msg.platform, msg.chat_id, msg.user_id)
-            return Answer.fixed(NO_CHANNEL)
+            return Answer.fixed(platform.texts["no_channel"])
         channel, body = routed
+        texts = platform.texts.over(channel.config.texts)
+        if msg.kind != "text":
+            return Answer.fixed(texts["unsupported"])
         conversation = conversation_key(channel, msg)
         command = body.strip().lower()
         if command in CLEAR_COMMANDS:
             await self.engine.store.clear(conversation)
-            return Answer.fixed(CLEARED)
+            return Answer.fixed(texts["cleared"])
         if command in HELP_COMMANDS or not command:
-            return Answer.fixed(help_text(channel.name, platform.help_text()))
+            return Answer.fixed(help_text(texts, channel.name, platform.help_text()))
         turn = [Message("user", body.strip())]
         if rec.answer is not None:  # generated (and recorded) before a crash: deliver it as it was
             await self._ensure_recorded(conversation, turn, rec.answer)
@@ -364,7 +364,7 @@ class Dispatcher:
             try:
                 grant = await self._admit(limits, channel.name, msg, request)
             except OverLimit as e:
-                return await self._over_limit(limits, e, channel.name, msg)
+                return await self._over_limit(limits, e, channel.name, msg, texts)
         outcome = Outcome()
         source = self.engine.stream(channel, request, outcome)
 
@@ -384,7 +384,7 @@ class Dispatcher:
             await self.claims.answered(msg, answer.text, answer.images)
             await self.engine.record(conversation, turn, answer.text)
 
-        answer = Answer.generated(source, record)
+        answer = Answer.generated(source, record, texts)
         answer.grant, answer.channel, answer.outcome = grant, channel.name, outcome
         answer.chain = channel.providers
         return answer
@@ -401,7 +401,9 @@ class Dispatcher:
         grant.prompt = request.messages
         return grant
 
-    async def _over_limit(self, limits: Limits, e: OverLimit, channel: str, msg: Inbound) -> Answer | None:
+    async def _over_limit(
+        self, limits: Limits, e: OverLimit, channel: str, msg: Inbound, texts: Texts
+    ) -> Answer | None:
         """One notice per user, limit and window (remembered in the store, so also across
         instances); later messages in the window get no answer at all."""
         log.info("%s user over the %s limit of %s %s", msg.platform, e.kind, e.rule.scope, e.rule.name)
@@ -409,8 +411,8 @@ class Dispatcher:
         noticed = f"limit-notice:{msg.platform}:{msg.user_id}:{e.rule.scope}:{e.kind}"
         if not await self.engine.store.claim(noticed, max(window_left, 0.5)):
             return None
-        text = limits.notice(e.rule, limits.channels.get(channel), msg.platform)
-        return Answer.fixed(text.replace("{wait}", wait_text(e.retry_after)))
+        text = limits.notice(e.rule, limits.channels.get(channel), msg.platform) or texts.say("limited", wait="{wait}")
+        return Answer.fixed(text.replace("{wait}", texts.wait(e.retry_after)))
 
 
 class PlatformCtx:

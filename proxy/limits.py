@@ -27,8 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from proxy.errors import ConfigError
 
-DEFAULT_MESSAGE = "You have reached your usage limit; please try again in {wait}."
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
@@ -66,8 +64,9 @@ class LimitsConfig(_Strict):
     """Limits per chat-platform user (`<platform>:<user id>`; `"*"`: every user)."""
     platforms: dict[str, PlatformLimitConfig] = {}
     """Over-limit notices per platform (by platform name), over the default `message`."""
-    message: str = DEFAULT_MESSAGE
-    """The over-limit notice a chat-platform user gets, once per window."""
+    message: str | None = None
+    """The over-limit notice a chat-platform user gets, once per window (`{wait}`: the time until the window ends);
+    unset: the platform's `limited` text, in its language."""
     slot_lease: float = Field(300.0, gt=0, le=86400)
     """Seconds a concurrency slot outlives a crashed instance (shared stores only)."""
 
@@ -111,7 +110,7 @@ class Limits:
     channels: Mapping[str, Rule] = field(default_factory=dict)
     users: Mapping[str, Rule] = field(default_factory=dict)  # "<platform>:<user id>"
     any_user: Rule | None = None
-    message: str = DEFAULT_MESSAGE
+    message: str | None = None
     platform_messages: Mapping[str, str] = field(default_factory=dict)
     slot_lease: float = 300.0
     key_targets: Mapping[str, Target] = field(init=False, default_factory=dict)
@@ -129,9 +128,9 @@ class Limits:
         rule = self.users.get(f"{platform}:{user_id}", self.any_user)
         return None if rule is None or rule.empty else rule
 
-    def notice(self, rule: Rule, channel: Rule | None, platform: str) -> str:
+    def notice(self, rule: Rule, channel: Rule | None, platform: str) -> str | None:
         """The over-limit text for a chat user: the rule's own, the channel's, the platform's,
-        then the default."""
+        then the default; None: none configured (the platform's `limited` text serves)."""
         return (
             rule.message
             or (channel.message if channel else None)

@@ -43,7 +43,7 @@ from pydantic import Field, model_validator
 from yarl import URL
 
 from proxy.connections import json_objects
-from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
+from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -66,9 +66,10 @@ class ReplyTarget:
     mention: str | None  # senderStaffId to @-mention in groups
 
 
-class DingTalkConfig(AdapterConfig):
+class DingTalkConfig(PlatformConfig):
     kind: Literal["dingtalk"] = "dingtalk"
     """`dingtalk`: a DingTalk robot's outgoing HTTP callback, answered through its sessionWebhook."""
+    default_locale = "zh"
     app_secret: str = Field(min_length=1)
     """The robot's AppSecret, which signs each callback (`sign` header)."""
     session_webhook_hosts: list[str] = ["oapi.dingtalk.com"]

@@ -39,7 +39,7 @@ from platforms.feishu.crypto import DecryptError, decrypt, signature
 from platforms.feishu.message import addressed_to_bot, message_text
 from platforms.feishu.reply import CardStream, send_once
 from proxy.connections import received
-from proxy.contracts import AdapterConfig, Answer, Platform, PlatformContext
+from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.types import Inbound, WebRequest, WebResponse
 
@@ -49,7 +49,7 @@ ACK = WebResponse(200, b'{"msg":"success"}', "application/json")
 MESSAGE_EVENT = "im.message.receive_v1"
 
 
-class FeishuConfig(AdapterConfig):
+class FeishuConfig(PlatformConfig):
     kind: Literal["feishu"] = "feishu"
     """`feishu`: Feishu / Lark event subscriptions (im.message.receive_v1)."""
     app_id: str = Field(min_length=1)
@@ -80,6 +80,10 @@ class FeishuConfig(AdapterConfig):
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
+
+    def language(self) -> str:
+        """Feishu (China) speaks `zh` by default; Lark (international) `en`."""
+        return self.locale or ("zh" if self.domain == "feishu" else "en")
 
     @model_validator(mode="after")
     def _webhook_needs_token(self) -> FeishuConfig:
@@ -306,9 +310,10 @@ class FeishuPlatform(Platform):
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
         c = self.config
         if c.stream:
-            await CardStream(self.api, msg.reply_to, c.text_limit, c.update_interval, (self.ctx, msg)).run(answer)
+            stream = CardStream(self.api, msg.reply_to, c.text_limit, c.update_interval, (self.ctx, msg), self.texts)
+            await stream.run(answer)
         else:
-            await send_once(self.api, msg.reply_to, answer, c.text_limit)
+            await send_once(self.api, msg.reply_to, answer, c.text_limit, self.texts)
 
 
 def _str(value: Any) -> str | None:

@@ -21,25 +21,24 @@ import time
 from platforms.feishu.api import FeishuAPI, FeishuAPIError, card_content, text_content
 from proxy.contracts import Answer, PlatformContext
 from proxy.text import split_text
+from proxy.texts import BUNDLES, Texts
 from proxy.types import Inbound
 
 log = logging.getLogger("switchboard.feishu")
 CURSOR = " ▍"
-EMPTY = "(no answer)"
-NO_IMAGE_URL = "(an image was generated, but it has no link to show)"
 
 
-def full_text(answer: Answer) -> str:
+def full_text(answer: Answer, texts: Texts) -> str:
     """What the user should finally see: the text, then one line per generated image URL
     (an inline `data:` image would be megabytes of text: it is only mentioned)."""
-    links = [url if url.startswith(("https://", "http://")) else NO_IMAGE_URL for url in answer.images]
-    return "\n".join(line for line in [answer.text.strip(), *links] if line) or EMPTY
+    links = [url if url.startswith(("https://", "http://")) else texts["no_image_url"] for url in answer.images]
+    return "\n".join(line for line in [answer.text.strip(), *links] if line) or texts["empty"]
 
 
-async def send_once(api: FeishuAPI, source: str, answer: Answer, limit: int) -> None:
+async def send_once(api: FeishuAPI, source: str, answer: Answer, limit: int, texts: Texts) -> None:
     async for _ in answer:
         pass
-    for i, part in enumerate(split_text(full_text(answer), limit)):
+    for i, part in enumerate(split_text(full_text(answer, texts), limit)):
         await api.reply(source, "text", text_content(part), f"{source}-{i}")
 
 
@@ -53,8 +52,10 @@ class CardStream:
         limit: int,
         interval: float,
         notes: tuple[PlatformContext, Inbound] | None = None,
+        texts: Texts = BUNDLES["en"],
     ) -> None:
         self.api, self.source, self.limit, self.interval = api, source, limit, interval
+        self.texts = texts
         self.notes = notes  # where to note the cards' ids, for a recovery after a crash
         started = (notes[1].recovered or {}).get("cards") if notes else None
         self.cards: list[str] = [str(c) for c in started] if isinstance(started, list) else []  # our cards, in order
@@ -69,10 +70,10 @@ class CardStream:
                 except FeishuAPIError as e:
                     log.warning("feishu streaming update skipped: %s", e)
                 last = time.monotonic()
-        await self._show(full_text(answer), final=True)
+        await self._show(full_text(answer, self.texts), final=True)
 
     async def _show(self, text: str, final: bool) -> None:
-        parts = split_text(text, self.limit) or [EMPTY]
+        parts = split_text(text, self.limit) or [self.texts["empty"]]
         for i, part in enumerate(parts):
             live = part if final or i < len(parts) - 1 else part + CURSOR
             if i >= len(self.cards):

@@ -43,7 +43,7 @@ from platforms.slack.api import SlackAPI, SlackAPIError, SlackRateLimited
 from platforms.slack.events import Shortcut, SlackThread, escape, form_fields, parse_event, parse_shortcut
 from platforms.slack.signing import REPLAY_WINDOW, signature, verify_request
 from proxy.connections import json_objects
-from proxy.contracts import AdapterConfig, Answer, Job, Platform, PlatformContext
+from proxy.contracts import Answer, Job, Platform, PlatformConfig, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -55,7 +55,7 @@ EMPTY_OK = WebResponse(200, b"")
 FORM = "application/x-www-form-urlencoded"
 
 
-class SlackConfig(AdapterConfig):
+class SlackConfig(PlatformConfig):
     kind: Literal["slack"] = "slack"
     """`slack`: Slack Events API, interactivity and shortcuts."""
     signing_secret: str | None = Field(None, min_length=1)
@@ -110,7 +110,7 @@ class SlackPlatform(Platform):
         self.bot_user, self.bot_id = await self.api.identity()
 
     def help_text(self) -> str | None:
-        return "In channels, mention me; I answer in the thread and keep the thread's context."
+        return self.texts["slack_help"]
 
     # -- inbound -----------------------------------------------------------------------------
 

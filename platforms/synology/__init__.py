@@ -54,15 +54,13 @@ import aiohttp
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from proxy.contracts import AdapterConfig, Answer, Platform
+from proxy.contracts import Answer, Platform, PlatformConfig
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
 log = logging.getLogger("switchboard.synology")
 CODE_PREFIX = re.compile(r"^\s*(python|bash)\s*[:：]", re.IGNORECASE)
-NO_CODE = "Switchboard does not run code from chat messages."
-NO_IMAGE_URL = "(An image was generated, but it has no URL Synology Chat could fetch.)"
 ACK = WebResponse(200, b"{}", "application/json")
 #: Form fields that address a reply, numbers in Synology's API. The bot API takes `user_ids` as
 #: JSON integers, so a value that is not a 64-bit whole number is refused here, before the ack,
@@ -72,7 +70,7 @@ ID_FIELDS = ("user_id", "channel_id")
 DIGITS = re.compile(r"[0-9]{1,19}")
 
 
-class SynologyConfig(AdapterConfig):
+class SynologyConfig(PlatformConfig):
     kind: Literal["synology"] = "synology"
     """`synology`: Synology Chat outgoing webhooks and bots."""
     token: str | None = None
@@ -139,7 +137,7 @@ class SynologyPlatform(Platform):
         if not CODE_PREFIX.match(msg.text):
             await self.ctx.accept(self, msg)
         elif await self.ctx.claim(post_id):  # refused here, once: no answer is generated
-            self.ctx.spawn(self._send(msg, {"text": NO_CODE}), f"refuse:{post_id}")
+            self.ctx.spawn(self._send(msg, {"text": self.texts["code_refused"]}), f"refuse:{post_id}")
         return ACK
 
     def _inbound(self, form: dict[str, str], post_id: str, user: str) -> Inbound:
@@ -168,7 +166,7 @@ class SynologyPlatform(Platform):
             if url.startswith(("https://", "http://")):
                 payloads.append({"text": "", "file_url": url})
             else:  # an inline (data:) image: the NAS can only fetch URLs
-                payloads.append({"text": NO_IMAGE_URL})
+                payloads.append({"text": self.texts["no_image_url"]})
         sent = int((msg.recovered or {}).get("sent", 0))  # parts an attempt cut off by a crash sent
         for i, payload in enumerate(payloads[sent:], sent):
             if i > sent and self.config.send_interval:

@@ -44,7 +44,7 @@ from platforms.wechat_mp.api import CustomerService, WeChatAPIError
 from platforms.wechat_mp.crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
 from platforms.wechat_mp.pending import Pending, Ready
 from platforms.wechat_mp.xml import MalformedXML, encrypted_reply, parse_fields, text_reply
-from proxy.contracts import AdapterConfig, Answer, ClaimState, Platform, PlatformContext
+from proxy.contracts import Answer, ClaimState, Platform, PlatformConfig, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -55,17 +55,15 @@ log = logging.getLogger("switchboard.wechat_mp")
 SUCCESS = WebResponse(200, b"success")
 #: For a delivery WeChat has already dropped: nobody reads it.
 DROPPED = WebResponse(200, b"")
-COMING = "This answer needs a little more time. Send 1 in a moment and I will show it to you."
-STILL_WORKING = "Still working on it. Send 1 again in a moment."
-MORE = "\n\n(Send 1 for the rest.)"
 KINDS = {"shortvideo": "video"}
 #: Seconds a delivery that lost the hand-off to `deliver` waits for the answer it is storing.
 STORE_GRACE = 0.3
 
 
-class WeChatMPConfig(AdapterConfig):
+class WeChatMPConfig(PlatformConfig):
     kind: Literal["wechat_mp"] = "wechat_mp"
     """`wechat_mp`: a WeChat Official Account's message server."""
+    default_locale = "zh"
     token: str = Field(min_length=1)
     """The Token set in the account's server configuration; it signs every request."""
     app_id: str | None = None
@@ -129,7 +127,7 @@ class WeChatMPPlatform(Platform):
             self._cs = CustomerService(self.ctx.http, self.config.api_base, self.config.app_id, self.config.app_secret)
 
     def help_text(self) -> str | None:
-        return None if self.config.app_secret else "If an answer takes too long, send 1 to get it."
+        return None if self.config.app_secret else self.texts["wechat_help"]
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -255,7 +253,7 @@ class WeChatMPPlatform(Platform):
         if ready is None:
             ready = await self._give_up(key, pending)
             if ready is None:  # `deliver` will push it (or keep it for "1")
-                return SUCCESS if self._cs else replier.text(COMING)
+                return SUCCESS if self._cs else replier.text(self.texts["wechat_coming"])
         if ready.rest and self._cs and await self.ctx.store.claim(self._key("rest", key), self.config.answer_ttl):
             self.ctx.spawn(self._send_later(pending.open_id, list(ready.rest)), "customer-service")
         return replier.text(ready.first) if ready.first else SUCCESS
@@ -284,7 +282,7 @@ class WeChatMPPlatform(Platform):
         async for _ in answer:
             pass  # a passive reply cannot be edited: only the whole answer is useful
         text = "\n".join([answer.text, *answer.images]).strip()
-        note = 0 if self._cs else len(MORE)
+        note = 0 if self._cs else len(self.texts["wechat_more"])
         parts = split_text(text, self.config.text_limit - note)
         key = msg.event_id
         pending = self._pending.get(key)
@@ -301,7 +299,7 @@ class WeChatMPPlatform(Platform):
         ready = Ready(parts[0] if parts else "", tuple(parts[1:]))
         if ready.rest and not self._cs:
             await self._keep_for_later(msg.chat_id, list(ready.rest))
-            ready = Ready(ready.first + MORE)
+            ready = Ready(ready.first + self.texts["wechat_more"])
         await self._release(key, ready)
         if not won:  # a delivery that gave up earlier left its note; one is waiting here now
             await self.ctx.store.delete(self._key("working", msg.chat_id))
@@ -372,11 +370,11 @@ class WeChatMPPlatform(Platform):
         if parts:
             if len(parts) > 1:
                 await self._keep_for_later(open_id, parts[1:])
-                return str(parts[0]) + MORE
+                return str(parts[0]) + self.texts["wechat_more"]
             await self.ctx.store.delete(self._later_key(open_id))
             return str(parts[0])
         waiting = await self.ctx.store.get(self._key("working", open_id)) is not None
-        return STILL_WORKING if waiting else None
+        return self.texts["wechat_still_working"] if waiting else None
 
     def _key(self, what: str, key: str) -> str:
         """Store keys of this account: `answer`/`fate`/`rest`/`d<n>` per message, `working` and

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from platforms.wechat_mp import COMING
+from proxy.texts import BUNDLES
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.instances import serving
 from tests.platforms.wechat_mp.wechat_kit import (
@@ -119,7 +119,7 @@ async def test_without_a_secret_1_on_the_other_instance_serves_the_kept_answer(r
         async with serving(tmp_path, "a", cfg) as a, serving(tmp_path, "b", cfg) as b:
             async with httpx.AsyncClient() as client:
                 got = await deliveries(client, [a, b], payload("text", Content="later", MsgId="7004"))
-                assert got == [None, None, COMING]
+                assert got == [None, None, BUNDLES["zh"]["wechat_coming"]]  # WeChat speaks zh by default
                 served = ""
                 for i in range(100):  # "1" to B, whose neighbour made the answer
                     served = await deliver(client, b, payload("text", Content="1", MsgId=f"71{i:02d}")) or ""

@@ -215,7 +215,7 @@ async def test_clear_forgets_history_sent_upstream(rig):
     assert [p["markdown"]["text"] for p in hook.posts] == [
         "upstream: first",
         "upstream: second",
-        "Done: I have forgotten our conversation. Let's start fresh.",
+        "好的，我已忘记之前的对话，我们重新开始吧。",  # DingTalk speaks zh unless `locale` says otherwise
         "upstream: third",
     ]
 
@@ -227,7 +227,7 @@ async def test_picture_gets_polite_answer_and_refused_send_is_undelivered(rig, t
         await send(c, url, payload("picture", sessionWebhook=hook.url))
         posts = await wait_posts(hook, 1)
     assert [p["markdown"]["text"] for p in posts] == [
-        "Sorry, I can only read text messages for now. Please send your question as text."
+        "抱歉，我目前只能阅读文字消息，请用文字发送你的问题。"
     ]
     store = SQLiteStore(f"sqlite:///{tmp_path}/d.db")
     await store.open()

@@ -223,7 +223,7 @@ async def test_non_text_message_gets_the_polite_answer(rig):
     async with serve_asgi(make()) as url, httpx.AsyncClient() as c:
         await c.post(f"{url}/hooks/lark", json=payload("image_p2p"))
         sent = await replies(api, 1)
-    assert texts(sent) == ["Sorry, I can only read text messages for now. Please send your question as text."]
+    assert texts(sent) == ["抱歉，我目前只能阅读文字消息，请用文字发送你的问题。"]  # Feishu (not Lark): zh
 
 
 async def test_long_answer_split_into_parts_with_their_own_uuid(rig):

@@ -14,11 +14,12 @@ import pytest
 from pydantic import ValidationError
 from wechatpy.crypto import WeChatCrypto
 
-from platforms.wechat_mp import COMING, MORE, STILL_WORKING, WeChatMPConfig, WeChatMPPlatform
+from platforms.wechat_mp import WeChatMPConfig, WeChatMPPlatform
 from proxy.bus import Bus
 from proxy.contracts import Claim, ClaimState, Platform, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.store.memory import MemoryStore
+from proxy.texts import BUNDLES
 from proxy.types import Inbound, WebRequest, WebResponse
 from tests.platforms.wechat_mp.wechat_kit import (
     AES_KEY,
@@ -31,6 +32,10 @@ from tests.platforms.wechat_mp.wechat_kit import (
     safe_body,
     signed_query,
 )
+
+# WeChat speaks zh unless `locale` says otherwise: its "send 1" texts, as the user reads them.
+ZH = BUNDLES["zh"]
+COMING, STILL_WORKING, MORE = ZH["wechat_coming"], ZH["wechat_still_working"], ZH["wechat_more"]
 
 
 class FakeCtx:

@@ -18,11 +18,11 @@ import httpx
 import pytest
 from wechatpy.crypto import WeChatCrypto
 
-from platforms.wechat_mp import COMING, STILL_WORKING, WeChatMPPlatform
+from platforms.wechat_mp import WeChatMPPlatform
 from proxy.app import create_app
 from proxy.config import Settings, parse_config
-from proxy.dispatch import help_text
 from proxy.registry import Registry
+from proxy.texts import BUNDLES
 from tests.platforms.wechat_mp.wechat_kit import (
     AES_KEY,
     APP_ID,
@@ -40,6 +40,10 @@ from tests.platforms.wechat_mp.wechat_kit import (
 from tests.servers import serve_asgi
 
 DROP = 0.3  # client-side timeout standing in for WeChat's 5 s
+
+# WeChat speaks zh unless `locale` says otherwise: its "send 1" texts, as the user reads them.
+ZH = BUNDLES["zh"]
+COMING, STILL_WORKING, MORE = ZH["wechat_coming"], ZH["wechat_still_working"], ZH["wechat_more"]
 
 
 def settings(api_base: str, *, secret: bool = True, aes: bool = False, store: str = "memory://", **wx: Any) -> Settings:
@@ -205,7 +209,11 @@ async def test_duplicate_msgid_never_generates_twice():
 
 async def test_subscribe_gets_the_help_text():
     async with rig() as r:
-        assert passive(await r.post(payload("subscribe"))) == help_text("demo", None)
+        assert passive(await r.post(payload("subscribe"))) == (
+            "我是通过 Switchboard 接入的 AI 助手（频道 demo）。\n"
+            "直接发送你的问题即可，我会记住我们的对话。\n"
+            "/clear：清除对话记录。  /help：显示本帮助。"
+        )
         resp = await r.post(payload("unsubscribe"))
         assert (resp.status_code, resp.text) == (200, "success")
 
@@ -213,7 +221,7 @@ async def test_subscribe_gets_the_help_text():
 async def test_other_message_types_get_the_polite_line():
     async with rig() as r:
         answer = passive(await r.post(payload("image")))
-        assert answer.startswith("Sorry") and "text" in answer
+        assert answer == "抱歉，我目前只能阅读文字消息，请用文字发送你的问题。"
 
 
 async def test_long_answer_first_part_passive_rest_through_customer_service():
