@@ -39,6 +39,7 @@ log = logging.getLogger("switchboard.claims")
 #: Every platform message claim lives under this prefix: `seen:<platform name>:<key>`.
 PREFIX = "seen:"
 _FIELDS = ("platform", "event_id", "chat_id", "user_id", "text", "kind", "direct", "thread_id", "user_name")
+_OPTIONAL = ("channel",)  # fields newer than some stored claims
 
 
 def claim_key(platform: str, key: str) -> str:
@@ -58,7 +59,7 @@ class Record:
 
     def dump(self, platform: Platform) -> str:
         m = self.msg
-        inbound = {name: getattr(m, name) for name in _FIELDS}
+        inbound = {name: getattr(m, name) for name in (*_FIELDS, *_OPTIONAL)}
         inbound["reply_to"] = platform.dump_reply_to(m.reply_to)
         inbound["extra_keys"] = list(m.extra_keys)
         body = {"inbound": inbound, "at": self.claimed_at, "notes": self.notes, "attempts": self.attempts}
@@ -76,6 +77,7 @@ def load_record(platforms: Mapping[str, Platform], raw: str) -> tuple[Platform, 
     notes = body.get("notes") or {}
     msg = Inbound(
         **{name: inbound[name] for name in _FIELDS},
+        **{name: inbound[name] for name in _OPTIONAL if name in inbound},
         reply_to=platform.load_reply_to(inbound.get("reply_to")),
         extra_keys=tuple(inbound.get("extra_keys") or ()),
         recovered=notes or None,

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from proxy.contracts import AdapterConfig
+from proxy.contracts import AdapterConfig, PlatformConfig
 from proxy.errors import ConfigError
 from proxy.limits import NO_LIMITS, Limits, LimitsConfig, compile_limits
 from proxy.registry import Registry
@@ -406,6 +406,12 @@ def parse_config(
             raise ConfigError(f"channels[{i}].name", f"duplicate channel name {ch.name!r}")
         seen.add(ch.name)
         channels.append(_channel(i, ch, prov, plat, base or Path.cwd()))
+    for name, adapter in plat.items():
+        refs = adapter.config.channel_refs() if isinstance(adapter.config, PlatformConfig) else {}
+        for where, ref in refs.items():
+            if ref not in seen:
+                names = ", ".join(c.name for c in channels) or "none"
+                raise ConfigError(f"platforms.{name}.{where}", f"unknown channel {ref!r}", names)
     for i, k in enumerate(raw.keys):
         if k.dify_channel is not None and (k.dify_channel not in seen or not k.allows(k.dify_channel)):
             why = "names no channel" if k.dify_channel not in seen else "is not one of the key's channels"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -50,9 +50,16 @@ class PlatformConfig(AdapterConfig):
     """Language of the bot's own texts (help, apologies, notices): `en` or `zh`; unset: the kind's default."""
     texts: TextsConfig = TextsConfig()  # type: ignore[valid-type]
     """Single texts of the bundle replaced on this platform (see the Texts section of the README)."""
+    admins: list[str] = []
+    """User ids (as the platform sends them) who may use /reload, /status and /usage in chat."""
 
     def language(self) -> str:
         return self.locale or self.default_locale
+
+    def channel_refs(self) -> dict[str, str]:
+        """Channels this block names (key path under the block, e.g. `menus.V1001.channel` ->
+        channel name); the config fails to load when one of them does not exist."""
+        return {}
 
 
 # ----------------------------------------------------------------------------------- providers
@@ -504,6 +511,13 @@ class Platform(abc.ABC):
 
     def help_text(self) -> str | None:
         """Platform-specific additions to the /help answer."""
+        return None
+
+    async def context(self, msg: Inbound, exchanges: int) -> Sequence[Message] | None:
+        """The conversation before `msg` as the platform knows it (e.g. a Slack thread's earlier
+        messages, other people's included), at most about `exchanges` user/assistant pairs,
+        oldest first; used instead of the stored transcript. None (the default): the stored
+        transcript. Called while answering, not before the acknowledgement."""
         return None
 
     # -- connection modes (proxy/connections.py) ---------------------------------------------

@@ -21,7 +21,7 @@ from cachetools import TTLCache
 
 from proxy.bus import Bus
 from proxy.claims import Claims, Record, claim_key
-from proxy.config import Settings
+from proxy.config import Channel, Settings
 from proxy.contracts import Claim, ClaimState, Platform, Store
 from proxy.engine import Engine
 from proxy.errors import (
@@ -334,7 +334,7 @@ class Dispatcher:
             await self.engine.store.put(f"undelivered:{msg.platform}:{msg.event_id}", why, 7 * 86400)
 
     async def _answer(self, platform: Platform, msg: Inbound, rec: Record, job: Job) -> Answer | None:
-        routed = route(self.settings.channels, msg)
+        routed = self._route(msg)
         if routed is None:
             if msg.kind != "text":
                 return Answer.fixed(platform.texts["unsupported"])
@@ -355,8 +355,9 @@ class Dispatcher:
         if rec.answer is not None:  # generated (and recorded) before a crash: deliver it as it was
             await self._ensure_recorded(conversation, turn, rec.answer)
             return Answer.fixed(rec.answer, rec.images)
+        earlier = await platform.context(msg, channel.config.history) if channel.config.history else None
         request = await self.engine.request(
-            channel, turn, conversation=conversation, user=f"{msg.platform}:{msg.user_id}"
+            channel, turn, conversation=conversation, user=f"{msg.platform}:{msg.user_id}", history=earlier
         )
         limits = self.settings.limits
         grant = NO_GRANT
@@ -388,6 +389,14 @@ class Dispatcher:
         answer.grant, answer.channel, answer.outcome = grant, channel.name, outcome
         answer.chain = channel.providers
         return answer
+
+    def _route(self, msg: Inbound) -> tuple[Channel, str] | None:
+        """The channel that answers `msg` and the text it reads: the one the adapter named, else
+        the first that matches."""
+        if msg.channel is None:
+            return route(self.settings.channels, msg)
+        channel = self.settings.by_name.get(msg.channel)
+        return (channel, msg.text) if channel is not None else None
 
     async def _admit(self, limits: Limits, channel: str, msg: Inbound, request: ChatRequest) -> Grant:
         targets = []

@@ -192,8 +192,10 @@ class Engine:
         user: str = "anonymous",
         params: Mapping[str, Any] | None = None,
         stream: bool = True,
+        history: Sequence[Message] | None = None,
     ) -> ChatRequest:
-        """System prompt + stored history (when there is a conversation) + the new messages."""
+        """System prompt + stored history (when there is a conversation; `history` given instead,
+        e.g. a Slack thread read from Slack) + the new messages."""
         messages: list[Message] = []
         if channel.prompt:
             messages.append(Message("system", channel.prompt))
@@ -203,7 +205,9 @@ class Engine:
             while lead < len(new) and new[lead].role in ("system", "developer"):
                 lead += 1
             messages.extend(new[:lead])
-            messages.extend(await self.store.history(conversation, channel.config.history))
+            if history is None:
+                history = await self.store.history(conversation, channel.config.history)
+            messages.extend(history)
             messages.extend(new[lead:])
         else:
             messages.extend(new)

@@ -178,7 +178,8 @@ class Inbound:
     adapter's `dump_reply_to`/`load_reply_to`, since it is stored on the message's claim).
     `recovered` holds the delivery notes (`PlatformContext.note`) an earlier attempt at this
     message recorded before it was cut off (a crash, a kill), e.g. the placeholder to edit; None
-    when no earlier attempt noted anything.
+    when no earlier attempt noted anything. `channel` names the channel that answers when the
+    adapter chose it itself (a WeChat menu's configured channel): routing is skipped.
     """
 
     platform: str
@@ -193,6 +194,7 @@ class Inbound:
     reply_to: Any = None
     extra_keys: tuple[str, ...] = ()
     recovered: JSON | None = None
+    channel: str | None = None
 
 
 #: Told of every finished request or chat message (for /metrics): door (`openai` or the platform's
