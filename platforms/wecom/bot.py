@@ -45,7 +45,7 @@ from yarl import URL
 from platforms.wechat_mp.crypto import aes_key
 from platforms.wecom.api import WeComAPIError, respond
 from platforms.wecom.callback import CallbackCrypto
-from platforms.wecom.text import full_text, split_bytes
+from platforms.wecom.text import full_text, prefix, size, split_bytes
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.errors import RequestError
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -223,12 +223,13 @@ class WeComBotPlatform(Platform):
         sid, url, at = str(target["stream"]), target.get("response_url"), float(target.get("at") or 0)
         limit = self.config.text_limit
         await self._show(sid, Progress(), store=True)
-        last = time.monotonic()
+        last, shown = time.monotonic(), ""
         async for _ in answer:
-            parts = split_bytes(answer.text, limit)
-            now = time.monotonic()
-            await self._show(sid, Progress(parts[0] if parts else ""), store=now - last >= STORE_EVERY)
-            last = now if now - last >= STORE_EVERY else last
+            if size(shown) + 4 <= limit or not answer.text.startswith(shown):  # else: the stream is full
+                shown = prefix(answer.text, limit)
+            due = time.monotonic() - last >= STORE_EVERY
+            await self._show(sid, Progress(shown), store=due)
+            last = time.monotonic() if due else last
         parts = split_bytes(full_text(answer, self.texts), limit)
         late = time.time() - at > self.config.stream_window
         await self._show(sid, Progress(parts[0] if parts else "", finish=True), store=True)

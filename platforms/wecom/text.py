@@ -12,6 +12,11 @@ def utf8_len(ch: str) -> int:
     return 1 if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
 
 
+def size(text: str) -> int:
+    """UTF-8 bytes of `text` (a lone surrogate counts as 3, as `utf8_len` does)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def _fitting(text: str, limit: int) -> int:
     """How many leading characters of `text` fit in `limit` bytes."""
     size = 0
@@ -20,6 +25,11 @@ def _fitting(text: str, limit: int) -> int:
         if size > limit:
             return i
     return len(text)
+
+
+def prefix(text: str, limit: int) -> str:
+    """The longest start of `text` within `limit` UTF-8 bytes (cut anywhere but inside a character)."""
+    return text if size(text) <= limit else text[: _fitting(text, limit)]
 
 
 def split_bytes(text: str, limit: int) -> list[str]:
@@ -31,7 +41,8 @@ def split_bytes(text: str, limit: int) -> list[str]:
         raise ValueError("limit must hold any character (4 bytes)")
     pieces: list[str] = []
     rest = text
-    while (n := _fitting(rest, limit)) < len(rest):
+    while size(rest) > limit:
+        n = _fitting(rest, limit)
         window = rest[: n + 1]
         cut = -1
         for sep in ("\n\n", "\n", " "):

@@ -150,6 +150,23 @@ async def test_an_answer_longer_than_the_stream_continues_through_response_url()
         assert f"{stream['content']} {rest}" == f"echo: {words}"[: len(stream["content"]) + 1 + len(rest)]
 
 
+async def test_an_answer_finished_after_the_stream_window_goes_through_response_url():
+    async with bot_rig() as r:
+        bot = r.app.state.hooks.platforms["bot"]
+        bot.config = bot.config.model_copy(update={"stream_window": 0.0})  # WeCom has stopped asking
+        first = await r.post(bot_text("step: slow", "msg-6", response_url=r.fake.response_url("rc-6")))
+        assert first is not None
+        r.stepped.pieces.put_nowait("终于好了")
+        r.stepped.pieces.put_nowait(None)
+        for _ in range(250):
+            if r.fake.responses:
+                break
+            await asyncio.sleep(0.02)
+        assert r.fake.responses == [
+            {"code": "rc-6", "json": {"msgtype": "markdown", "markdown": {"content": "终于好了"}}}
+        ]
+
+
 async def test_a_stream_survives_a_restart_on_the_same_store(tmp_path: Path):
     store = f"sqlite:///{tmp_path}/bot.db"
     async with bot_rig(store) as r:

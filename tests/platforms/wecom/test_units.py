@@ -14,7 +14,7 @@ from wechatpy.enterprise.crypto import PrpCrypto, WeChatCrypto
 from platforms.wecom import WeComBotConfig, WeComBotPlatform, WeComConfig
 from platforms.wecom.api import WeComAPI, WeComAPIError
 from platforms.wecom.callback import CallbackCrypto
-from platforms.wecom.text import split_bytes
+from platforms.wecom.text import prefix, split_bytes
 from proxy.errors import DeliveryError, VerificationError
 from tests.platforms.fake_ctx import FakeCtx
 from tests.platforms.wecom.wecom_kit import AES_KEY, AGENT_ID, CORP_ID, SECRET, TOKEN, FakeWeCom, Signer
@@ -61,6 +61,7 @@ def test_split_bytes_never_exceeds_the_limit_or_cuts_a_character():
     assert split_bytes("", 2048) == [] and split_bytes("short", 2048) == ["short"]
     assert split_bytes("aaaa bbbb", 6) == ["aaaa", "bbbb"]  # cut on the space
     assert split_bytes("一二三", 7) == ["一二", "三"]  # 6 bytes fit, the 7th would split a character
+    assert prefix("一二三", 8) == "一二" and prefix("一二三", 9) == "一二三"
 
 
 async def test_api_errors_are_delivery_errors_that_carry_no_secret():
