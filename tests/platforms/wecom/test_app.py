@@ -39,7 +39,7 @@ SIGNER = Signer(CORP_ID)
 def settings(api_base: str, *, store: str = "memory://", **wc: Any) -> Settings:
     app = {"kind": "wecom", "corp_id": CORP_ID, "agent_id": AGENT_ID, "secret": SECRET, "token": TOKEN}
     app |= {"encoding_aes_key": AES_KEY, "api_base": api_base, **wc}
-    bot = {"kind": "wecom_bot", "token": TOKEN, "encoding_aes_key": AES_KEY}
+    bot: dict[str, Any] = {"kind": "wecom_bot", "token": TOKEN, "encoding_aes_key": AES_KEY}
     bot["response_url_hosts"] = ["127.0.0.1"]
     data = {
         "server": {"drain_seconds": 0.5},
@@ -76,11 +76,11 @@ class Rig:
 @contextlib.asynccontextmanager
 async def rig(fake: FakeWeCom | None = None, **kw: Any) -> AsyncIterator[Rig]:
     async with contextlib.AsyncExitStack() as stack:
-        fake = fake or await stack.enter_async_context(FakeWeCom())
-        app = create_app(settings(fake.base_url, **kw))
+        api = fake if fake is not None else await stack.enter_async_context(FakeWeCom())
+        app = create_app(settings(api.base_url, **kw))
         base = await stack.enter_async_context(serve_asgi(app))
         client = await stack.enter_async_context(httpx.AsyncClient(base_url=base))
-        yield Rig(client, app, fake)
+        yield Rig(client, app, api)
 
 
 async def test_get_verification_answers_the_decrypted_echostr():
