@@ -38,6 +38,7 @@ class OpenAIProvider(OpenAICompatProvider):
     def __init__(self, name: str, config: OpenAIConfig, http: aiohttp.ClientSession) -> None:
         super().__init__(name, config, http)
         self._embed_url = config.base_url.rstrip("/") + "/embeddings"
+        self._moderate_url = config.base_url.rstrip("/") + "/moderations"
         self._transcribe_url = config.base_url.rstrip("/") + "/audio/transcriptions"
         # the configured extra headers; content-type is the multipart boundary aiohttp sets
         self._headers_for_upload = {"accept": "application/json", **config.headers}
@@ -93,6 +94,24 @@ class OpenAIProvider(OpenAICompatProvider):
         if len(vectors) != len(request.inputs):
             raise BadResponse(f"{len(vectors)} embeddings for {len(request.inputs)} inputs", provider=self.name)
         return Embeddings(vectors, data.get("model") or model, usage_of(data.get("usage")))
+
+    moderates = True
+
+    async def moderate(self, text: str) -> bool:
+        body: dict[str, Any] = {"input": text}
+        if self.config.moderation_model:
+            body["model"] = self.config.moderation_model
+        async with self.pool.lease("", TRANSPORT_ERRORS, transport_error) as key:
+            async with self.http.post(
+                self._moderate_url, data=orjson.dumps(body), headers=self._headers[key.value], timeout=self._timeout
+            ) as resp:
+                await self.raise_for_status(resp)
+                raw = await resp.read()
+        try:
+            results = orjson.loads(raw)["results"]
+            return any(bool(r["flagged"]) for r in results)
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise BadResponse("the answer is not a moderation result", provider=self.name) from None
 
     transcribes = True
 

@@ -58,6 +58,9 @@ class OpenAICompatConfig(AdapterConfig):
     embedding_model: str | None = None
     """Model for `POST /v1/embeddings` through this provider when the channel names none (e.g.
     `text-embedding-3-small`)."""
+    moderation_model: str | None = None
+    """Model for `POST /moderations` when a channel's `moderation.provider` is this one (e.g.
+    `omni-moderation-latest`); unset: the upstream's default."""
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OpenAICompatConfig:

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.admin import Admin
+from proxy.chat_admin import ChatAdmin
 from proxy.config import Settings
 from proxy.connections import Connections
 from proxy.contracts import Platform
@@ -267,6 +268,7 @@ def create_app(
         dispatcher.settings = new
 
     reloader = Reloader(engine, use, hooks, metrics.count_reload)
+    dispatcher.admin = ChatAdmin(engine, reloader)
     admin = Admin(lambda: engine.settings, reloader, lambda: engine.store)
     status_page = StatusPage(engine, admin, recent, lambda: hooks.platforms)
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from proxy.contracts import AdapterConfig, PlatformConfig
 from proxy.errors import ConfigError
 from proxy.limits import NO_LIMITS, Limits, LimitsConfig, compile_limits
+from proxy.moderation import Moderation, ModerationConfig
 from proxy.registry import Registry
 from proxy.texts import TextsConfig
 
@@ -186,6 +187,11 @@ class ChannelConfig(_Strict):
     """Free text shown in `GET /v1/models` and `check`."""
     texts: TextsConfig = TextsConfig()  # type: ignore[valid-type]
     """The bot's own texts replaced for this channel's chat users (over the platform's locale and `texts:`)."""
+    choosable: list[str] = []
+    """Providers chat users may pick for their session with `/model NAME` (`/model` lists them; `/clear` forgets the
+    choice); the chosen one is tried first, the channel's chain after it."""
+    moderation: ModerationConfig | None = None
+    """Block lists and/or a moderation provider for this channel's chat messages and answers (proxy/moderation.py)."""
 
 
 class PriceConfig(_Strict):
@@ -232,6 +238,8 @@ class Channel:
     prompt: str | None
     providers: tuple[str, ...]  # enabled providers, failover order
     skipped: tuple[str, ...]  # configured but disabled
+    choosable: tuple[str, ...] = ()  # enabled providers users may pick with /model
+    moderation: Moderation | None = None
 
     @property
     def name(self) -> str:
@@ -371,7 +379,29 @@ def _channel(
             raise ConfigError(f"{path}.prompt_file", f"cannot read {file}: {e.strerror}") from None
     enabled = tuple(p for p in ch.providers if providers[p].disabled is None)
     skipped = tuple(p for p in ch.providers if providers[p].disabled is not None)
-    return Channel(ch, prompt, enabled, skipped)
+    for j, p in enumerate(ch.choosable):
+        if p not in providers:
+            raise ConfigError(f"{path}.choosable[{j}]", f"unknown provider {p!r}", ", ".join(providers))
+    choosable = tuple(p for p in ch.choosable if providers[p].disabled is None)
+    return Channel(ch, prompt, enabled, skipped, choosable, _moderation(path, ch.moderation, providers))
+
+
+def _moderation(path: str, cfg: ModerationConfig | None, providers: dict[str, Adapter]) -> Moderation | None:
+    if cfg is None:
+        return None
+    if cfg.provider is not None:
+        adapter = providers.get(cfg.provider)
+        if adapter is None:
+            raise ConfigError(f"{path}.moderation.provider", f"unknown provider {cfg.provider!r}", ", ".join(providers))
+        if adapter.cls is not None and not getattr(adapter.cls, "moderates", False):
+            able = ", ".join(n for n, a in providers.items() if getattr(a.cls, "moderates", False)) or "none"
+            why = f"{cfg.provider!r} (kind {adapter.kind}) cannot moderate"
+            raise ConfigError(f"{path}.moderation.provider", why, able)
+    try:
+        return Moderation.compile(cfg)
+    except ValueError as e:
+        where, _, why = str(e).partition(": ")
+        raise ConfigError(f"{path}.moderation.{where}", why) from None
 
 
 def parse_config(

@@ -118,6 +118,12 @@ class Provider(abc.ABC):
     draws: ClassVar[bool] = False
     #: Whether `transcribe` is implemented (the audio door skips providers that cannot).
     transcribes: ClassVar[bool] = False
+    #: Whether `moderate` is implemented (a channel's `moderation.provider` must be such a provider).
+    moderates: ClassVar[bool] = False
+
+    async def moderate(self, text: str) -> bool:
+        """Does the upstream's moderation flag `text`?"""
+        raise NotImplementedError(f"{type(self).__name__} does not moderate")
 
     async def transcribe(self, request: TranscribeRequest) -> tuple[str, bytes]:
         """The transcription as the upstream sent it: (content type, body)."""

@@ -20,6 +20,7 @@ import aiohttp
 from cachetools import TTLCache
 
 from proxy.bus import Bus
+from proxy.chat_admin import ChatAdmin
 from proxy.claims import Claims, Record, claim_key
 from proxy.config import Channel, Settings
 from proxy.contracts import Claim, ClaimState, Platform, Store
@@ -47,6 +48,11 @@ log = logging.getLogger("switchboard.dispatch")
 
 CLEAR_COMMANDS = {"/clear", "\\clear", "#clear"}
 HELP_COMMANDS = {"/help", "\\help", "#help"}
+MODEL_COMMANDS = {"/model", "\\model", "#model"}
+#: Answered only for a platform's `admins` (and only where the platform has some).
+ADMIN_COMMANDS = {f"{lead}{word}": word for word in ("reload", "status", "usage") for lead in "/\\#"}
+#: The provider state key holding a session's `/model` choice (`/clear` forgets it with the rest).
+PINNED = "@model"
 
 
 def rejected_text(err: RequestRejected, texts: Texts) -> str:
@@ -218,6 +224,8 @@ class Dispatcher:
         #: Told of each platform delivery not answered again (a duplicate or a retry), by platform name.
         self.duplicate: Callable[[str], None] = lambda platform: None
         self.claims = Claims(engine.store, settings.raw.server)
+        #: What /reload, /status and /usage do in chat (set by the app; None: not offered).
+        self.admin: ChatAdmin | None = None
 
     def context(self, platform_name: str) -> PlatformCtx:
         return PlatformCtx(platform_name, self)
@@ -351,10 +359,27 @@ class Dispatcher:
             return Answer.fixed(texts["cleared"])
         if command in HELP_COMMANDS or not command:
             return Answer.fixed(help_text(texts, channel.name, platform.help_text()))
+        word, _, arg = body.strip().partition(" ")
+        word = word.lower()
+        if word in MODEL_COMMANDS:
+            return Answer.fixed(await self._choose_model(channel, conversation, arg.strip(), texts))
+        admins = getattr(platform.config, "admins", None)
+        if word in ADMIN_COMMANDS and admins and self.admin is not None:
+            if msg.user_id not in admins:
+                return Answer.fixed(texts.say("admin_only", command=word))
+            return Answer.fixed(await self.admin.run(ADMIN_COMMANDS[word], msg.platform, msg.user_id))
         turn = [Message("user", body.strip())]
         if rec.answer is not None:  # generated (and recorded) before a crash: deliver it as it was
             await self._ensure_recorded(conversation, turn, rec.answer)
             return Answer.fixed(rec.answer, rec.images)
+        mod = channel.moderation
+
+        async def flag(provider: str, text: str) -> bool:
+            return await self.engine.moderate(channel.name, provider, text)
+
+        if mod is not None and await mod.blocks(body, flag):
+            log.info("%s message %s blocked by channel %s's moderation", msg.platform, msg.event_id, channel.name)
+            return Answer.fixed(texts["blocked"])
         earlier = await platform.context(msg, channel.config.history) if channel.config.history else None
         request = await self.engine.request(
             channel, turn, conversation=conversation, user=f"{msg.platform}:{msg.user_id}", history=earlier
@@ -367,7 +392,10 @@ class Dispatcher:
             except OverLimit as e:
                 return await self._over_limit(limits, e, channel.name, msg, texts)
         outcome = Outcome()
-        source = self.engine.stream(channel, request, outcome)
+        chain = await self._chain(channel, conversation)
+        source = self.engine.stream(channel, request, outcome, chain)
+        if mod is not None and mod.output:
+            source = mod.screen(source, flag, texts["blocked_output"])
 
         async def record(answer: Answer) -> None:
             answer.tokens = self.engine.usage.note(
@@ -387,8 +415,32 @@ class Dispatcher:
 
         answer = Answer.generated(source, record, texts)
         answer.grant, answer.channel, answer.outcome = grant, channel.name, outcome
-        answer.chain = channel.providers
+        answer.chain = tuple(chain or channel.providers)
         return answer
+
+    async def _chain(self, channel: Channel, conversation: str) -> tuple[str, ...] | None:
+        """The session's `/model` choice first, then the channel's chain; None: the channel's."""
+        if not channel.choosable:
+            return None
+        state = await self.engine.store.get_state(conversation, PINNED)
+        pinned = state.get("provider") if isinstance(state, dict) else None
+        if pinned not in channel.choosable:  # none, or no longer offered after a reload
+            return None
+        return (str(pinned), *(p for p in channel.providers if p != pinned))
+
+    async def _choose_model(self, channel: Channel, conversation: str, name: str, texts: Texts) -> str:
+        """`/model` (what is used, what may be chosen) and `/model NAME` (choose it)."""
+        choices = channel.choosable
+        current = (await self._chain(channel, conversation) or channel.providers or ("-",))[0]
+        if not choices:
+            return texts.say("model_fixed", current=current)
+        if not name:
+            return texts.say("model_current", current=current, choices=", ".join(choices))
+        chosen = next((c for c in choices if c.lower() == name.lower()), None)
+        if chosen is None:
+            return texts.say("model_unknown", model=name, choices=", ".join(choices))
+        await self.engine.store.set_state(conversation, PINNED, {"provider": chosen})
+        return texts.say("model_set", model=chosen)
 
     def _route(self, msg: Inbound) -> tuple[Channel, str] | None:
         """The channel that answers `msg` and the text it reads: the one the adapter named, else

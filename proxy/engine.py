@@ -241,6 +241,12 @@ class Engine:
             raise ValueError(f"no provider of channel '{channel.name}' can {what}: {kinds or 'none enabled'}")
         return chain
 
+    async def moderate(self, channel: str, provider: str, text: str) -> bool:
+        """Does `provider` flag `text`? Through the failover core (its circuit, retries)."""
+        assert self.failover is not None
+        _, flagged = await self.failover.run(channel, [provider], lambda p: p.moderate(text))
+        return flagged
+
     async def embed(self, channel: Channel, request: EmbedRequest) -> tuple[str, Embeddings]:
         """Embeddings from the first provider of the channel's chain that embeds (the others are
         skipped); ValueError when none of them can."""

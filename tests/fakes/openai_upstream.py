@@ -88,6 +88,7 @@ class FakeOpenAI:
         self.key_rejected: set[str] = set()
         self.key_rate_limited: set[str] = set()
         self.models: list[str] = ["gpt-fake"]
+        self.flagged_words: set[str] = {"forbidden"}  # what /v1/moderations flags
         self.base_url = ""
         self._cm: Any = None
 
@@ -130,6 +131,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/moderations", self._moderations)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_get("/v1/models", self._models)
         self._cm = serve_aiohttp(app)
@@ -355,6 +357,18 @@ class FakeOpenAI:
         words = sum(len(x.split()) if isinstance(x, str) else len(x) for x in inputs)
         usage = {"prompt_tokens": words, "total_tokens": words}
         return web.json_response({"object": "list", "data": data, "model": body.get("model"), "usage": usage})
+
+    async def _moderations(self, request: web.Request) -> web.StreamResponse:
+        body, _, early = await self._gate(request)
+        if early is not None:
+            return early
+        inputs = body.get("input")
+        inputs = [inputs] if isinstance(inputs, str) else inputs
+        results = [
+            {"flagged": any(w in x.lower() for w in self.flagged_words), "categories": {}, "category_scores": {}}
+            for x in inputs
+        ]
+        return web.json_response({"id": "modr-fake", "model": body.get("model") or "omni-moderation-latest", "results": results})
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         _, _, early = await self._gate(request)
