@@ -55,6 +55,10 @@ def _nested(path: str, annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]
         yield from _nested(f"{path}[]", args[0])
     elif origin is dict and len(args) == 2:
         yield from _nested(f"{path}.<name>", args[1])
+    elif origin in (Union, types.UnionType):  # `Model | None`: the model's table
+        for arg in args:
+            if arg is not type(None):
+                yield from _nested(path, arg)
 
 
 def undocumented() -> list[str]:
