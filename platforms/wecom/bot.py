@@ -108,13 +108,7 @@ class WeComBotPlatform(Platform):
     # -- inbound ---------------------------------------------------------------------------------
 
     def verify(self, request: WebRequest) -> None:
-        if request.method == "GET":
-            encrypted = request.query.get("echostr", "")
-        elif request.method == "POST":
-            encrypted = _encrypted(request.body)
-        else:
-            raise RequestError("WeCom callbacks are GET (verification) or POST", status=405)
-        self.crypto.check(request.query, encrypted, self.config.replay_window)
+        self.crypto.verify(request, _encrypted, self.config.replay_window)
 
     async def receive(self, request: WebRequest) -> WebResponse:
         if request.method == "GET":

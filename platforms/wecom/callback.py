@@ -11,10 +11,11 @@ self-built app's messages are encrypted for the CorpID, the smart robot's for th
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from platforms.wechat_mp.crypto import DecryptError, WeChatCipher, signature, signature_ok
-from proxy.errors import VerificationError
+from proxy.errors import RequestError, VerificationError
+from proxy.types import WebRequest
 from proxy.verify import within_window
 
 
@@ -32,6 +33,17 @@ class CallbackCrypto:
         if not (sig and ts and nonce and encrypted) or not signature_ok(sig, self._token, ts, nonce, encrypted):
             raise VerificationError(f"{self._what}: bad or missing msg_signature", 403)
         within_window(ts, window, what=f"{self._what}: timestamp", status=403)
+
+    def verify(self, request: WebRequest, encrypted: Callable[[bytes], str], window: float) -> None:
+        """A callback request: GET (URL verification) signs its `echostr`, POST the encrypted value
+        `encrypted(body)` finds in its body (XML for the app, JSON for the robot)."""
+        if request.method == "GET":
+            value = request.query.get("echostr", "")
+        elif request.method == "POST":
+            value = encrypted(request.body)
+        else:
+            raise RequestError("WeCom callbacks are GET (verification) or POST", status=405)
+        self.check(request.query, value, window)
 
     def open(self, encrypted: str) -> bytes:
         """The plaintext of a signed value; a value that does not decrypt to our receive id is refused."""
