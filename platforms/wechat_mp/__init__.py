@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import orjson
 from cachetools import TTLCache
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from platforms.wechat_mp.api import CustomerService, WeChatAPIError
 from platforms.wechat_mp.crypto import DecryptError, WeChatCipher, aes_key, signature, signature_ok
@@ -58,6 +58,26 @@ DROPPED = WebResponse(200, b"")
 KINDS = {"shortvideo": "video"}
 #: Seconds a delivery that lost the hand-off to `deliver` waits for the answer it is storing.
 STORE_GRACE = 0.3
+
+
+class MenuConfig(BaseModel):
+    """What a custom-menu `CLICK` button (its `key`) does: answer a fixed text, or ask a prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    text: str | None = None
+    """Answered as it is (no model call)."""
+    prompt: str | None = None
+    """Sent to the model as if the user had written it; the answer arrives like any answer."""
+    channel: str | None = None
+    """The channel that answers `prompt` (unset: the channel the account's messages route to)."""
+
+    @model_validator(mode="after")
+    def _one_action(self) -> MenuConfig:
+        if (self.text is None) == (self.prompt is None):
+            raise ValueError("give either text or prompt")
+        if self.channel is not None and self.prompt is None:
+            raise ValueError("channel goes with prompt")
+        return self
 
 
 class WeChatMPConfig(PlatformConfig):
@@ -90,6 +110,12 @@ class WeChatMPConfig(PlatformConfig):
     """Seconds a finished answer is kept per MsgId for retries that arrive after a restart."""
     later_ttl: float = Field(2 * 86400.0, gt=0)
     """Seconds an answer waits for the user's "1"."""
+    menus: dict[str, MenuConfig] = {}
+    """Custom-menu `CLICK` buttons by key: `{text: …}` answers that text, `{prompt: …, channel: …}` asks the model;
+    `VIEW` (link) buttons and unknown keys are not answered."""
+
+    def channel_refs(self) -> dict[str, str]:
+        return {f"menus.{key}.channel": m.channel for key, m in self.menus.items() if m.channel}
 
     @field_validator("app_id", "app_secret", "encoding_aes_key", mode="before")
     @classmethod
@@ -178,11 +204,16 @@ class WeChatMPPlatform(Platform):
             raise RequestError("FromUserName, ToUserName and MsgType are required")
         if msg_type == "event":
             event = f.get("Event", "")
-            if event.lower() != "subscribe":
-                return None
             # Events have no MsgId; two in the same second differ by Event/EventKey.
             key = f"event:{open_id}:{f.get('CreateTime', '')}:{event}:{f.get('EventKey', '')}"
-            return Inbound(self.name, key, open_id, open_id, "/help")  # a new follower gets the help text
+            if event.lower() == "subscribe":
+                return Inbound(self.name, key, open_id, open_id, "/help")  # a new follower gets the help text
+            menu = self.config.menus.get(f.get("EventKey", "")) if event.upper() == "CLICK" else None
+            if menu is None or menu.prompt is None:  # VIEW, other events, unknown or text buttons
+                if event.upper() == "CLICK" and menu is None:
+                    log.info("%s: menu key %r is not configured; not answered", self.name, f.get("EventKey", ""))
+                return None
+            return Inbound(self.name, key, open_id, open_id, menu.prompt, channel=menu.channel)
         if not f.get("MsgId"):
             raise RequestError("MsgId is required")
         kind = KINDS.get(msg_type, msg_type)
@@ -190,6 +221,9 @@ class WeChatMPPlatform(Platform):
         return Inbound(self.name, f"msg:{f['MsgId']}", open_id, open_id, text, kind=kind)
 
     async def _on_message(self, fields: dict[str, str], replier: Replier) -> WebResponse:
+        text = self._menu_text(fields)
+        if text is not None:  # the same passive reply to every delivery: WeChat shows one
+            return replier.text(text)
         msg = self._to_inbound(fields)
         if msg is None:
             return SUCCESS
@@ -221,6 +255,13 @@ class WeChatMPPlatform(Platform):
                 return replier.text(served)
         self.ctx.submit(self, msg)
         return await self._wait(key, pending, number, replier)
+
+    def _menu_text(self, f: dict[str, str]) -> str | None:
+        """The fixed text of a configured `CLICK` menu button, if this is one."""
+        if f.get("MsgType") != "event" or f.get("Event", "").upper() != "CLICK":
+            return None
+        menu = self.config.menus.get(f.get("EventKey", ""))
+        return menu.text if menu is not None else None
 
     async def _arrived(self, key: str, pending: Pending) -> int:
         """Number this delivery of `key` among all deliveries to every instance (a store claim
