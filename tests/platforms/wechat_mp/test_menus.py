@@ -28,6 +28,7 @@ MENUS = {
 
 def config(up: FakeOpenAI, api: str, menus: dict[str, Any] = MENUS) -> dict[str, Any]:
     return {
+        "store": {"url": "memory://"},  # each app its own: the events' ids repeat from test to test
         "providers": {"echo": {"kind": "echo"}, "gpt": {"kind": "openai", "base_url": up.base_url, "api_key": "k"}},
         "platforms": {"wx": {"kind": "wechat_mp", "token": TOKEN, "app_id": APP_ID, "api_base": api, "menus": menus}},
         "channels": [
