@@ -42,11 +42,12 @@ from pydantic import Field, model_validator
 from platforms.slack.api import SlackAPI, SlackAPIError, SlackRateLimited
 from platforms.slack.events import Shortcut, SlackThread, escape, form_fields, parse_event, parse_shortcut
 from platforms.slack.signing import REPLAY_WINDOW, signature, verify_request
+from platforms.slack.thread import ThreadReader
 from proxy.connections import json_objects
 from proxy.contracts import Answer, Job, Platform, PlatformConfig, PlatformContext
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
-from proxy.types import Inbound, WebRequest, WebResponse
+from proxy.types import Inbound, Message, WebRequest, WebResponse
 
 __all__ = ["SlackConfig", "SlackPlatform", "signature"]
 
@@ -84,6 +85,10 @@ class SlackConfig(PlatformConfig):
     """Callback id of the message shortcut that stops a generation."""
     delete_callback: str = "delete_message"
     """Callback id of the message shortcut that deletes one of the bot's messages."""
+    thread_context: Literal["transcript", "slack"] = "transcript"
+    """The history of an answer in a thread: `transcript` (the bot's own exchanges, as stored) or `slack` (the
+    thread's earlier messages read from Slack with `conversations.replies`, other people's included and named;
+    needs the `channels:history` / `groups:history` / `im:history` scopes); bounded by the channel's `history`."""
 
     @model_validator(mode="after")
     def _a_way_in(self) -> SlackConfig:
@@ -104,10 +109,22 @@ class SlackPlatform(Platform):
         self.queued: TTLCache[str, Job] = TTLCache(maxsize=10_000, ttl=3600)  # event_id -> job
         self.streaming: TTLCache[str, Job] = TTLCache(maxsize=10_000, ttl=3600)  # "channel:ts" -> job
         self.posted: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=7 * 86400)  # "channel:ts" we posted
+        self.thread = ThreadReader(self.api)
 
     async def start(self) -> None:
         self.ctx.bus.on(f"{self.name}:stop", self._remote_stop)
         self.bot_user, self.bot_id = await self.api.identity()
+
+    async def context(self, msg: Inbound, exchanges: int) -> list[Message] | None:
+        """With `thread_context: slack`, a thread's earlier messages from Slack (None outside a
+        thread, or when Slack cannot say: the stored transcript then)."""
+        if self.config.thread_context != "slack" or not isinstance(msg.reply_to, SlackThread):
+            return None
+        ts = next((k.rsplit(":", 1)[1] for k in msg.extra_keys if k.startswith("msg:")), None)
+        if ts is None or ts == msg.reply_to.thread_ts:  # a top-level message: no thread before it
+            return None
+        where = msg.reply_to
+        return await self.thread.earlier(where.channel, where.thread_ts, ts, 2 * exchanges, self.bot_user, self.bot_id)
 
     def help_text(self) -> str | None:
         return self.texts["slack_help"]

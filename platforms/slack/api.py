@@ -80,10 +80,19 @@ class SlackAPI:
         return await retrying(self._once, method, body)
 
     async def _once(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.base}/{method}"
+        data, t = orjson.dumps(body), self.timeout
+        return await self._send(method, lambda: self.session().post(url, data=data, headers=self.headers, timeout=t))
+
+    async def read(self, method: str, params: dict[str, str]) -> dict[str, Any]:
+        """A read method (`conversations.replies`, `users.info`): GET with query arguments, as
+        the read methods take them (they do not all accept JSON bodies). Not retried."""
+        url, auth, t = f"{self.base}/{method}", {"authorization": self.headers["authorization"]}, self.timeout
+        return await self._send(method, lambda: self.session().get(url, params=params, headers=auth, timeout=t))
+
+    async def _send(self, method: str, request: Callable[[], Any]) -> dict[str, Any]:
         try:
-            async with self.session().post(
-                f"{self.base}/{method}", data=orjson.dumps(body), headers=self.headers, timeout=self.timeout
-            ) as resp:
+            async with request() as resp:
                 status, raw = resp.status, await resp.read()
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError) as e:

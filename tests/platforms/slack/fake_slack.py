@@ -47,6 +47,8 @@ class FakeSlack:
         self.unacked: list[dict[str, Any]] = []  # sent on the open connection, not acknowledged yet
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._ws: web.WebSocketResponse | None = None
+        self.threads: dict[str, list[dict[str, Any]]] = {}  # thread ts -> its messages (conversations.replies)
+        self.users: dict[str, dict[str, Any]] = {}  # user id -> users.info's `user`
         self.base_url = ""
         self._cm: Any = None
 
@@ -55,6 +57,7 @@ class FakeSlack:
         app.router.add_post("/api/apps.connections.open", self._open)
         app.router.add_get("/link", self._link)
         app.router.add_post("/api/{method}", self._call)
+        app.router.add_get("/api/{method}", self._read)
         self._cm = serve_aiohttp(app)
         self.base_url = (await self._cm.__aenter__()) + "/api"
         return self
@@ -161,6 +164,30 @@ class FakeSlack:
         if self.failures.get(method):
             return web.json_response({"ok": False, "error": self.failures[method].pop(0)})
         return web.json_response(self._answer(method, body))
+
+    async def _read(self, request: web.Request) -> web.Response:
+        """The read methods, called with GET and query arguments."""
+        method, args = request.match_info["method"], dict(request.query)
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"ok": False, "error": "not_authed"})
+        self.calls.append((method, args))
+        self.stamps.append(time.monotonic())
+        if self.failures.get(method):
+            return web.json_response({"ok": False, "error": self.failures[method].pop(0)})
+        if method == "conversations.replies":
+            messages = self.threads.get(args.get("ts", ""))
+            if messages is None:
+                return web.json_response({"ok": False, "error": "thread_not_found"})
+            start = int(args.get("cursor") or 0)  # pages of `limit`, the cursor an offset
+            limit = int(args.get("limit") or 1000)
+            page = messages[start : start + limit]
+            more = start + limit < len(messages)
+            meta = {"next_cursor": str(start + limit) if more else ""}
+            return web.json_response({"ok": True, "messages": page, "has_more": more, "response_metadata": meta})
+        if method == "users.info":
+            user = self.users.get(args.get("user", ""))
+            return web.json_response({"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"})
+        return web.json_response({"ok": False, "error": "unknown_method"})
 
     def _answer(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":

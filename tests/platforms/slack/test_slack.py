@@ -33,7 +33,9 @@ async def slack():
 def make(tmp_path, slack) -> Callable[..., Any]:
     """An app on a sqlite store in tmp_path (the same file for every app of a test)."""
 
-    def build(delay: float = 0.0, providers: dict[str, Any] | None = None, **platform: Any) -> Any:
+    def build(
+        delay: float = 0.0, providers: dict[str, Any] | None = None, channel: dict[str, Any] | None = None, **platform: Any
+    ) -> Any:
         chain = list(providers or {"echo": None})
         return create_app(
             parse_config(
@@ -53,6 +55,7 @@ def make(tmp_path, slack) -> Callable[..., Any]:
                     },
                     "channels": [
                         {"name": "eng", "match": {"platform": "slack"}, "providers": chain, "session": "thread"}
+                        | (channel or {})
                     ],
                 },
                 {},
