@@ -1,0 +1,201 @@
+"""Telegram through the real app: updates in by webhook (secret token) or long polling from a
+fake Bot API, answers out as the messages and edits that fake recorded."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from platforms.telegram.message import Me, parse_update, to_markdown_v2
+from proxy.app import create_app
+from proxy.config import parse_config
+from proxy.errors import ConfigError
+from tests.platforms.telegram.fake_bot_api import BOT_ID, BOT_NAME, TOKEN, FakeBotAPI, mention, update
+from tests.servers import serve_asgi
+
+SECRET = "s3cret-token_1"
+
+
+def config(tmp_path: Path, api: FakeBotAPI, delay: float = 0.0, **telegram: Any) -> dict[str, Any]:
+    return {
+        "store": {"url": f"sqlite:///{tmp_path}/t.db"},
+        "providers": {"echo": {"kind": "echo", "delay": delay}},
+        "platforms": {
+            "tg": {
+                "kind": "telegram",
+                "bot_token": TOKEN,
+                "api_base": api.base_url,
+                "secret_token": SECRET,
+                "update_interval": 0.05,
+                "group_update_interval": 0.05,
+                "poll_timeout": 1,
+                **telegram,
+            }
+        },
+        "channels": [{"name": "chat", "match": {"platform": "tg"}, "providers": ["echo"]}],
+    }
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, api: FakeBotAPI, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(parse_config(config(tmp_path, api, **kw), {}))
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as c:
+        yield c
+
+
+async def hook(c: httpx.AsyncClient, body: dict[str, Any], secret: str = SECRET) -> httpx.Response:
+    return await c.post("/hooks/tg", json=body, headers={"X-Telegram-Bot-Api-Secret-Token": secret})
+
+
+async def answered(api: FakeBotAPI, n: int, final: str | None = None) -> list[str]:
+    """The texts of the bot's messages once `n` exist and none still ends with the cursor."""
+    await api.wait(lambda: len(api.texts) >= n and not any(t.endswith("…") for t in api.texts.values()))
+    if final is not None:
+        await api.wait(lambda: final in api.texts.values())
+    return api.sent()
+
+
+@pytest.fixture
+async def api():
+    async with FakeBotAPI() as fake:
+        yield fake
+
+
+async def test_webhook_secret_is_checked_and_a_duplicate_update_answered_once(tmp_path, api):
+    async with running(tmp_path, api) as c:
+        u = update("hello there")
+        assert (await hook(c, u, secret="wrong")).status_code == 401
+        assert (await hook(c, {"update_id": 1}, secret="")).status_code == 401
+        assert (await hook(c, u)).status_code == 200
+        assert (await hook(c, u)).status_code == 200  # Telegram's retry
+        sentinel = update("sentinel")
+        await hook(c, sentinel)
+        assert await answered(api, 2, "echo: sentinel") == ["echo: hello there", "echo: sentinel"]
+    assert len(api.of("sendMessage")) == 2
+
+
+async def test_a_private_answer_streams_into_one_edited_message(tmp_path, api):
+    async with running(tmp_path, api, delay=0.05) as c:
+        await hook(c, update("one two three four five six"))
+        assert await answered(api, 1, "echo: one two three four five six") == ["echo: one two three four five six"]
+    [first] = api.of("sendMessage")
+    assert first["text"] == "…" and "reply_parameters" not in first  # no reply quote in a private chat
+    edits = [e["text"] for e in api.of("editMessageText")]
+    assert len(edits) >= 2 and edits[-1] == "echo: one two three four five six"
+    assert any(e.endswith(" …") for e in edits[:-1])  # partial text shown while it streamed
+
+
+async def test_groups_answer_mentions_replies_and_commands_only(tmp_path, api):
+    async with running(tmp_path, api) as c:
+        group = {"chat": -100, "kind": "supergroup"}
+        await hook(c, update("just chatting", **group))
+        await hook(c, update(f"@{BOT_NAME} what is up", entities=mention(), **group))
+        bots_message = {
+            "message_id": 1,
+            "from": {"id": BOT_ID, "is_bot": True, "first_name": "Switch"},
+            "chat": {"id": -100},
+        }
+        await hook(c, update("and then?", reply_to_message=bots_message, **group))
+        await hook(c, update("/help@OtherBot", **group))
+        await hook(c, update("/clear@SwitchBot", **group))
+        await hook(c, update("from a bot", is_bot=True, user=999, **group))
+        await hook(c, update("sentinel", entities=[], reply_to_message=bots_message, **group))
+        said = await answered(api, 4, "echo: sentinel")
+    assert said == [
+        "echo: what is up",
+        "echo: and then?",
+        "Done: I have forgotten our conversation. Let's start fresh.",
+        "echo: sentinel",
+    ]
+    quoted = [s.get("reply_parameters", {}).get("message_id") for s in api.of("sendMessage")]
+    assert all(isinstance(q, int) for q in quoted)  # answers in groups reply to the question
+
+
+async def test_start_is_help_and_a_photo_gets_the_polite_answer(tmp_path, api):
+    async with running(tmp_path, api) as c:
+        await hook(c, update("/start"))
+        await hook(c, update(None, photo=[{"file_id": "f1", "width": 90, "height": 90}]))
+        said = await answered(api, 2)
+    assert said[0].startswith("I'm an AI assistant connected through Switchboard (channel chat).")
+    assert said[1] == "Sorry, I can only read text messages for now. Please send your question as text."
+
+
+async def test_a_long_answer_continues_in_further_messages(tmp_path, api):
+    words = " ".join(f"word{i:04d}" for i in range(600))  # ~5,400 characters
+    async with running(tmp_path, api) as c:
+        await hook(c, update(words))
+        said = await answered(api, 2)
+    assert all(len(s) <= 4096 for s in said)
+    assert " ".join(s.strip() for s in said) == f"echo: {words}"
+
+
+async def test_a_429_is_waited_out_and_the_final_text_still_lands(tmp_path, api):
+    api.fail("editMessageText", status=429, retry_after=1)
+    async with running(tmp_path, api) as c:
+        await hook(c, update("patience please"))
+        said = await answered(api, 1, "echo: patience please")
+    assert said == ["echo: patience please"]
+    assert api.of("editMessageText")[0]["text"] in ("echo: patience please", "echo: patience please …")
+
+
+async def test_markdown_v2_renders_code_and_bold_and_escapes_the_rest():
+    assert to_markdown_v2("Use **x_1** (not y).") == r"Use *x\_1* \(not y\)\."
+    assert (
+        to_markdown_v2("run `a*b` then\n```py\nprint('\\`')\n```!") == "run `a*b` then\n```\nprint('\\\\\\`')\n```\\!"
+    )
+
+
+def test_mentions_are_cut_by_utf16_offsets_and_other_bots_commands_skipped():
+    me = Me(BOT_ID, BOT_NAME)
+    text = f"🙂 @{BOT_NAME} hi"  # the emoji is two UTF-16 units
+    msg = parse_update(
+        "tg", update(text, kind="group", chat=-1, entities=[{"type": "mention", "offset": 3, "length": 10}]), me
+    )
+    assert msg is not None and msg.text == "🙂 hi" and not msg.direct
+    assert parse_update("tg", update("/help@OtherBot", kind="group", chat=-1), me) is None
+    assert parse_update("tg", update("hi", user=BOT_ID), me) is None  # our own
+    assert parse_update("tg", {"update_id": 9, "edited_message": {"text": "x"}}, me) is None
+
+
+async def test_polling_answers_each_update_once_across_a_failed_poll(tmp_path, api):
+    async with running(tmp_path, api, mode="polling", secret_token=None) as c:
+        api.push(update("first"), update("second"))
+        await answered(api, 2, "echo: second")
+        api.fail("getUpdates", status=502)
+        api.push(update("third"))
+        said = await answered(api, 3, "echo: third")
+        assert (await hook(c, update("by webhook"))).status_code == 403  # polling: no webhook taken
+    assert said == ["echo: first", "echo: second", "echo: third"]
+    assert api.of("deleteWebhook")  # getUpdates needs the webhook gone
+
+
+async def test_a_restart_reading_unconfirmed_updates_answers_them_once(tmp_path, api):
+    first = update("before the restart")
+    async with running(tmp_path, api, mode="polling", secret_token=None):
+        api.push(first)
+        await answered(api, 1, "echo: before the restart")
+    api.push(first)  # as Telegram does when the confirming getUpdates never came
+    async with running(tmp_path, api, mode="polling", secret_token=None):
+        api.push(update("after"))
+        said = await answered(api, 2, "echo: after")
+    assert said == ["echo: before the restart", "echo: after"]
+
+
+async def test_webhook_url_is_registered_at_start_with_the_secret(tmp_path, api):
+    async with running(tmp_path, api, webhook_url="https://bot.example.com/hooks/tg"):
+        await api.wait(lambda: api.webhook is not None)
+    assert api.of("setWebhook") == [
+        {"url": "https://bot.example.com/hooks/tg", "secret_token": SECRET, "allowed_updates": ["message"]}
+    ]
+
+
+def test_webhook_mode_needs_a_secret_token(tmp_path):
+    cfg = config(tmp_path, FakeBotAPI(), secret_token=None)
+    cfg["platforms"]["tg"]["api_base"] = "http://127.0.0.1:9"
+    with pytest.raises(ConfigError, match="secret_token"):
+        parse_config(cfg, {})
