@@ -215,6 +215,40 @@ async def _connections(settings: Settings, engine: Any) -> dict[str, str | None]
     return out
 
 
+def setup(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    setup_logging("warning")
+    return asyncio.run(_setup(settings, sys.stdout))
+
+
+async def _setup(settings: Settings, out: TextIO) -> int:
+    """Each enabled platform's `setup()` (Telegram's setWebhook, ...); 1 when one failed."""
+    from proxy.dispatch import Dispatcher
+    from proxy.engine import Engine
+    from proxy.runner import Runner
+
+    engine = Engine(settings)
+    await engine.start()
+    failed = False
+    try:
+        dispatcher = Dispatcher(engine, Runner(1), settings)
+        for name, a in settings.platforms.items():
+            if a.disabled is not None or a.cls is None:
+                print(f"  {name:<16} skipped: disabled ({a.disabled})", file=out)
+                continue
+            platform = a.cls(name, a.config, dispatcher.context(name))
+            try:
+                done = await asyncio.wait_for(platform.setup(), PROBE_SECONDS * 3)
+            except Exception as e:  # the type and the platform's words; never a URL with a token
+                failed = True
+                print(f"  {name:<16} FAILED: {type(e).__name__}: {e}"[:240], file=out)
+                continue
+            print(f"  {name:<16} {done or 'nothing to set up'}", file=out)
+    finally:
+        await engine.close()
+    return 1 if failed else 0
+
+
 async def _probe(provider: Provider) -> list[ProbeResult]:
     """One provider's probe. A probe that overruns or breaks is a result too, never a crash of
     `check` (only the exception's type is shown: its text might hold a key)."""
@@ -413,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--session", default=os.environ.get("USER", "local"))
     p.set_defaults(func=chat)
+    p = sub.add_parser("setup", help="register webhooks and commands with the configured platforms")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=setup)
     p = sub.add_parser("config-reference", help="print every config key, its type, default and meaning")
     p.add_argument("--format", choices=["markdown"], default="markdown")
     p.set_defaults(func=config_reference)

@@ -519,6 +519,11 @@ class Platform(abc.ABC):
         """Platform-specific additions to the /help answer."""
         return None
 
+    async def setup(self) -> str | None:
+        """`switchboard setup`: register with the platform what it needs to know of us (a
+        webhook URL, slash commands); a line saying what was done. None: nothing to set up."""
+        return None
+
     async def context(self, msg: Inbound, exchanges: int) -> Sequence[Message] | None:
         """The conversation before `msg` as the platform knows it (e.g. a Slack thread's earlier
         messages, other people's included), at most about `exchanges` user/assistant pairs,

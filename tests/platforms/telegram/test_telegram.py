@@ -3,13 +3,16 @@ fake Bot API, answers out as the messages and edits that fake recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from platforms.telegram.message import Me, parse_update, to_markdown_v2
 from proxy.app import create_app
@@ -199,3 +202,16 @@ def test_webhook_mode_needs_a_secret_token(tmp_path):
     cfg["platforms"]["tg"]["api_base"] = "http://127.0.0.1:9"
     with pytest.raises(ConfigError, match="secret_token"):
         parse_config(cfg, {})
+
+
+async def test_switchboard_setup_sets_the_webhook(tmp_path, api):
+    cfg = config(tmp_path, api, webhook_url="https://bot.example.com/hooks/tg")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli = Path(sys.executable).parent / "switchboard"
+    proc = await asyncio.create_subprocess_exec(str(cli), "setup", "--config", str(path), stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    assert "tg" in out.decode() and "webhook set" in out.decode()
+    assert TOKEN not in out.decode()
+    assert api.webhook == "https://bot.example.com/hooks/tg"
