@@ -206,9 +206,9 @@ class DiscordPlatform(Platform):
                     if op == 0:
                         await self._dispatch(str(data.get("t")), data.get("d"), up)
                         if isinstance(data.get("s"), int):
-                            s.seq = data["s"]  # past this event only once it was handled
+                            self.session.seq = data["s"]  # past this event only once it was handled
                     elif op == 1:
-                        await ws.send_json({"op": 1, "d": s.seq})
+                        await ws.send_json({"op": 1, "d": self.session.seq})
                     elif op == 11:
                         self._acked = True
                     elif op == 7:

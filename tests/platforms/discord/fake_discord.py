@@ -1,0 +1,178 @@
+"""A fake Discord on loopback: the REST API (gateway/bot, messages created and edited with
+429s on demand, interaction webhooks, application commands) and a Gateway WebSocket (HELLO,
+IDENTIFY → READY, RESUME → the missed events then RESUMED, heartbeats acknowledged) that can
+drop the connection, ask for a reconnect or invalidate the session."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from tests.servers import serve_aiohttp
+
+TOKEN = "MTA5.fake-bot-token.abcdef"
+BOT = "1100000000000000001"
+APP = "1200000000000000001"
+
+
+class FakeDiscord:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.texts: dict[str, str] = {}  # message id (or "@original:<token>") -> its content
+        self.events: list[dict[str, Any]] = []  # every dispatch sent or to send, with its seq
+        self.identifies: list[dict[str, Any]] = []
+        self.resumes: list[dict[str, Any]] = []
+        self.connections = 0
+        self.replay_overlap = False  # on RESUME, also replay the last event the bot had (a duplicate)
+        self.limits: dict[str, list[float]] = {}  # verb -> retry_after of the next 429s
+        self.commands: Any = None
+        self._ids = itertools.count(900)
+        self._seq = itertools.count(1)
+        self._ws: web.WebSocketResponse | None = None
+        self._ready = asyncio.Event()
+        self.base_url = self.api = ""
+        self._cm: Any = None
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application()
+        app.router.add_get("/gateway/", self._gateway)  # the bot connects to <url>/?v=10&encoding=json
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self._cm = serve_aiohttp(app)
+        self.base_url = await self._cm.__aenter__()
+        self.api = self.base_url + "/api/v10"
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        await self._cm.__aexit__(*exc)
+
+    # -- test controls ---------------------------------------------------------------------------
+
+    async def connected(self, n: int = 1) -> None:
+        for _ in range(500):
+            if self.connections >= n and self._ready.is_set():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the bot did not connect")
+
+    async def dispatch(self, event: str, d: dict[str, Any]) -> None:
+        frame = {"op": 0, "t": event, "s": next(self._seq), "d": d}
+        self.events.append(frame)
+        if self._ws is not None and not self._ws.closed and self._ready.is_set():
+            await self._ws.send_json(frame)
+
+    async def drop(self, code: int = 4000) -> None:
+        """Close the connection as Discord does on an error the bot may resume after."""
+        self._ready.clear()
+        if self._ws is not None:
+            await self._ws.close(code=code)
+
+    async def send_op(self, op: int, d: Any = None) -> None:
+        self._ready.clear()
+        assert self._ws is not None
+        await self._ws.send_json({"op": op, "d": d})
+
+    def limit(self, verb: str, retry_after: float = 0.2, times: int = 1) -> None:
+        self.limits.setdefault(verb, []).extend([retry_after] * times)
+
+    def of(self, verb: str, start: str = "") -> list[Any]:
+        return [body for v, path, body in self.calls if v == verb and path.startswith(start)]
+
+    async def wait(self, check: Any, patience: float = 5.0) -> None:
+        for _ in range(int(patience / 0.02)):
+            if check():
+                return
+            await asyncio.sleep(0.02)
+
+    # -- Gateway ---------------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._ws, self.connections = ws, self.connections + 1
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45000}})
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            frame = message.json()
+            op, d = frame.get("op"), frame.get("d")
+            if op == 1:
+                await ws.send_json({"op": 11})
+            elif op == 2:
+                self.identifies.append(d)
+                if d.get("token") != TOKEN:
+                    await ws.close(code=4004)
+                    break
+                ready = {"v": 10, "session_id": f"s{len(self.identifies)}", "user": {"id": BOT, "bot": True},
+                         "resume_gateway_url": self.base_url + "/gateway"}  # fmt: skip
+                self._ready.set()
+                await self.dispatch("READY", ready)
+            elif op == 6:
+                self.resumes.append(d)
+                after = int(d.get("seq") or 0) - (1 if self.replay_overlap else 0)
+                for event in [e for e in self.events if e["s"] > after and e["t"] != "READY"]:
+                    await ws.send_json(event)
+                self._ready.set()
+                await self.dispatch("RESUMED", {})
+        return ws
+
+    # -- REST ------------------------------------------------------------------------------------
+
+    async def _rest(self, request: web.Request) -> web.Response:
+        path, verb = "/" + request.match_info["path"], request.method
+        body = await request.json() if request.can_read_body else None
+        if not path.startswith("/webhooks/") and request.headers.get("Authorization") != f"Bot {TOKEN}":
+            return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
+        self.calls.append((verb, path, body))
+        if self.limits.get(verb):
+            retry = self.limits[verb].pop(0)
+            return web.json_response(
+                {"message": "You are being rate limited.", "retry_after": retry, "global": False}, status=429
+            )
+        if path == "/gateway/bot":
+            return web.json_response({"url": self.base_url + "/gateway", "shards": 1})
+        if verb == "PUT" and path == f"/applications/{APP}/commands":
+            self.commands = body
+            return web.json_response(body)
+        if (verb == "POST" and path.endswith("/messages")) or (verb == "POST" and path.startswith("/webhooks/")):
+            mid = str(next(self._ids))
+            self.texts[mid] = body["content"]
+            return web.json_response({"id": mid, "content": body["content"]})
+        if verb == "PATCH":
+            key = path.rsplit("/", 1)[1]
+            if key == "@original":
+                key = "@original:" + path.split("/")[3]
+            self.texts[key] = body["content"]
+            return web.json_response({"id": key, "content": body["content"]})
+        return web.json_response({"message": "404: Not Found"}, status=404)
+
+
+def message(
+    content: str,
+    *,
+    mid: str | None = None,
+    guild: str | None = None,
+    author: str = "2100",
+    bot: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "id": mid or str(3000 + next(_messages)),
+        "channel_id": "4000",
+        "author": {"id": author, "username": "ana", "global_name": "Ana", **({"bot": True} if bot else {})},
+        "content": content,
+        "type": 0,
+        "mentions": [],
+        "attachments": [],
+        **extra,
+    }
+    if guild:
+        d["guild_id"] = guild
+    return d
+
+
+_messages = itertools.count(1)
