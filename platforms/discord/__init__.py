@@ -45,6 +45,7 @@ from pydantic import Field, field_validator
 from platforms.discord.api import DiscordAPI, DiscordError
 from proxy.connections import json_objects
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
+from proxy.edits import stream_edits
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -280,7 +281,14 @@ class DiscordPlatform(Platform):
             mid = await self._post(to, self.config.placeholder, reference)
             await self.ctx.note(msg, message=mid)
         edit = f"{hook}/messages/@original" if hook else f"/channels/{to['channel']}/messages/{mid}"
-        not_before = await self._stream(edit, answer)
+        not_before = await stream_edits(
+            answer,
+            lambda text: self._edit(edit, text),
+            interval=self.config.update_interval,
+            limit=self.config.text_limit,
+            errors=(DiscordError,),
+            retry_after=lambda e: getattr(e, "retry_after", None),
+        )
         await asyncio.sleep(max(0.0, min(not_before - time.monotonic(), self.config.max_retry_wait)))
         text = "\n".join([answer.text.strip(), *answer.images]).strip()
         parts = split_text(text, self.config.text_limit) or [self.texts["empty"]]
@@ -292,26 +300,6 @@ class DiscordPlatform(Platform):
             else:
                 await self._post(to, part)
             await self.ctx.note(msg, sent=i + 1)
-
-    async def _stream(self, edit: str, answer: Answer) -> float:
-        interval = self.config.update_interval
-        shown, next_edit, not_before = "", time.monotonic() + interval, 0.0
-        async for _ in answer:
-            if time.monotonic() < next_edit:
-                continue
-            head = split_text(answer.text, self.config.text_limit - 2)[:1]
-            if not head or head[0] == shown:
-                continue
-            try:
-                await self._edit(edit, head[0] + " …")
-                shown = head[0]
-            except DiscordError as e:
-                if e.retry_after:
-                    not_before = time.monotonic() + e.retry_after
-                else:
-                    log.warning("discord streaming edit failed: %s", e)
-            next_edit = max(not_before, time.monotonic() + interval)
-        return not_before
 
     async def _edit(self, path: str, text: str, *, patient: bool = False) -> None:
         body = {"content": text, "allowed_mentions": NO_PINGS}

@@ -45,6 +45,7 @@ from platforms.slack.signing import REPLAY_WINDOW, signature, verify_request
 from platforms.slack.thread import ThreadReader
 from proxy.connections import json_objects
 from proxy.contracts import Answer, Job, Platform, PlatformConfig, PlatformContext
+from proxy.edits import stream_edits
 from proxy.errors import RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, Message, WebRequest, WebResponse
@@ -281,7 +282,14 @@ class SlackPlatform(Platform):
         if job is not None:
             self.streaming[key] = job
         try:
-            not_before = await self._stream_edits(where.channel, ts, answer)
+            not_before = await stream_edits(
+                answer,
+                lambda text: self.api.update(where.channel, ts, escape(text), patient=False),
+                interval=self.config.update_interval,
+                limit=self.config.text_limit,
+                errors=(SlackAPIError,),
+                retry_after=lambda e: e.retry_after if isinstance(e, SlackRateLimited) else None,
+            )
         finally:
             self.streaming.pop(key, None)
         await asyncio.sleep(max(0.0, min(not_before - time.monotonic(), self.config.max_retry_wait)))
@@ -291,28 +299,6 @@ class SlackPlatform(Platform):
         ts = await self.api.post(where.channel, text, where.thread_ts)
         self.posted[f"{where.channel}:{ts}"] = True
         return ts
-
-    async def _stream_edits(self, channel: str, ts: str, answer: Answer) -> float:
-        """Edit the placeholder as text arrives, throttled. Returns the monotonic time before
-        which Slack asked us not to edit again (a 429's Retry-After), for the final edit."""
-        interval = self.config.update_interval
-        shown, next_edit, not_before = "", time.monotonic() + interval, 0.0
-        async for _ in answer:
-            if time.monotonic() < next_edit:
-                continue
-            head = split_text(answer.text, self.config.text_limit)[:1]
-            if not head or head[0] == shown:
-                continue
-            try:
-                await self.api.update(channel, ts, escape(head[0]) + " …", patient=False)
-                shown, next_edit = head[0], time.monotonic() + interval
-            except SlackRateLimited as e:
-                not_before = time.monotonic() + e.retry_after
-                next_edit = max(not_before, time.monotonic() + interval)
-            except SlackAPIError as e:
-                log.warning("streaming edit failed: %s", e)
-                next_edit = time.monotonic() + interval
-        return not_before
 
     async def _finish(self, msg: Inbound, ts: str, answer: Answer) -> None:
         where: SlackThread = msg.reply_to

@@ -38,6 +38,7 @@ from pydantic import Field, model_validator
 from platforms.telegram.api import TelegramAPI, TelegramError
 from platforms.telegram.message import Me, parse_update, to_markdown_v2
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
+from proxy.edits import stream_edits
 from proxy.errors import DeliveryError, RequestError, VerificationError
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
@@ -180,7 +181,14 @@ class TelegramPlatform(Platform):
             mid = await self._send(to, self.config.placeholder, reply=True)
             await self.ctx.note(msg, message=mid)
         interval = self.config.group_update_interval if to.get("group") else self.config.update_interval
-        not_before = await self._stream(to, mid, answer, interval)
+        not_before = await stream_edits(
+            answer,
+            lambda text: self._edit(to, mid, text),
+            interval=interval,
+            limit=self.config.text_limit,
+            errors=(TelegramError,),
+            retry_after=lambda e: getattr(e, "retry_after", None),
+        )
         await asyncio.sleep(max(0.0, min(not_before - time.monotonic(), self.config.max_retry_wait)))
         limit = self.config.text_limit if self.config.parse_mode == "none" else self.config.text_limit * 3 // 4
         parts = split_text(answer.text.strip(), limit) or [self.texts["empty"]]
@@ -194,27 +202,6 @@ class TelegramPlatform(Platform):
                 await self._call("sendPhoto", {"chat_id": to["chat"], "photo": url, **_thread(to)})
             else:
                 await self._send(to, self.texts["no_image_url"])
-
-    async def _stream(self, to: dict[str, Any], mid: int, answer: Answer, interval: float) -> float:
-        """Edit the message as text arrives, throttled; the monotonic time before which
-        Telegram asked for no further edits (a 429), for the final edit."""
-        shown, next_edit, not_before = "", time.monotonic() + interval, 0.0
-        async for _ in answer:
-            if time.monotonic() < next_edit:
-                continue
-            head = split_text(answer.text, self.config.text_limit - 2)[:1]
-            if not head or head[0] == shown:
-                continue
-            try:
-                await self._edit(to, mid, head[0] + " …")
-                shown = head[0]
-            except TelegramError as e:
-                if e.retry_after:
-                    not_before = time.monotonic() + e.retry_after
-                else:
-                    log.warning("telegram streaming edit failed: %s", e)
-            next_edit = max(not_before, time.monotonic() + interval)
-        return not_before
 
     async def _send(self, to: dict[str, Any], text: str, *, reply: bool = False) -> int:
         body: dict[str, Any] = {"chat_id": to["chat"], **_thread(to)}
