@@ -107,11 +107,11 @@ async def test_in_servers_only_mentions_and_replies_are_answered_and_bots_never(
 
 async def test_a_dropped_connection_resumes_and_a_replayed_message_is_answered_once(tmp_path, fake):
     fake.replay_overlap = True  # the resume also replays the last event the bot handled
-    async with running(tmp_path, fake):
+    async with running(tmp_path, fake, delay=0.05):
         await fake.connected()
         await fake.dispatch("MESSAGE_CREATE", message("before the drop"))
-        await answers(fake, "echo: before the drop")
-        await fake.drop()
+        await fake.wait(lambda: fake.of("POST"))  # its answer has begun streaming
+        await fake.drop()  # mid-stream: the answer goes on over REST
         await fake.dispatch("MESSAGE_CREATE", message("while away"))  # missed: replayed on RESUME
         await fake.connected(2)
         said = await answers(fake, "echo: while away")
