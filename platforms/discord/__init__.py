@@ -1,24 +1,16 @@
 """Discord: the Gateway (a WebSocket Switchboard opens: no public URL) for direct messages and
 mentions, and optionally the Interactions endpoint (`/hooks/<name>`) for the `/ask` command.
 
-The Gateway protocol is spoken here, not through discord.py: one session, run under the core's
-connection supervisor (reconnects with backoff), its state kept across reconnects so a dropped
-connection RESUMEs and Discord replays what was missed; and testable against a fake gateway.
-
-Quirks handled:
-- HELLO gives the heartbeat interval; the first beat is jittered; a beat that was not
-  acknowledged before the next is due means a zombie connection: it is closed and resumed. A
-  heartbeat the server asks for (op 1) is sent at once. RECONNECT (op 7) resumes; INVALID_SESSION
-  (op 9) resumes when Discord says it may, else identifies afresh; close codes 4004 and
-  4010–4014 (bad token, disallowed intents...) are logged as configuration errors;
-- the sequence number moves past an event only after it was handled (claimed and submitted), so a
-  resume replays anything not yet handled; the persistent dedupe (the message id) answers each
-  message once, across resumes and restarts;
-- ours are direct messages and guild messages that mention the bot (`<@id>` / `<@!id>`, cut
-  from the text) or reply to it; bots' messages (ours included) are never answered;
-- answers reply to the question and stream into one message edited (PATCH) at most once per
-  `update_interval`; a 429's `retry_after` is honoured; 2,000 characters per message, later
-  parts as new messages; `allowed_mentions` is empty, so an answer can never ping @everyone;
+- The Gateway (`gateway.py`) is spoken directly, not through discord.py: one session under the
+  core's connection supervisor, resumed after a drop so Discord replays what was missed.
+- Which messages are ours (`messages.py`): direct messages, and in servers mentions of the bot
+  or replies to it; never bots' messages. Dedupe on the message id, across resumes and restarts.
+- Answers reply to the question and stream into one message edited (PATCH) at most once per
+  `update_interval`; rate limits (429 `retry_after`, empty buckets) are waited out (`api.py`);
+  2,000 characters per message, later parts as new messages; generated images as their URLs
+  (Discord shows a preview); `allowed_mentions` is empty, so an answer can never ping @everyone.
+  The answer's message id is noted on the claim: a process that takes over after a crash edits
+  it instead of posting a second one.
 - Interactions: Ed25519 over the timestamp and the raw body with the app's public key, the
   timestamp within the replay window, before anything is parsed; PING is answered PONG; `/ask`
   is deferred (type 5) at once and answered by editing the original response, later parts as
@@ -29,21 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field, field_validator
 
 from platforms.discord.api import DiscordAPI, DiscordError
-from proxy.connections import json_objects
+from platforms.discord.gateway import INTENTS, Gateway
+from platforms.discord.messages import as_dict, interaction, message
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.edits import stream_edits
 from proxy.errors import DeliveryError, RequestError, VerificationError
@@ -52,15 +41,6 @@ from proxy.types import Inbound, WebRequest, WebResponse
 from proxy.verify import within_window
 
 log = logging.getLogger("switchboard.discord")
-#: GUILDS, GUILD_MESSAGES, DIRECT_MESSAGES, MESSAGE_CONTENT.
-INTENTS = (1 << 0) | (1 << 9) | (1 << 12) | (1 << 15)
-#: Close codes that no reconnect will fix: the config is wrong.
-FATAL = {4004: "authentication failed (bot_token)", 4010: "invalid shard", 4011: "sharding required",
-         4012: "invalid API version", 4013: "invalid intents", 4014: "disallowed intents (enable Message Content "
-         "Intent in the Developer Portal)"}  # fmt: skip
-#: Close codes after which the session cannot be resumed.
-FRESH = {4007, 4009}
-MESSAGE_TYPES = {0, 19}  # default, reply
 NO_PINGS = {"parse": [], "replied_user": False}
 ASK = {
     "name": "ask",
@@ -93,7 +73,7 @@ class DiscordConfig(PlatformConfig):
     replay_window: float = Field(300.0, gt=0)
     """Seconds an interaction's signed timestamp may differ from our clock."""
     max_retry_wait: float = Field(30.0, ge=0)
-    """Longest `retry_after` waited for before an edit is given up."""
+    """Longest rate-limit wait (`retry_after`, an empty bucket) before an edit is given up."""
     placeholder: str = "…"
     """Text posted at once and then replaced by the streamed answer."""
 
@@ -113,32 +93,24 @@ class DiscordConfig(PlatformConfig):
         return v
 
 
-@dataclass
-class Session:
-    """What a dropped Gateway connection resumes with."""
-
-    id: str | None = None
-    seq: int | None = None
-    resume_url: str | None = None
-
-
 class DiscordPlatform(Platform):
     config_model = DiscordConfig
     config: DiscordConfig
 
     def __init__(self, name: str, config: DiscordConfig, ctx: PlatformContext) -> None:
         super().__init__(name, config, ctx)
-        self.api = DiscordAPI(lambda: ctx.http, config.api_base, config.bot_token)
+        self.api = DiscordAPI(lambda: ctx.http, config.api_base, config.bot_token, max_wait=config.max_retry_wait)
         self.key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(config.public_key)) if config.public_key else None
-        self.session = Session()
-        self.me: str | None = None
-        self._acked = True
+        #: The Gateway session, kept across the supervisor's `connection` calls (so a drop resumes).
+        self.gateway = Gateway(
+            f"discord {name} (gateway)", self.api, lambda: ctx.http, config.bot_token, config.intents, self._event
+        )
 
     async def setup(self) -> str | None:
         """Register `/ask` as a global command (PUT replaces the app's command list with it)."""
         if not self.config.application_id:
             return "nothing to set up (no application_id: /ask is not offered)"
-        await self.api.call("PUT", f"/applications/{self.config.application_id}/commands", [ASK])
+        await self.api.call("PUT", f"/applications/{self.config.application_id}/commands", [ASK], what="commands")
         return "/ask registered"
 
     def help_text(self) -> str | None:
@@ -166,10 +138,9 @@ class DiscordPlatform(Platform):
             raise RequestError("body is not a JSON object")
         if data.get("type") == 1:
             return _json({"type": 1})
-        command = _dict(data.get("data"))
-        if data.get("type") != 2 or command.get("name") != "ask":
+        if data.get("type") != 2 or as_dict(data.get("data")).get("name") != "ask":
             return _json({"type": 4, "data": {"content": "Unknown command.", "flags": 64}})
-        msg = _interaction(self.name, data, command)
+        msg = interaction(self.name, data)
         if msg is None:
             raise RequestError("an /ask interaction without id, token, user or question")
         await self.ctx.accept(self, msg)
@@ -186,87 +157,11 @@ class DiscordPlatform(Platform):
         return self.config.gateway
 
     async def connection(self, up: Callable[[], None]) -> None:
-        s = self.session
-        url = s.resume_url if s.id and s.resume_url else await self._gateway_url()
-        who = f"discord {self.name} (gateway)"
-        async with self.ctx.http.ws_connect(f"{url.rstrip('/')}/?v=10&encoding=json", max_msg_size=0) as ws:
-            hello = await ws.receive_json(timeout=30)
-            if not isinstance(hello, dict) or hello.get("op") != 10:
-                raise ConnectionError("discord gateway: no HELLO")
-            interval = float(hello["d"]["heartbeat_interval"]) / 1000
-            beat = asyncio.create_task(self._heartbeat(ws, interval))
-            try:
-                if s.id:
-                    await ws.send_json(
-                        {"op": 6, "d": {"token": self.config.bot_token, "session_id": s.id, "seq": s.seq}}
-                    )
-                else:
-                    await ws.send_json({"op": 2, "d": self._identity()})
-                async for data in json_objects(ws, who):
-                    op = data.get("op")
-                    if op == 0:
-                        await self._dispatch(str(data.get("t")), data.get("d"), up)
-                        if isinstance(data.get("s"), int):
-                            self.session.seq = data["s"]  # past this event only once it was handled
-                    elif op == 1:
-                        await ws.send_json({"op": 1, "d": self.session.seq})
-                    elif op == 11:
-                        self._acked = True
-                    elif op == 7:
-                        log.info("%s: RECONNECT asked; resuming", who)
-                        return
-                    elif op == 9:
-                        if not data.get("d"):
-                            self.session = Session()
-                        log.info(
-                            "%s: session invalidated (%s)", who, "resumable" if data.get("d") else "identify again"
-                        )
-                        await asyncio.sleep(random.uniform(1, 5) if not data.get("d") else 0)
-                        return
-            finally:
-                beat.cancel()
-            code = ws.close_code
-        if code in FRESH:
-            self.session = Session()
-        if code in FATAL:
-            log.error("%s: closed %s: %s", who, code, FATAL[code])
-        raise ConnectionError(f"discord gateway closed ({code})")
+        await self.gateway.connection(up)
 
-    async def _gateway_url(self) -> str:
-        data = await self.api.call("GET", "/gateway/bot")
-        url = data.get("url") if isinstance(data, dict) else None
-        if not isinstance(url, str):
-            raise ConnectionError("discord /gateway/bot: no url")
-        return url
-
-    def _identity(self) -> dict[str, Any]:
-        props = {"os": "linux", "browser": "switchboard", "device": "switchboard"}
-        return {"token": self.config.bot_token, "intents": self.config.intents, "properties": props}
-
-    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
-        self._acked = True
-        await asyncio.sleep(interval * random.random())
-        while not ws.closed:
-            if not self._acked:
-                log.warning("discord %s: heartbeat not acknowledged; reconnecting", self.name)
-                await ws.close(code=4000)
-                return
-            self._acked = False
-            await ws.send_json({"op": 1, "d": self.session.seq})
-            await asyncio.sleep(interval)
-
-    async def _dispatch(self, event: str, d: Any, up: Callable[[], None]) -> None:
-        if not isinstance(d, dict):
-            return
-        if event == "READY":
-            user = _dict(d.get("user"))
-            self.me = str(user.get("id")) if user.get("id") else None
-            self.session = Session(d.get("session_id"), self.session.seq, d.get("resume_gateway_url"))
-            up()
-        elif event == "RESUMED":
-            up()
-        elif event == "MESSAGE_CREATE":
-            msg = _message(self.name, d, self.me)
+    async def _event(self, event: str, d: dict[str, Any]) -> None:
+        if event == "MESSAGE_CREATE":
+            msg = message(self.name, d, self.gateway.me)
             if msg is not None:
                 await self.ctx.accept(self, msg)
 
@@ -302,18 +197,13 @@ class DiscordPlatform(Platform):
             await self.ctx.note(msg, sent=i + 1)
 
     async def _edit(self, path: str, text: str, *, patient: bool = False) -> None:
+        """Edit to `text`. A streamed edit (not `patient`) raises the platform's error for
+        `stream_edits` to judge; the final one waits out rate limits and raises DeliveryError."""
         body = {"content": text, "allowed_mentions": NO_PINGS}
-        for attempt in range(3 if patient else 1):
-            try:
-                await self.api.call("PATCH", path, body, what="edit message")
-                return
-            except DiscordError as e:
-                retry = e.retry_after is not None and e.retry_after <= self.config.max_retry_wait and attempt < 2
-                if not (patient and retry):
-                    if patient:
-                        raise DeliveryError(str(e)) from None
-                    raise
-                await asyncio.sleep(e.retry_after or 0)
+        if patient:
+            await self._call("PATCH", path, body, "edit message")
+        else:
+            await self.api.call("PATCH", path, body, what="edit message")
 
     async def _post(self, to: dict[str, Any], text: str, reference: dict[str, Any] | None = None) -> str:
         body: dict[str, Any] = {"content": text, "allowed_mentions": NO_PINGS}
@@ -326,84 +216,18 @@ class DiscordPlatform(Platform):
         return mid
 
     async def _call(self, verb: str, path: str, body: Any, what: str) -> Any:
-        try:
-            return await self.api.call(verb, path, body, what=what)
-        except DiscordError as e:
-            raise DeliveryError(str(e)) from None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
+        """A call that must get through: a rate limit is waited out (twice at most, each within
+        `max_retry_wait`); anything else, or a third one, is a DeliveryError."""
+        for attempt in range(3):
+            try:
+                return await self.api.call(verb, path, body, what=what)
+            except DiscordError as e:
+                wait = e.retry_after
+                if wait is None or wait > self.config.max_retry_wait or attempt == 2:
+                    raise DeliveryError(str(e)) from None
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
 
 def _json(body: dict[str, Any]) -> WebResponse:
     return WebResponse(200, orjson.dumps(body), "application/json")
-
-
-def _message(platform: str, d: dict[str, Any], me: str | None) -> Inbound | None:
-    """A MESSAGE_CREATE as the core's message, or None when it is not ours to answer."""
-    author = _dict(d.get("author"))
-    mid, channel, user = d.get("id"), d.get("channel_id"), author.get("id")
-    if not (isinstance(mid, str) and isinstance(channel, str) and isinstance(user, str)):
-        return None
-    if author.get("bot") or user == me or d.get("type", 0) not in MESSAGE_TYPES:
-        return None
-    direct = not d.get("guild_id")
-    content = str(d.get("content") or "")
-    mentions = _list(d.get("mentions"))
-    mentioned = me is not None and (
-        any(isinstance(m, dict) and m.get("id") == me for m in mentions)
-        or f"<@{me}>" in content
-        or f"<@!{me}>" in content
-    )
-    referenced = _dict(d.get("referenced_message"))
-    replied = me is not None and (referenced.get("author") or {}).get("id") == me
-    if not direct and not (mentioned or replied):
-        return None
-    text = re.sub(rf"<@!?{re.escape(me)}>", "", content).strip() if me else content.strip()
-    kind = "text"
-    if not text:
-        attachments = d.get("attachments") or []
-        if d.get("sticker_items"):
-            kind = "sticker"
-        elif attachments:
-            ctype = str((attachments[0] or {}).get("content_type") or "")
-            kind = "image" if ctype.startswith("image/") else "voice" if ctype.startswith("audio/") else "file"
-    name = author.get("global_name") or author.get("username")
-    return Inbound(
-        platform,
-        f"m:{mid}",
-        channel,
-        user,
-        text,
-        kind=kind,
-        direct=direct,
-        user_name=str(name) if name else None,
-        reply_to={"channel": channel, "message": mid},
-    )
-
-
-def _interaction(platform: str, data: dict[str, Any], command: dict[str, Any]) -> Inbound | None:
-    member = _dict(data.get("member"))
-    user = member.get("user") if isinstance(member.get("user"), dict) else data.get("user")
-    user = user if isinstance(user, dict) else {}
-    options = _list(command.get("options"))
-    question = next((o.get("value") for o in options if isinstance(o, dict) and o.get("name") == "question"), None)
-    iid, token, app = data.get("id"), data.get("token"), data.get("application_id")
-    channel = data.get("channel_id") or (data.get("channel") or {}).get("id")
-    if not all(isinstance(v, str) and v for v in (iid, token, app, user.get("id"), question)):
-        return None
-    return Inbound(
-        platform,
-        f"i:{iid}",
-        str(channel or f"dm:{user['id']}"),
-        str(user["id"]),
-        str(question).strip(),
-        direct=not data.get("guild_id"),
-        user_name=user.get("global_name") or user.get("username"),
-        reply_to={"interaction": token, "app": app},
-    )
