@@ -4,8 +4,15 @@ Everyone's messages count, not only the bot's own exchange with the asker: the b
 are `assistant` turns, everyone else's (people and other bots) `user` turns prefixed with the
 author's name (`Dana: …`), so the model can tell who said what. Names come from `users.info`
 (cached per user for an hour; the user id when Slack will not say). The thread is read with
-`conversations.replies` (oldest first, paged by cursor, at most `MAX_PAGES` pages); only the
-newest `2 × history` messages before the one being answered are kept.
+`conversations.replies` (oldest first, paged by cursor, at most `MAX_PAGES` pages, and no page
+after the one holding the message being answered); only the newest `2 × history` messages before
+it are kept. A thread too long to read up to that message within `MAX_PAGES` falls back to the
+stored transcript, as does any API error: its oldest messages alone would be the wrong context.
+
+Slack's read limits: `conversations.replies` is Tier 3 (50+/min) for internal and Marketplace
+apps, but commercially distributed apps outside the Marketplace get 1 request/minute with at most
+15 messages a page; such an app mostly gets 429 here and answers from the transcript (a 429 is
+not waited out: the user is waiting).
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ class ThreadReader:
     ) -> list[Message] | None:
         """The thread's messages before `before` (a ts), as turns; None when Slack cannot say."""
         try:
-            raw = await self._replies(channel, thread_ts)
+            cut = _ts(before)
+            raw = await self._replies(channel, thread_ts, cut)
             turns = []
             for m in raw:
                 ts = str(m.get("ts") or "")
-                if not ts or float(ts) >= float(before):
+                if not ts or _ts(ts) >= cut:
                     continue
                 turns.append(await self._turn(m, bot_user, bot_id))
         except (SlackAPIError, ValueError) as e:
@@ -47,7 +55,8 @@ class ThreadReader:
         kept = [t for t in turns if t is not None]
         return kept[-keep:] if keep else []
 
-    async def _replies(self, channel: str, thread_ts: str) -> list[dict[str, Any]]:
+    async def _replies(self, channel: str, thread_ts: str, cut: tuple[int, int]) -> list[dict[str, Any]]:
+        """The thread's messages, oldest first, up to the page holding `cut` (or the end)."""
         out: list[dict[str, Any]] = []
         cursor = ""
         for _ in range(MAX_PAGES):
@@ -55,11 +64,12 @@ class ThreadReader:
             if cursor:
                 params["cursor"] = cursor
             data = await self.api.read("conversations.replies", params)
-            out += [m for m in data.get("messages") or [] if isinstance(m, dict)]
+            page = [m for m in data.get("messages") or [] if isinstance(m, dict)]
+            out += page
             cursor = str((data.get("response_metadata") or {}).get("next_cursor") or "")
-            if not data.get("has_more") or not cursor:
-                break
-        return out
+            if not data.get("has_more") or not cursor or any(_ts(str(m.get("ts") or "0")) >= cut for m in page):
+                return out
+        raise ValueError(f"longer than {MAX_PAGES} pages before the message")
 
     async def _turn(self, m: dict[str, Any], bot_user: str | None, bot_id: str | None) -> Message | None:
         text = plain_text(str(m.get("text") or ""), bot_user).strip()
@@ -76,6 +86,7 @@ class ThreadReader:
         return Message("user", f"{name}: {text}")
 
     async def _name(self, user: str) -> str:
+        """The user's display name (else real name, else handle), from `users.info`, cached."""
         name = self.names.get(user)
         if name is None:
             try:
@@ -87,3 +98,9 @@ class ThreadReader:
                 name = user
             self.names[user] = name
         return name
+
+
+def _ts(ts: str) -> tuple[int, int]:
+    """A Slack ts (`"1700000305.000500"`) as exact (seconds, micros): floats blur the last digits."""
+    seconds, _, micros = ts.partition(".")
+    return int(seconds), int(micros.ljust(6, "0")[:6] or 0)

@@ -34,7 +34,10 @@ def make(tmp_path, slack) -> Callable[..., Any]:
     """An app on a sqlite store in tmp_path (the same file for every app of a test)."""
 
     def build(
-        delay: float = 0.0, providers: dict[str, Any] | None = None, channel: dict[str, Any] | None = None, **platform: Any
+        delay: float = 0.0,
+        providers: dict[str, Any] | None = None,
+        channel: dict[str, Any] | None = None,
+        **platform: Any,
     ) -> Any:
         chain = list(providers or {"echo": None})
         return create_app(

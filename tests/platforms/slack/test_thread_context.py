@@ -99,3 +99,33 @@ async def test_a_slack_error_falls_back_to_the_transcript_and_still_answers(make
     thread(slack)
     slack.fail("conversations.replies", "missing_scope")
     assert await asked(make, slack, thread_context="slack") == [("user", "and what about sets, ?")]
+
+
+async def test_a_long_thread_is_read_page_by_page_up_to_the_question(make, slack, monkeypatch):
+    monkeypatch.setattr("platforms.slack.thread.PAGE", 2)
+    thread(slack)
+    later = [
+        {"type": "message", "user": "U0USER003", "text": f"later {i}", "ts": f"17000005{i:02}.000100"} for i in range(4)
+    ]
+    slack.threads[THREAD][1:1] = [
+        {"type": "message", "user": "U0GONE001", "text": "hello all", "ts": "1700000201.900000"}
+    ]
+    slack.threads[THREAD] += later
+    got = await asked(make, slack, history=2, thread_context="slack")
+    assert got == [
+        ("user", "U0GONE001: hello all"),  # users.info does not know them: named by id
+        ("assistant", "Tuples, if it never changes."),
+        ("user", "Dana K: I'd say frozensets, actually"),
+        ("user", "CI bot: build #41 passed"),
+        ("user", "and what about sets, ?"),
+    ]
+    # the question is on the third page of two: the pages after it are not read
+    assert [a.get("cursor") for a in slack.of("conversations.replies")] == [None, "2", "4"]
+    assert {a["limit"] for a in slack.of("conversations.replies")} == {"2"}
+
+
+async def test_a_thread_too_long_to_read_up_to_the_question_falls_back(make, slack, monkeypatch):
+    monkeypatch.setattr("platforms.slack.thread.PAGE", 2)
+    monkeypatch.setattr("platforms.slack.thread.MAX_PAGES", 2)
+    thread(slack)  # the question is the fifth message: on a third page
+    assert await asked(make, slack, thread_context="slack") == [("user", "and what about sets, ?")]
