@@ -178,6 +178,24 @@ TABLE: dict[str, tuple[tuple[str, ...], str, str, str]] = {
         "如果回答等待太久，发送 1 获取。",
         "WeChat: added to /help when answers can only come passively.",
     ),
+    "discord_help": (
+        (),
+        "In servers, mention me or reply to one of my messages.",
+        "在服务器频道中，请 @我 或回复我的消息。",
+        "Discord: added to /help.",
+    ),
+    "discord_ask_help": (
+        (),
+        "You can also use the /ask command.",
+        "也可以使用 /ask 命令。",
+        "Discord: added to /help when the /ask command is offered.",
+    ),
+    "telegram_help": (
+        (),
+        "In groups, mention me or reply to one of my messages.",
+        "在群组中，请 @我 或回复我的消息。",
+        "Telegram: added to /help.",
+    ),
     "slack_help": (
         (),
         "In channels, mention me; I answer in the thread and keep the thread's context.",

@@ -114,7 +114,7 @@ class DiscordPlatform(Platform):
         return "/ask registered"
 
     def help_text(self) -> str | None:
-        return "In servers, mention me or reply to me" + (" (or use /ask)." if self.key else ".")
+        return self.texts["discord_help"] + (" " + self.texts["discord_ask_help"] if self.key else "")
 
     # -- Interactions endpoint -------------------------------------------------------------------
 

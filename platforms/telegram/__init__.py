@@ -105,6 +105,9 @@ class TelegramPlatform(Platform):
             except TelegramError as e:
                 log.warning("telegram %s: setWebhook failed: %s", self.name, e)
 
+    def help_text(self) -> str | None:
+        return self.texts["telegram_help"]
+
     async def setup(self) -> str:
         """Register the webhook (webhook mode with `webhook_url`) or remove it (polling mode)."""
         c = self.config

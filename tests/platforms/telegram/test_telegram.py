@@ -127,6 +127,7 @@ async def test_start_is_help_and_a_photo_gets_the_polite_answer(tmp_path, api):
         await hook(c, update(None, photo=[{"file_id": "f1", "width": 90, "height": 90}]))
         said = sorted(await answered(api, 2))
     assert said[0].startswith("I'm an AI assistant connected through Switchboard (channel chat).")
+    assert said[0].endswith("\nIn groups, mention me or reply to one of my messages.")
     assert said[1] == "Sorry, I can only read text messages for now. Please send your question as text."
 
 
