@@ -89,7 +89,8 @@ class SlackConfig(PlatformConfig):
     thread_context: Literal["transcript", "slack"] = "transcript"
     """The history of an answer in a thread: `transcript` (the bot's own exchanges, as stored) or `slack` (the
     thread's earlier messages read from Slack with `conversations.replies`, other people's included and named;
-    needs the `channels:history` / `groups:history` / `im:history` scopes); bounded by the channel's `history`."""
+    needs the `channels:history` / `groups:history` / `im:history` and `users:read` scopes); bounded by the channel's
+    `history`; when Slack cannot say (an error, a 429), the stored transcript."""
 
     @model_validator(mode="after")
     def _a_way_in(self) -> SlackConfig:

@@ -22,7 +22,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from platforms.slack.api import SlackAPI, SlackAPIError
+from platforms.slack.api import SlackAPI, SlackAPIError, SlackRateLimited
 from platforms.slack.events import plain_text
 from proxy.types import Message
 
@@ -95,6 +95,8 @@ class ThreadReader:
                 name = str(profile.get("display_name") or profile.get("real_name") or info.get("name") or user)
             except SlackAPIError as e:
                 log.info("slack users.info %s: %s; named by id", user, e)
+                if isinstance(e, SlackRateLimited):
+                    return user  # not remembered: the next read asks again
                 name = user
             self.names[user] = name
         return name
