@@ -96,19 +96,32 @@ class Gateway:
             if not isinstance(hello, dict) or hello.get("op") != 10:
                 raise ConnectionError("discord gateway: no HELLO")
             beat = asyncio.create_task(self._heartbeat(ws, float(hello["d"]["heartbeat_interval"]) / 1000))
+            talk = asyncio.create_task(self._talk(ws, up))
             try:
-                if s.id:
-                    await ws.send_json({"op": 6, "d": {"token": self._token, "session_id": s.id, "seq": s.seq}})
-                else:
-                    await ws.send_json({"op": 2, "d": self._identity()})
-                if await self._receive(ws, up):
-                    await ws.close(code=RESUMING)
-                    return
+                await asyncio.wait({beat, talk}, return_when=asyncio.FIRST_COMPLETED)
+                if beat.done():  # a beat went unacknowledged (or could not be sent)
+                    await ws.close(code=RESUMING)  # ends `talk` once the event in hand is handled
+                again = await talk
             finally:
                 beat.cancel()
+                talk.cancel()
+                if beat.done() and not beat.cancelled():
+                    beat.exception()  # retrieved: the connection's end is what counts
+            if again:
+                await ws.close(code=RESUMING)
+                return
             code = ws.close_code
         self._closed(code)
         raise ConnectionError(f"discord gateway closed ({code})")
+
+    async def _talk(self, ws: aiohttp.ClientWebSocketResponse, up: Callable[[], None]) -> bool:
+        """IDENTIFY or RESUME, then `_receive`."""
+        s = self.session
+        if s.id:
+            await ws.send_json({"op": 6, "d": {"token": self._token, "session_id": s.id, "seq": s.seq}})
+        else:
+            await ws.send_json({"op": 2, "d": self._identity()})
+        return await self._receive(ws, up)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse, up: Callable[[], None]) -> bool:
         """Handle frames until the connection ends (False) or Discord asks for another (True)."""
@@ -163,12 +176,13 @@ class Gateway:
         return {"token": self._token, "intents": self._intents, "properties": props}
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+        """Beat until one goes unacknowledged (a zombie connection: returns) or the connection
+        fails (raises)."""
         self._acked = True
         await asyncio.sleep(interval * random.random())
-        while not ws.closed:
+        while True:
             if not self._acked:
                 log.warning("%s: heartbeat not acknowledged; reconnecting", self.who)
-                await ws.close(code=RESUMING)
                 return
             self._acked = False
             await ws.send_json({"op": 1, "d": self.session.seq})

@@ -38,7 +38,7 @@ def message(platform: str, d: dict[str, Any], me: str | None) -> Inbound | None:
     content = str(d.get("content") or "")
     if not direct and not (me is not None and (_mentions(d, content, me) or _replies_to(d, me))):
         return None
-    text = re.sub(rf"<@!?{re.escape(me)}>", "", content).strip() if me else content.strip()
+    text = re.sub(rf"\s*<@!?{re.escape(me)}>\s*", " ", content).strip() if me else content.strip()
     name = author.get("global_name") or author.get("username")
     return Inbound(
         platform,

@@ -1,12 +1,21 @@
 """A fake Discord on loopback: the REST API (gateway/bot, messages created and edited with
 429s on demand, interaction webhooks, application commands) and a Gateway WebSocket (HELLO,
 IDENTIFY → READY, RESUME → the missed events then RESUMED, heartbeats acknowledged) that can
-drop the connection, ask for a reconnect or invalidate the session."""
+drop the connection, ask for a reconnect or invalidate the session.
+
+More controls: `heartbeat_interval` (ms, in HELLO), `unacked` (connection numbers whose
+heartbeats go unanswered), `request_heartbeat()`, `close_on_identify` (a close code for the
+next IDENTIFY), `session_starts` (what /gateway/bot says is left), `empty_bucket(verb, s)`
+(responses say X-RateLimit-Remaining 0; a request before the bucket refills is answered 429
+and recorded in `too_soon`). Recorded: `heartbeats` (their seq), `closes` (the code each
+connection was closed with, by whichever side closed it first), `paths` (the URL path each connection used: `/gateway/` from
+/gateway/bot, `/resume/` from READY's resume_gateway_url)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -29,6 +38,16 @@ class FakeDiscord:
         self.replay_overlap = False  # on RESUME, also replay the last event the bot had (a duplicate)
         self.limits: dict[str, list[float]] = {}  # verb -> retry_after of the next 429s
         self.commands: Any = None
+        self.heartbeat_interval = 45000
+        self.unacked: set[int] = set()
+        self.heartbeats: list[Any] = []
+        self.closes: list[int | None] = []
+        self.paths: list[str] = []
+        self.close_on_identify: int | None = None
+        self.session_starts: dict[str, int] = {"total": 1000, "remaining": 999, "reset_after": 14400000}
+        self.buckets: dict[str, float] = {}  # verb -> Reset-After seconds every response announces
+        self._refill: dict[str, float] = {}  # verb -> monotonic time the bucket is full again
+        self.too_soon: list[tuple[str, str]] = []
         self._ids = itertools.count(900)
         self._seq = itertools.count(1)
         self._ws: web.WebSocketResponse | None = None
@@ -39,6 +58,7 @@ class FakeDiscord:
     async def __aenter__(self) -> FakeDiscord:
         app = web.Application()
         app.router.add_get("/gateway/", self._gateway)  # the bot connects to <url>/?v=10&encoding=json
+        app.router.add_get("/resume/", self._gateway)  # READY's resume_gateway_url
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
         self._cm = serve_aiohttp(app)
         self.base_url = await self._cm.__aenter__()
@@ -76,6 +96,13 @@ class FakeDiscord:
         assert self._ws is not None
         await self._ws.send_json({"op": op, "d": d})
 
+    async def request_heartbeat(self) -> None:
+        assert self._ws is not None
+        await self._ws.send_json({"op": 1, "d": None})
+
+    def empty_bucket(self, verb: str, reset_after: float) -> None:
+        self.buckets[verb] = reset_after
+
     def limit(self, verb: str, retry_after: float = 0.2, times: int = 1) -> None:
         self.limits.setdefault(verb, []).extend([retry_after] * times)
 
@@ -94,21 +121,27 @@ class FakeDiscord:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self._ws, self.connections = ws, self.connections + 1
-        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45000}})
+        number, ours = self.connections, None
+        self.paths.append(request.path)
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval}})
         async for message in ws:
             if message.type != WSMsgType.TEXT:
                 continue
             frame = message.json()
             op, d = frame.get("op"), frame.get("d")
             if op == 1:
-                await ws.send_json({"op": 11})
+                self.heartbeats.append(d)
+                if number not in self.unacked:
+                    await ws.send_json({"op": 11})
             elif op == 2:
                 self.identifies.append(d)
-                if d.get("token") != TOKEN:
-                    await ws.close(code=4004)
+                code, self.close_on_identify = self.close_on_identify, None
+                if d.get("token") != TOKEN or code:
+                    ours = code or 4004
+                    await ws.close(code=ours)
                     break
                 ready = {"v": 10, "session_id": f"s{len(self.identifies)}", "user": {"id": BOT, "bot": True},
-                         "resume_gateway_url": self.base_url + "/gateway"}  # fmt: skip
+                         "resume_gateway_url": self.base_url + "/resume"}  # fmt: skip
                 self._ready.set()
                 await self.dispatch("READY", ready)
             elif op == 6:
@@ -118,6 +151,7 @@ class FakeDiscord:
                     await ws.send_json(event)
                 self._ready.set()
                 await self.dispatch("RESUMED", {})
+        self.closes.append(ours or ws.close_code)  # whoever closed first
         return ws
 
     # -- REST ------------------------------------------------------------------------------------
@@ -128,13 +162,24 @@ class FakeDiscord:
         if not path.startswith("/webhooks/") and request.headers.get("Authorization") != f"Bot {TOKEN}":
             return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
         self.calls.append((verb, path, body))
+        if self._refill.get(verb, 0.0) > time.monotonic():
+            self.too_soon.append((verb, path))
+            return web.json_response({"message": "You are being rate limited.", "retry_after": 1.0}, status=429)
         if self.limits.get(verb):
             retry = self.limits[verb].pop(0)
             return web.json_response(
                 {"message": "You are being rate limited.", "retry_after": retry, "global": False}, status=429
             )
+        response = self._answer(verb, path, body)
+        if verb in self.buckets:
+            self._refill[verb] = time.monotonic() + self.buckets[verb]
+            response.headers.update({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset-After": str(self.buckets[verb])})
+        return response
+
+    def _answer(self, verb: str, path: str, body: Any) -> web.Response:
         if path == "/gateway/bot":
-            return web.json_response({"url": self.base_url + "/gateway", "shards": 1})
+            url = self.base_url + "/gateway"
+            return web.json_response({"url": url, "shards": 1, "session_start_limit": self.session_starts})
         if verb == "PUT" and path == f"/applications/{APP}/commands":
             self.commands = body
             return web.json_response(body)
