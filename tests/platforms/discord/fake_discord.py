@@ -7,7 +7,7 @@ More controls: `heartbeat_interval` (ms, in HELLO), `unacked` (connection number
 heartbeats go unanswered), `request_heartbeat()`, `close_on_identify` (a close code for the
 next IDENTIFY), `session_starts` (what /gateway/bot says is left), `empty_bucket(verb, s)`
 (responses say X-RateLimit-Remaining 0; a request before the bucket refills is answered 429
-and recorded in `too_soon`). Recorded: `heartbeats` (their seq), `closes` (the code each
+and recorded in `too_soon`), `dead_tokens` (interaction webhooks answering 404). Recorded: `heartbeats` (their seq), `closes` (the code each
 connection was closed with, by whichever side closed it first), `paths` (the URL path each connection used: `/gateway/` from
 /gateway/bot, `/resume/` from READY's resume_gateway_url)."""
 
@@ -48,6 +48,7 @@ class FakeDiscord:
         self.buckets: dict[str, float] = {}  # verb -> Reset-After seconds every response announces
         self._refill: dict[str, float] = {}  # verb -> monotonic time the bucket is full again
         self.too_soon: list[tuple[str, str]] = []
+        self.dead_tokens: set[str] = set()  # interaction tokens whose webhooks answer 404 (expired)
         self._ids = itertools.count(900)
         self._seq = itertools.count(1)
         self._ws: web.WebSocketResponse | None = None
@@ -177,6 +178,8 @@ class FakeDiscord:
         return response
 
     def _answer(self, verb: str, path: str, body: Any) -> web.Response:
+        if path.startswith("/webhooks/") and path.split("/")[3] in self.dead_tokens:
+            return web.json_response({"message": "Unknown Webhook", "code": 10015}, status=404)
         if path == "/gateway/bot":
             url = self.base_url + "/gateway"
             return web.json_response({"url": url, "shards": 1, "session_start_limit": self.session_starts})
