@@ -4,68 +4,24 @@ through the Interactions endpoint with requests signed by PyNaCl."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import aiohttp
-import httpx
-import orjson
 import pytest
 from nacl.signing import SigningKey
 
 from platforms.discord import DiscordPlatform
-from proxy.app import create_app
 from proxy.config import parse_config
 from proxy.errors import ConfigError
-from tests.platforms.discord.fake_discord import APP, BOT, TOKEN, FakeDiscord, message
-from tests.servers import serve_asgi
-
-SIGNER = SigningKey(bytes(range(32)))
-PUBLIC_KEY = SIGNER.verify_key.encode().hex()
-
-
-def config(tmp_path: Path, fake: FakeDiscord, delay: float = 0.0, **discord: Any) -> dict[str, Any]:
-    return {
-        "store": {"url": f"sqlite:///{tmp_path}/d.db"},
-        "providers": {"echo": {"kind": "echo", "delay": delay}},
-        "platforms": {
-            "dc": {
-                "kind": "discord",
-                "bot_token": TOKEN,
-                "application_id": APP,
-                "public_key": PUBLIC_KEY,
-                "api_base": fake.api,
-                "update_interval": 0.05,
-                **discord,
-            }
-        },
-        "channels": [{"name": "chat", "match": {"platform": "dc"}, "providers": ["echo"]}],
-    }
-
-
-@contextlib.asynccontextmanager
-async def running(tmp_path: Path, fake: FakeDiscord, **kw: Any) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve_asgi(create_app(parse_config(config(tmp_path, fake, **kw), {}))) as url:
-        async with httpx.AsyncClient(base_url=url) as c:
-            yield c
+from tests.platforms.discord.discord_kit import answers, ask, config, running, signed
+from tests.platforms.discord.fake_discord import BOT, FakeDiscord, message
 
 
 @pytest.fixture
 async def fake():
     async with FakeDiscord() as f:
         yield f
-
-
-async def answers(fake: FakeDiscord, *finals: str) -> list[str]:
-    """The bot's messages once each of `finals` is one of them (and nothing still streams)."""
-    await fake.wait(
-        lambda: all(f in fake.texts.values() for f in finals) and not any(t.endswith("…") for t in fake.texts.values())
-    )
-    return [fake.texts[k] for k in sorted(fake.texts)]
 
 
 async def test_a_dm_is_answered_with_streamed_edits_in_one_reply(tmp_path, fake):
@@ -120,16 +76,6 @@ async def test_a_dropped_connection_resumes_and_a_replayed_message_is_answered_o
     assert fake.resumes[0]["seq"] == 2  # READY was 1, the first message 2: handled, then resumed after it
 
 
-async def test_an_invalid_session_identifies_afresh(tmp_path, fake):
-    async with running(tmp_path, fake):
-        await fake.connected()
-        await fake.send_op(9, False)
-        await fake.wait(lambda: len(fake.identifies) == 2, patience=10)
-        await fake.dispatch("MESSAGE_CREATE", message("after"))
-        assert await answers(fake, "echo: after") == ["echo: after"]
-    assert fake.resumes == []
-
-
 async def test_a_429_is_waited_out_and_long_answers_continue(tmp_path, fake):
     fake.limit("PATCH", retry_after=0.3)
     words = " ".join(f"word{i:04d}" for i in range(300))  # ~2,700 characters
@@ -156,21 +102,6 @@ async def test_a_restart_answers_a_message_delivered_again_once(tmp_path, fake):
 
 
 # -- Interactions ------------------------------------------------------------------------------
-
-
-def signed(body: dict[str, Any], ts: int | None = None, signer: SigningKey = SIGNER) -> tuple[bytes, dict[str, str]]:
-    raw = orjson.dumps(body)
-    stamp = str(int(time.time()) if ts is None else ts)
-    signature = signer.sign(stamp.encode() + raw).signature.hex()
-    return raw, {"X-Signature-Ed25519": signature, "X-Signature-Timestamp": stamp, "Content-Type": "application/json"}
-
-
-def ask(question: str, iid: str = "8001") -> dict[str, Any]:
-    return {
-        "type": 2, "id": iid, "application_id": APP, "token": "interaction-token-xyz", "channel_id": "4000", "guild_id": "5000",
-        "member": {"user": {"id": "2100", "username": "ana"}},
-        "data": {"name": "ask", "type": 1, "options": [{"name": "question", "type": 3, "value": question}]},
-    }  # fmt: skip
 
 
 async def test_interactions_ping_signature_and_ask(tmp_path, fake):
