@@ -152,9 +152,11 @@ class TelegramPlatform(Platform):
     async def connection(self, up: Callable[[], None]) -> None:
         """Long-poll `getUpdates` until a poll fails (the supervisor then reconnects)."""
         await self.api.call("deleteWebhook", {"drop_pending_updates": False})
-        timeout = self.config.poll_timeout
         first = True
         while True:
+            # The first poll does not wait: the connection counts as up as soon as Telegram
+            # answers, not after a quiet bot's first long poll ran out.
+            timeout = 0 if first else self.config.poll_timeout
             body: dict[str, Any] = {"timeout": timeout, "allowed_updates": ["message"]}
             if self.offset is not None:
                 body["offset"] = self.offset
@@ -202,7 +204,7 @@ class TelegramPlatform(Platform):
             await self.ctx.note(msg, sent=i + 1)
         for url in answer.images:
             if url.startswith(("https://", "http://")):
-                await self._call("sendPhoto", {"chat_id": to["chat"], "photo": url, **_thread(to)})
+                await self._call("sendPhoto", {"chat_id": to["chat"], "photo": url, **_thread(to)}, None)
             else:
                 await self._send(to, self.texts["no_image_url"])
 
@@ -210,10 +212,7 @@ class TelegramPlatform(Platform):
         body: dict[str, Any] = {"chat_id": to["chat"], **_thread(to)}
         if reply and to.get("group") and isinstance(to.get("message"), int):
             body["reply_parameters"] = {"message_id": to["message"], "allow_sending_without_reply": True}
-        try:
-            result = await self._text_call("sendMessage", body, text)
-        except TelegramError as e:
-            raise DeliveryError(str(e)) from None
+        result = await self._call("sendMessage", body, text)
         mid = result.get("message_id") if isinstance(result, dict) else None
         if not isinstance(mid, int):
             raise DeliveryError("telegram sendMessage: the answer has no message_id")
@@ -245,11 +244,22 @@ class TelegramPlatform(Platform):
                 log.info("telegram could not parse our MarkdownV2 (%s); sent as plain text", e.description)
         return await self.api.call(method, {**body, "text": text})
 
-    async def _call(self, method: str, body: dict[str, Any]) -> Any:
-        try:
-            return await self.api.call(method, body)
-        except TelegramError as e:
-            raise DeliveryError(str(e)) from None
+    async def _call(self, method: str, body: dict[str, Any], text: str | None) -> Any:
+        """A message sent (with `text`, or a photo), a 429 waited out: a new message is never
+        dropped for a rate limit Telegram asked us to wait out."""
+        attempts = 0
+        while True:
+            try:
+                if text is None:
+                    return await self.api.call(method, body)
+                return await self._text_call(method, body, text)
+            except TelegramError as e:
+                attempts += 1
+                wait = e.retry_after
+                if wait is None or wait > self.config.max_retry_wait or attempts == 3:
+                    raise DeliveryError(str(e)) from None
+                log.info("telegram %s: %s rate-limited; retrying in %.0f s", self.name, method, wait)
+                await asyncio.sleep(wait)
 
 
 def _thread(to: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class TelegramAPI:
             data = data if isinstance(data, dict) else {}
             params = data.get("parameters") if isinstance(data.get("parameters"), dict) else {}
             retry = params.get("retry_after") if isinstance(params, dict) else None
+            retry = float(retry) if isinstance(retry, int | float) and retry >= 0 else None
             code = data.get("error_code")
             code = code if isinstance(code, int) else status
             raise TelegramError(method, code, str(data.get("description") or f"HTTP {status}"), retry)

@@ -4,7 +4,16 @@ Which messages are ours: every message in a private chat; in groups only those a
 the bot — an `@botname` mention (or a `text_mention` of the bot), a reply to one of its
 messages, or a command (`/help`, `/help@botname`; a command suffixed with another bot's name is
 that bot's). The mention is cut out of the text (entity offsets count UTF-16 code units).
-`/start` is `/help`. Bots' messages (our own included) are never answered: no loops.
+`/start` (with or without a deep-link payload) is `/help`. Bots' messages (our own included) are
+never answered: no loops. Edited messages and channel posts are not answered either: an edit
+would answer the same question twice, and a channel has no one to answer.
+
+A photo, voice note, sticker or file gets the polite "text only" answer, also when it has a
+caption: the model would only see the caption and answer about a picture it never saw.
+
+Forum topics: `message_thread_id` is the topic only when `is_topic_message` is set. Telegram
+also puts it on replies in supergroups without topics, and answering with it there fails with
+400 "message thread not found".
 """
 
 from __future__ import annotations
@@ -62,12 +71,10 @@ def parse_update(platform: str, update: dict[str, Any], me: Me) -> Inbound | Non
     to_us = isinstance(replied, dict) and isinstance(replied.get("from"), dict) and replied["from"].get("id") == me.id
     if not direct and not (mentioned or to_us or command_for_us):
         return None
-    kind = "text"
-    if not text:
-        kind = next((k for field, k in KINDS if field in m), "")
-        if not kind:
-            return None  # a service message (members joined, a title changed...)
-    thread = m.get("message_thread_id")
+    kind = next((k for field, k in KINDS if field in m), "text")
+    if kind == "text" and not text and not isinstance(m.get("text"), str):
+        return None  # a service message (members joined, a title changed...)
+    thread = m.get("message_thread_id") if m.get("is_topic_message") is True else None
     name = sender.get("username") or " ".join(str(sender.get(k) or "") for k in ("first_name", "last_name")).strip()
     return Inbound(
         platform,
@@ -117,7 +124,7 @@ def _command(text: str, me: Me) -> tuple[str, bool | None]:
     if bot and (me.username is None or bot.lower() != me.username.lower()):
         return text, False
     if command.lower() == "/start":
-        command = "/help"
+        return "/help", True  # a deep link's payload (`/start <payload>`) means nothing to us
     return (f"{command} {rest}".strip()), True
 
 

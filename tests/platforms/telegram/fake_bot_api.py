@@ -1,6 +1,6 @@
 """A fake Telegram Bot API on loopback: getMe, getUpdates (long poll with offset confirmation,
-409 while a webhook is set), setWebhook/deleteWebhook, and sendMessage / editMessageText /
-sendPhoto recorded, with failures and 429s injected on demand."""
+409 while a webhook is set, the connection dropped on demand), setWebhook/deleteWebhook, and
+sendMessage / editMessageText / sendPhoto recorded, with failures and 429s injected on demand."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class FakeBotAPI:
         self.webhook: str | None = None
         self.failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.polls = 0
+        self.drops = 0  # getUpdates requests still to be cut off (the connection closed unanswered)
         self._ids = itertools.count(100)
         self._arrived = asyncio.Event()
         self.base_url = ""
@@ -53,6 +54,12 @@ class FakeBotAPI:
             body["description"] = f"Too Many Requests: retry after {retry_after}"
         self.failures.setdefault(method, []).extend([(status, body)] * times)
 
+    def drop(self, times: int = 1) -> None:
+        """Cut the next `times` polls off: the request is read (its offset confirms as Telegram's
+        would), held a moment, and its connection closed without an answer, so the updates it
+        would have carried are lost on the way and stay unconfirmed."""
+        self.drops += times
+
     def of(self, method: str) -> list[dict[str, Any]]:
         return [b for m, b in self.calls if m == method]
 
@@ -74,6 +81,13 @@ class FakeBotAPI:
         method = request.match_info["method"]
         body = await request.json() if request.can_read_body else {}
         self.calls.append((method, body))
+        if method == "getUpdates" and self.drops and self.webhook is None:
+            self.drops -= 1
+            self._confirm(body)
+            await asyncio.sleep(0.1)
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if self.failures.get(method):
             status, answer = self.failures[method].pop(0)
             return web.json_response(answer, status=status)
@@ -108,9 +122,7 @@ class FakeBotAPI:
             }
             return web.json_response(conflict, status=409)
         self.polls += 1
-        offset = body.get("offset")
-        if offset is not None:  # confirms every update before it
-            self.pending = [u for u in self.pending if u["update_id"] >= offset]
+        self._confirm(body)
         if not self.pending:
             self._arrived.clear()
             try:
@@ -118,6 +130,11 @@ class FakeBotAPI:
             except TimeoutError:
                 pass
         return web.json_response({"ok": True, "result": list(self.pending)})
+
+    def _confirm(self, body: dict[str, Any]) -> None:
+        offset = body.get("offset")
+        if offset is not None:  # confirms every update before it
+            self.pending = [u for u in self.pending if u["update_id"] >= offset]
 
 
 _update_ids = itertools.count(5000)
