@@ -11,7 +11,9 @@ mentions, and optionally the Interactions endpoint (`/hooks/<name>`) for the `/a
   (Discord shows a preview); `allowed_mentions` is empty, so an answer can never ping @everyone.
   The answer's message id is noted on the claim: a process that takes over after a crash edits
   it instead of posting a second one.
-- Interactions: Ed25519 over the timestamp and the raw body with the app's public key, the
+- Interactions arrive over the Gateway (INTERACTION_CREATE, deferred through the callback
+  endpoint) unless the app has an Interactions Endpoint URL, `/hooks/<name>` with `public_key`:
+  Ed25519 over the timestamp and the raw body with the app's public key, the
   timestamp within the replay window, before anything is parsed; PING is answered PONG; `/ask`
   is deferred (type 5) at once and answered by editing the original response, later parts as
   follow-ups. An interaction token lives 15 minutes: a crashed answer older than that is dropped.
@@ -48,6 +50,7 @@ ASK = {
     "type": 1,
     "options": [{"type": 3, "name": "question", "description": "Your question", "required": True}],
 }
+UNKNOWN = {"type": 4, "data": {"content": "Unknown command.", "flags": 64}}  # ephemeral
 TOKEN_LIFE = 15 * 60  # seconds an interaction token can be used
 
 
@@ -114,7 +117,8 @@ class DiscordPlatform(Platform):
         return "/ask registered"
 
     def help_text(self) -> str | None:
-        return self.texts["discord_help"] + (" " + self.texts["discord_ask_help"] if self.key else "")
+        ask = self.config.application_id and (self.key or self.config.gateway)  # /ask answered one way or the other
+        return self.texts["discord_help"] + (" " + self.texts["discord_ask_help"] if ask else "")
 
     # -- Interactions endpoint -------------------------------------------------------------------
 
@@ -139,7 +143,7 @@ class DiscordPlatform(Platform):
         if data.get("type") == 1:
             return _json({"type": 1})
         if data.get("type") != 2 or as_dict(data.get("data")).get("name") != "ask":
-            return _json({"type": 4, "data": {"content": "Unknown command.", "flags": 64}})
+            return _json(UNKNOWN)
         msg = interaction(self.name, data)
         if msg is None:
             raise RequestError("an /ask interaction without id, token, user or question")
@@ -164,6 +168,36 @@ class DiscordPlatform(Platform):
             msg = message(self.name, d, self.gateway.me)
             if msg is not None:
                 await self.ctx.accept(self, msg)
+        elif event == "INTERACTION_CREATE":
+            await self._interaction(d)
+
+    async def _interaction(self, data: dict[str, Any]) -> None:
+        """`/ask` over the Gateway: Discord sends interactions here when the app has no
+        Interactions Endpoint URL (one way or the other, never both). The answer to it goes by
+        HTTP: deferred (type 5) through the callback endpoint within Discord's 3 seconds, then
+        edited in as from the endpoint. A replayed interaction is claimed already: left alone."""
+        iid, token = data.get("id"), data.get("token")
+        if data.get("type") != 2 or not (isinstance(iid, str) and isinstance(token, str)):
+            return
+        callback = f"/interactions/{iid}/{token}/callback"
+        if as_dict(data.get("data")).get("name") != "ask":
+            await self._respond(callback, UNKNOWN)
+            return
+        msg = interaction(self.name, data)
+        if msg is None or not await self.ctx.claim(msg.event_id):
+            return
+        if await self._respond(callback, {"type": 5}):
+            self.ctx.submit(self, msg)
+        else:
+            await self.ctx.settle(msg.event_id)  # the token is dead: nothing can answer it
+
+    async def _respond(self, callback: str, body: dict[str, Any]) -> bool:
+        try:
+            await self.api.call("POST", callback, body, what="interaction callback")
+            return True
+        except DiscordError as e:
+            log.warning("discord %s: %s", self.name, e)
+            return False
 
     # -- answers ---------------------------------------------------------------------------------
 

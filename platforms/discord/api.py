@@ -1,6 +1,7 @@
 """Discord's REST API (v10), as much as the adapter uses: `Authorization: Bot <token>`, JSON
-bodies. Interaction webhooks (`/webhooks/<app>/<interaction token>`) take no bot token, and are
-sent none; their paths are secrets: paths are never logged or put in errors.
+bodies. Interaction routes (`/webhooks/<app>/<token>`, `/interactions/<id>/<token>/callback`)
+take no bot token, and are sent none; their paths hold a secret: paths are never logged or put
+in errors.
 
 Rate limits, as Discord asks clients to keep them (docs: topics/rate-limits): a response whose
 `X-RateLimit-Remaining` is 0 empties its route's bucket for `X-RateLimit-Reset-After` seconds,
@@ -55,7 +56,7 @@ class DiscordAPI:
                 verb,
                 self.base + path,
                 data=None if body is None else orjson.dumps(body),
-                headers=JSON if path.startswith("/webhooks/") else self._auth,
+                headers=JSON if path.startswith(("/webhooks/", "/interactions/")) else self._auth,
                 timeout=aiohttp.ClientTimeout(total=30),
             ) as resp:
                 status, raw, headers = resp.status, await resp.read(), resp.headers

@@ -48,6 +48,7 @@ class FakeDiscord:
         self.buckets: dict[str, float] = {}  # verb -> Reset-After seconds every response announces
         self._refill: dict[str, float] = {}  # verb -> monotonic time the bucket is full again
         self.too_soon: list[tuple[str, str]] = []
+        self.callbacks: list[Any] = []  # interaction responses made over HTTP (Gateway interactions)
         self.dead_tokens: set[str] = set()  # interaction tokens whose webhooks answer 404 (expired)
         self._ids = itertools.count(900)
         self._seq = itertools.count(1)
@@ -160,7 +161,11 @@ class FakeDiscord:
     async def _rest(self, request: web.Request) -> web.Response:
         path, verb = "/" + request.match_info["path"], request.method
         body = await request.json() if request.can_read_body else None
-        if not path.startswith("/webhooks/") and request.headers.get("Authorization") != f"Bot {TOKEN}":
+        if path.startswith(("/webhooks/", "/interactions/")):  # the interaction token is the key:
+            refused = "Authorization" in request.headers  # (stricter than Discord) no bot token sent along
+        else:
+            refused = request.headers.get("Authorization") != f"Bot {TOKEN}"
+        if refused:
             return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
         self.calls.append((verb, path, body))
         if self._refill.get(verb, 0.0) > time.monotonic():
@@ -178,6 +183,9 @@ class FakeDiscord:
         return response
 
     def _answer(self, verb: str, path: str, body: Any) -> web.Response:
+        if verb == "POST" and path.startswith("/interactions/") and path.endswith("/callback"):
+            self.callbacks.append(body)
+            return web.Response(status=204)
         if path.startswith("/webhooks/") and path.split("/")[3] in self.dead_tokens:
             return web.json_response({"message": "Unknown Webhook", "code": 10015}, status=404)
         if path == "/gateway/bot":

@@ -15,7 +15,7 @@ import pytest
 from platforms.discord.api import DiscordAPI
 from platforms.discord.gateway import INTENTS, Gateway
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.platforms.discord.discord_kit import answers, running
+from tests.platforms.discord.discord_kit import answers, ask, running
 from tests.platforms.discord.fake_discord import BOT, TOKEN, FakeDiscord, message
 
 
@@ -132,3 +132,17 @@ async def test_mentions_are_cut_before_the_model_sees_them(tmp_path, fake):
         asked = [r.json["messages"][-1]["content"] for r in up.chat_requests()]
     assert sorted(asked) == ["and then", "what is up"]  # nothing else reached the model
     assert sorted(said) == ["upstream: and then", "upstream: what is up"]
+
+
+async def test_ask_over_the_gateway_is_deferred_by_http_and_answered_once(tmp_path, fake):
+    async with running(tmp_path, fake, public_key=""):  # no Interactions Endpoint URL: they come this way
+        await fake.connected()
+        await fake.dispatch("INTERACTION_CREATE", ask("over the gateway", iid="8101", token="gw-token"))
+        await fake.wait(lambda: fake.texts.get("@original:gw-token") == "echo: over the gateway")
+        await fake.drop()  # the resume replays the interaction: already claimed
+        fake.replay_overlap = True
+        await fake.connected(2)
+        await fake.dispatch("INTERACTION_CREATE", {**ask("x", iid="8102", token="t2"), "data": {"name": "other"}})
+        await fake.wait(lambda: len(fake.callbacks) == 2)
+    assert fake.callbacks == [{"type": 5}, {"type": 4, "data": {"content": "Unknown command.", "flags": 64}}]
+    assert fake.texts == {"@original:gw-token": "echo: over the gateway"}
