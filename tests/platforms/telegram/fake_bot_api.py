@@ -55,9 +55,9 @@ class FakeBotAPI:
         self.failures.setdefault(method, []).extend([(status, body)] * times)
 
     def drop(self, times: int = 1) -> None:
-        """Cut the next `times` polls off: the request is read (its offset confirms as Telegram's
-        would), held a moment, and its connection closed without an answer, so the updates it
-        would have carried are lost on the way and stay unconfirmed."""
+        """Cut the next `times` polls off as they answer (a long poll in progress included): the
+        offset they sent confirms as Telegram's would, then the connection is closed without an
+        answer, so the updates they would have carried are lost on the way, still unconfirmed."""
         self.drops += times
 
     def of(self, method: str) -> list[dict[str, Any]]:
@@ -81,18 +81,11 @@ class FakeBotAPI:
         method = request.match_info["method"]
         body = await request.json() if request.can_read_body else {}
         self.calls.append((method, body))
-        if method == "getUpdates" and self.drops and self.webhook is None:
-            self.drops -= 1
-            self._confirm(body)
-            await asyncio.sleep(0.1)
-            assert request.transport is not None
-            request.transport.close()
-            return web.Response()
         if self.failures.get(method):
             status, answer = self.failures[method].pop(0)
             return web.json_response(answer, status=status)
         if method == "getUpdates":
-            return await self._updates(body)
+            return await self._updates(request, body)
         return web.json_response({"ok": True, "result": self._result(method, body)})
 
     def _result(self, method: str, body: dict[str, Any]) -> Any:
@@ -113,7 +106,7 @@ class FakeBotAPI:
             return {"message_id": body["message_id"], "text": body["text"]}
         return True
 
-    async def _updates(self, body: dict[str, Any]) -> web.StreamResponse:
+    async def _updates(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         if self.webhook is not None:
             conflict = {
                 "ok": False,
@@ -129,6 +122,11 @@ class FakeBotAPI:
                 await asyncio.wait_for(self._arrived.wait(), min(float(body.get("timeout", 0)), 0.5))
             except TimeoutError:
                 pass
+        if self.drops:
+            self.drops -= 1
+            assert request.transport is not None
+            request.transport.close()  # what it would have carried is lost on the way
+            return web.Response()
         return web.json_response({"ok": True, "result": list(self.pending)})
 
     def _confirm(self, body: dict[str, Any]) -> None:

@@ -122,30 +122,6 @@ def test_mentions_are_cut_by_utf16_offsets_and_other_bots_commands_skipped():
     assert parse_update("tg", {"update_id": 9, "edited_message": {"text": "x"}}, me) is None
 
 
-async def test_polling_answers_each_update_once_across_a_failed_poll(tmp_path, api):
-    async with running(tmp_path, api, mode="polling", secret_token=None) as c:
-        api.push(update("first"), update("second"))
-        await answered(api, 2, "echo: second")
-        api.fail("getUpdates", status=502)
-        api.push(update("third"))
-        said = await answered(api, 3, "echo: third")
-        assert (await hook(c, update("by webhook"))).status_code == 403  # polling: no webhook taken
-    assert sorted(said) == ["echo: first", "echo: second", "echo: third"]
-    assert api.of("deleteWebhook")  # getUpdates needs the webhook gone
-
-
-async def test_a_restart_reading_unconfirmed_updates_answers_them_once(tmp_path, api):
-    first = update("before the restart")
-    async with running(tmp_path, api, mode="polling", secret_token=None):
-        api.push(first)
-        await answered(api, 1, "echo: before the restart")
-    api.push(first)  # as Telegram does when the confirming getUpdates never came
-    async with running(tmp_path, api, mode="polling", secret_token=None):
-        api.push(update("after"))
-        said = await answered(api, 2, "echo: after")
-    assert said == ["echo: before the restart", "echo: after"]
-
-
 async def test_webhook_url_is_registered_at_start_with_the_secret(tmp_path, api):
     async with running(tmp_path, api, webhook_url="https://bot.example.com/hooks/tg"):
         await api.wait(lambda: api.webhook is not None)
