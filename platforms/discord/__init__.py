@@ -1,5 +1,5 @@
-"""Discord: the Gateway (a WebSocket Switchboard opens: no public URL) for direct messages and
-mentions, and optionally the Interactions endpoint (`/hooks/<name>`) for the `/ask` command.
+"""Discord: the Gateway (a WebSocket Switchboard opens: no public URL) for direct messages,
+mentions and the `/ask` command, and optionally the Interactions endpoint (`/hooks/<name>`).
 
 - The Gateway (`gateway.py`) is spoken directly, not through discord.py: one session under the
   core's connection supervisor, resumed after a drop so Discord replays what was missed.
@@ -11,12 +11,13 @@ mentions, and optionally the Interactions endpoint (`/hooks/<name>`) for the `/a
   (Discord shows a preview); `allowed_mentions` is empty, so an answer can never ping @everyone.
   The answer's message id is noted on the claim: a process that takes over after a crash edits
   it instead of posting a second one.
-- Interactions arrive over the Gateway (INTERACTION_CREATE, deferred through the callback
-  endpoint) unless the app has an Interactions Endpoint URL, `/hooks/<name>` with `public_key`:
-  Ed25519 over the timestamp and the raw body with the app's public key, the
-  timestamp within the replay window, before anything is parsed; PING is answered PONG; `/ask`
-  is deferred (type 5) at once and answered by editing the original response, later parts as
-  follow-ups. An interaction token lives 15 minutes: a crashed answer older than that is dropped.
+- `/ask` comes one of two ways, never both: over the Gateway (INTERACTION_CREATE, deferred
+  through the HTTP callback endpoint) when the app has no Interactions Endpoint URL, else to
+  `/hooks/<name>` (with `public_key`): Ed25519 over the timestamp and the raw body, the timestamp
+  within the replay window, before anything is parsed; PING is answered PONG, `/ask` deferred
+  (type 5) in the response. Either way it is answered by editing the original response, later
+  parts as follow-ups. An interaction token lives 15 minutes: a crashed answer older than that
+  is dropped.
 """
 
 from __future__ import annotations
