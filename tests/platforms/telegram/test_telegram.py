@@ -75,14 +75,32 @@ async def test_groups_answer_mentions_replies_and_commands_only(tmp_path, api):
     assert all(isinstance(q, int) for q in quoted)  # answers in groups reply to the question
 
 
-async def test_start_is_help_and_a_photo_gets_the_polite_answer(tmp_path, api):
+async def test_a_wrong_or_missing_secret_is_refused_and_nothing_is_answered(tmp_path, api):
     async with running(tmp_path, api) as c:
-        await hook(c, update("/start"))
-        await hook(c, update(None, photo=[{"file_id": "f1", "width": 90, "height": 90}]))
-        said = sorted(await answered(api, 2))
-    assert said[0].startswith("I'm an AI assistant connected through Switchboard (channel chat).")
-    assert said[0].endswith("\nIn groups, mention me or reply to one of my messages.")
-    assert said[1] == "Sorry, I can only read text messages for now. Please send your question as text."
+        forged = update("forged")
+        assert (await hook(c, forged, secret="s3cret-token_2")).status_code == 401
+        refused = await c.post("/hooks/tg", json=update("no header"))
+        assert refused.status_code == 401
+        await hook(c, update("sentinel"))
+        said = await answered(api, 1, "echo: sentinel")
+    assert said == ["echo: sentinel"] and len(api.of("sendMessage")) == 1
+    assert SECRET not in refused.text
+
+
+async def test_start_help_and_clear_and_a_photo_gets_the_polite_answer(tmp_path, api):
+    photo = [{"file_id": "f1", "width": 90, "height": 90}]
+    async with running(tmp_path, api) as c:
+        await hook(c, update("/start deep-link-payload"))
+        await hook(c, update("/help"))
+        await hook(c, update("/clear", chat=43, user=43))
+        await hook(c, update(None, photo=photo, chat=44, user=44))
+        await hook(c, update(None, photo=photo, caption="what is in this picture?", chat=45, user=45))
+        said = await answered(api, 5)
+    helps = [t for t in said if t.startswith("I'm an AI assistant connected through Switchboard (channel chat).")]
+    assert len(helps) == 2 and all(t.endswith("\nIn groups, mention me or reply to one of my messages.") for t in helps)
+    polite = "Sorry, I can only read text messages for now. Please send your question as text."
+    rest = sorted(t for t in said if t not in helps)
+    assert rest == ["Done: I have forgotten our conversation. Let's start fresh.", polite, polite]
 
 
 async def test_a_long_answer_continues_in_further_messages(tmp_path, api):
@@ -120,6 +138,10 @@ def test_mentions_are_cut_by_utf16_offsets_and_other_bots_commands_skipped():
     assert parse_update("tg", update("/help@OtherBot", kind="group", chat=-1), me) is None
     assert parse_update("tg", update("hi", user=BOT_ID), me) is None  # our own
     assert parse_update("tg", {"update_id": 9, "edited_message": {"text": "x"}}, me) is None
+    bare = parse_update("tg", update(f"@{BOT_NAME}", kind="group", chat=-1, entities=mention()), me)
+    assert bare is not None and (bare.text, bare.kind) == ("", "text")  # the core answers /help
+    joined = update(None, kind="group", chat=-1, new_chat_members=[{"id": 5, "is_bot": False}])
+    assert parse_update("tg", joined, me) is None  # a service message
 
 
 async def test_webhook_url_is_registered_at_start_with_the_secret(tmp_path, api):
