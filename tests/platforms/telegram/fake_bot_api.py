@@ -24,6 +24,7 @@ class FakeBotAPI:
         self.webhook: str | None = None
         self.failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.polls = 0
+        self.unparsable = 0  # MarkdownV2 texts still to be refused as Telegram refuses a bad entity
         self.drops = 0  # getUpdates requests still to be cut off (the connection closed unanswered)
         self._ids = itertools.count(100)
         self._arrived = asyncio.Event()
@@ -81,6 +82,10 @@ class FakeBotAPI:
         method = request.match_info["method"]
         body = await request.json() if request.can_read_body else {}
         self.calls.append((method, body))
+        if body.get("parse_mode") == "MarkdownV2" and self.unparsable:
+            self.unparsable -= 1
+            bad = "Bad Request: can't parse entities: can't find end of the entity starting at byte offset 4"
+            return web.json_response({"ok": False, "error_code": 400, "description": bad}, status=400)
         if self.failures.get(method):
             status, answer = self.failures[method].pop(0)
             return web.json_response(answer, status=status)

@@ -115,3 +115,16 @@ async def test_forum_topics_are_kept_and_supergroup_reply_threads_are_not(adapte
     topic_send, reply_send = api.of("sendMessage")
     assert topic_send["message_thread_id"] == 7 and "message_thread_id" not in reply_send
     assert reply_send["reply_parameters"]["message_id"] == in_reply.reply_to["message"]
+
+
+async def test_markdown_v2_telegram_cannot_parse_is_sent_again_as_plain_text(tmp_path, api):
+    block = parse_config(config(tmp_path, api, update_interval=0, parse_mode="MarkdownV2"), {}).platforms["tg"].config
+    ctx = FakeCtx()
+    api.unparsable = 3  # the placeholder, the streamed edit and the last one
+    async with aiohttp.ClientSession() as http:
+        ctx.http = http  # type: ignore[attr-defined]
+        await TelegramPlatform("tg", block, ctx).deliver(private(), Scripted(["Use **x_1** (not y)."]))  # type: ignore[arg-type]
+    assert api.sent() == ["Use **x_1** (not y)."]
+    edits = api.of("editMessageText")
+    assert [e.get("parse_mode") for e in edits] == ["MarkdownV2", None, "MarkdownV2", None]
+    assert edits[2]["text"] == r"Use *x\_1* \(not y\)\." and edits[3]["text"] == "Use **x_1** (not y)."
