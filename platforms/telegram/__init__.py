@@ -8,11 +8,13 @@ Quirks handled:
   long polls. An update is confirmed (the next `offset`) only after it was claimed and handed to
   the core, so none is confirmed and then lost; a restart reads the unconfirmed ones again and
   the persistent dedupe (on `update_id` and chat + message id) answers each once. A failed poll
-  ends the connection and the core's supervisor reconnects with backoff;
+  ends the connection and the core's supervisor reconnects with backoff. The first poll of a
+  connection does not wait, so the connection counts as up as soon as Telegram answers;
 - which messages are ours, mentions, commands: see `message.py`;
 - answers stream into one message edited with `editMessageText` at most once per
   `update_interval` (`group_update_interval` in groups, where Telegram allows about 20 messages
-  a minute); a 429's `retry_after` is honoured; "message is not modified" is harmless. The final
+  a minute); a 429's `retry_after` is honoured (edits and new messages alike, up to
+  `max_retry_wait`); "message is not modified" is harmless. The final
   text is split at `text_limit` (4,096) characters, later parts sent as new messages; images
   go with `sendPhoto`. In groups the answer replies to the question (and stays in its topic);
 - `parse_mode: MarkdownV2` renders the model's code blocks and bold, with everything else
