@@ -17,7 +17,7 @@ ANSWER = "a slow answer that takes its time to arrive here in full"
 
 async def test_kill_9_mid_answer_then_restart_edits_the_same_message(tmp_path: Path):
     question = message("tell me slowly", mid="3900")
-    async with FakeOpenAI(answer=ANSWER, chunk_delay=0.1) as up, FakeDiscord() as fake:
+    async with FakeOpenAI(answer=ANSWER, chunk_delay=0.06) as up, FakeDiscord() as fake:
         platform = {"kind": "discord", "bot_token": TOKEN, "api_base": fake.api, "update_interval": 0.1}
         served = Served(tmp_path, platform, up.base_url)
         await served.start()
