@@ -24,6 +24,7 @@ class FakeBotAPI:
         self.webhook: str | None = None
         self.failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}
         self.polls = 0
+        self.longest_poll = 0.5  # seconds a long poll is held at most (Telegram: its `timeout`)
         self.unparsable = 0  # MarkdownV2 texts still to be refused as Telegram refuses a bad entity
         self.drops = 0  # getUpdates requests still to be cut off (the connection closed unanswered)
         self._ids = itertools.count(100)
@@ -124,7 +125,7 @@ class FakeBotAPI:
         if not self.pending:
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), min(float(body.get("timeout", 0)), 0.5))
+                await asyncio.wait_for(self._arrived.wait(), min(float(body.get("timeout", 0)), self.longest_poll))
             except TimeoutError:
                 pass
         if self.drops:

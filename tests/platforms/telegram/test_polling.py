@@ -117,3 +117,25 @@ async def test_an_update_that_could_not_be_claimed_is_not_confirmed_and_is_read_
             await again
     assert [m.text for m in ctx.submitted] == ["claimed the second time"]
     assert api.pending == []
+
+
+async def test_check_live_finds_the_polling_connection_up_at_once(tmp_path, api):
+    """The first poll does not wait, so `switchboard check --live` sees the connection up at once
+    (a quiet bot's long poll would outlast the check), and reads no update."""
+    import argparse
+    import io
+
+    import yaml
+
+    from proxy.cli import check
+
+    api.longest_poll = 60.0  # as Telegram holds a long poll when nothing arrives
+    path = tmp_path / "c.yaml"
+    cfg = config(tmp_path, api, poll_timeout=50, **POLLING)
+    path.write_text(yaml.safe_dump({**cfg, "store": {"url": "memory://"}}))
+    out = io.StringIO()
+    code = await asyncio.to_thread(check, argparse.Namespace(config=str(path), live=True), out)
+    report = out.getvalue().split("platform connections, live")[1].split()
+    assert code == 0, out.getvalue()
+    assert report[report.index("tg") + 1] == "connected"
+    assert [c["timeout"] for c in api.of("getUpdates")] == [0]

@@ -172,3 +172,20 @@ async def test_switchboard_setup_sets_the_webhook(tmp_path, api):
     assert "tg" in out.decode() and "webhook set" in out.decode()
     assert TOKEN not in out.decode()
     assert api.webhook == "https://bot.example.com/hooks/tg"
+
+
+async def test_switchboard_setup_in_polling_mode_removes_the_webhook_and_a_bad_token_fails_quietly(tmp_path, api):
+    import io
+
+    from proxy.cli import _setup
+
+    api.webhook = "https://old.example.com/hook"
+    out = io.StringIO()
+    cfg = config(tmp_path, api, mode="polling", secret_token=None)
+    assert await _setup(parse_config(cfg, {}), out) == 0
+    assert api.webhook is None and "webhook removed (polling mode)" in out.getvalue()
+    cfg["platforms"]["tg"]["bot_token"] = "999:WRONG-token"
+    out = io.StringIO()
+    assert await _setup(parse_config(cfg, {}), out) == 1
+    assert "FAILED" in out.getvalue() and "Unauthorized" in out.getvalue()
+    assert "WRONG-token" not in out.getvalue() and api.base_url not in out.getvalue()
