@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import aiohttp
@@ -18,7 +19,7 @@ from proxy.config import parse_config
 from proxy.errors import StoreUnavailable
 from proxy.types import Inbound
 from tests.platforms.fake_ctx import FakeCtx
-from tests.platforms.telegram.fake_bot_api import FakeBotAPI, update
+from tests.platforms.telegram.fake_bot_api import TOKEN, FakeBotAPI, update
 from tests.platforms.telegram.telegram_kit import answered, config, hook, running
 
 POLLING = {"mode": "polling", "secret_token": None}
@@ -30,7 +31,8 @@ async def api():
         yield fake
 
 
-async def test_polling_answers_each_update_once_across_a_failed_poll(tmp_path, api):
+async def test_polling_answers_each_update_once_across_a_failed_poll(tmp_path, api, caplog):
+    caplog.set_level(logging.DEBUG)
     async with running(tmp_path, api, **POLLING) as c:
         api.push(update("first"), update("second"))
         await answered(api, 2, "echo: second")
@@ -40,6 +42,8 @@ async def test_polling_answers_each_update_once_across_a_failed_poll(tmp_path, a
         assert (await hook(c, update("by webhook"))).status_code == 403  # polling: no webhook taken
     assert sorted(said) == ["echo: first", "echo: second", "echo: third"]
     assert api.of("deleteWebhook")  # getUpdates needs the webhook gone
+    assert "getUpdates: 502" in caplog.text  # the reconnect is logged, the token in the URL never
+    assert TOKEN not in caplog.text and "/bot" not in caplog.text
 
 
 async def test_a_connection_dropped_while_answers_stream_loses_nothing_and_repeats_nothing(tmp_path, api):
