@@ -88,8 +88,12 @@ class Moderation:
         try:
             return await flag(self.provider, text)
         except Exception as e:
-            log.warning("moderation provider %s failed (%s): %s", self.provider, type(e).__name__,
-                        "blocked" if self.fail_closed else "let through")
+            log.warning(
+                "moderation provider %s failed (%s): %s",
+                self.provider,
+                type(e).__name__,
+                "blocked" if self.fail_closed else "let through",
+            )
             return self.fail_closed
 
     async def blocks(self, text: str, flag: Flagger) -> bool:
