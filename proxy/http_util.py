@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
+import orjson
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import RequestError
@@ -26,6 +28,18 @@ class ClientGone(Exception):
 #: The status recorded for a client that left before its request was read (nginx's "client
 #: closed request"); it is never sent, there is nobody to send it to.
 CLIENT_CLOSED = 499
+
+
+def json_object(raw: bytes, what: str = "body") -> dict[str, Any]:
+    """`raw` as a JSON object, or a `RequestError` (400) saying what it is instead: what every
+    JSON webhook parses first."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise RequestError(f"{what} is not JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError(f"{what} is not a JSON object")
+    return data
 
 
 def too_large(limit: int, size: int | None = None) -> RequestError:

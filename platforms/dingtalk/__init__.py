@@ -45,6 +45,7 @@ from yarl import URL
 from proxy.connections import json_objects
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.errors import DeliveryError, RequestError, VerificationError
+from proxy.http_util import json_object
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 from proxy.verify import within_window
@@ -157,11 +158,8 @@ class DingTalkPlatform(Platform):
             raise VerificationError("sign mismatch")
 
     async def receive(self, request: WebRequest) -> WebResponse:
-        try:
-            data = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            raise RequestError("body is not JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("msgId"), str) or not data["msgId"]:
+        data = json_object(request.body)
+        if not isinstance(data.get("msgId"), str) or not data["msgId"]:
             raise RequestError("body has no msgId")
         target = self._reply_target(data)
         if target is not None:

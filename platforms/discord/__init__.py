@@ -39,6 +39,7 @@ from platforms.discord.messages import as_dict, interaction, message
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.edits import stream_edits
 from proxy.errors import DeliveryError, RequestError, VerificationError
+from proxy.http_util import json_object
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 from proxy.verify import within_window
@@ -135,12 +136,7 @@ class DiscordPlatform(Platform):
         within_window(ts, self.config.replay_window, what="discord: signature timestamp")
 
     async def receive(self, request: WebRequest) -> WebResponse:
-        try:
-            data = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            raise RequestError("body is not JSON") from None
-        if not isinstance(data, dict):
-            raise RequestError("body is not a JSON object")
+        data = json_object(request.body)
         if data.get("type") == 1:
             return _json({"type": 1})
         if data.get("type") != 2 or as_dict(data.get("data")).get("name") != "ask":

@@ -41,6 +41,7 @@ from platforms.feishu.reply import CardStream, send_once
 from proxy.connections import received
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.errors import RequestError, VerificationError
+from proxy.http_util import json_object
 from proxy.types import Inbound, WebRequest, WebResponse
 
 log = logging.getLogger("switchboard.feishu")
@@ -134,12 +135,7 @@ class FeishuPlatform(Platform):
 
     def _open(self, body: bytes, signed: bool) -> dict[str, Any]:
         """The event as JSON, decrypted when it arrives as `{"encrypt": ...}`."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise RequestError("body is not JSON") from None
-        if not isinstance(data, dict):
-            raise RequestError("body is not a JSON object")
+        data = json_object(body)
         if "encrypt" not in data:
             return data
         if not self.config.encrypt_key:

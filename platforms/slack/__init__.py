@@ -47,6 +47,7 @@ from proxy.connections import json_objects
 from proxy.contracts import Answer, Job, Platform, PlatformConfig, PlatformContext
 from proxy.edits import stream_edits
 from proxy.errors import RequestError, VerificationError
+from proxy.http_util import json_object
 from proxy.text import split_text
 from proxy.types import Inbound, Message, WebRequest, WebResponse
 
@@ -146,12 +147,7 @@ class SlackPlatform(Platform):
             return EMPTY_OK
         if form:
             return await self._interaction(form_fields(request.body))
-        try:
-            data = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            raise RequestError("body is not JSON") from None
-        if not isinstance(data, dict):
-            raise RequestError("body is not a JSON object")
+        data = json_object(request.body)
         if data.get("type") == "url_verification":
             challenge = data.get("challenge")
             if not isinstance(challenge, str):

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-import orjson
 from pydantic import Field, model_validator
 
 from platforms.telegram.api import TelegramAPI, TelegramError
@@ -42,6 +41,7 @@ from platforms.telegram.message import Me, parse_update, to_markdown_v2
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.edits import stream_edits
 from proxy.errors import DeliveryError, RequestError, VerificationError
+from proxy.http_util import json_object
 from proxy.text import split_text
 from proxy.types import Inbound, WebRequest, WebResponse
 
@@ -134,11 +134,8 @@ class TelegramPlatform(Platform):
     async def receive(self, request: WebRequest) -> WebResponse:
         if request.method != "POST":
             raise RequestError("Telegram posts updates", status=405)
-        try:
-            update = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            raise RequestError("body is not JSON") from None
-        if not isinstance(update, dict) or not isinstance(update.get("update_id"), int):
+        update = json_object(request.body)
+        if not isinstance(update.get("update_id"), int):
             raise RequestError("body is not a Telegram Update (no update_id)")
         await self._update(update)
         return ACK

@@ -48,6 +48,7 @@ from platforms.wecom.callback import CallbackCrypto
 from platforms.wecom.text import full_text, prefix, size, split_bytes
 from proxy.contracts import Answer, Platform, PlatformConfig, PlatformContext
 from proxy.errors import RequestError
+from proxy.http_util import json_object
 from proxy.types import Inbound, WebRequest, WebResponse
 
 log = logging.getLogger("switchboard.wecom_bot")
@@ -113,12 +114,7 @@ class WeComBotPlatform(Platform):
     async def receive(self, request: WebRequest) -> WebResponse:
         if request.method == "GET":
             return WebResponse(200, self.crypto.open(request.query["echostr"]))
-        try:
-            data = orjson.loads(self.crypto.open(_encrypted(request.body)))
-        except orjson.JSONDecodeError:
-            raise RequestError("the decrypted callback is not JSON") from None
-        if not isinstance(data, dict):
-            raise RequestError("the decrypted callback is not a JSON object")
+        data = json_object(self.crypto.open(_encrypted(request.body)), "the decrypted callback")
         nonce = request.query["nonce"]
         if data.get("msgtype") == "stream":  # a stream refresh: the answer so far
             sid = str((data.get("stream") or {}).get("id") or "")
@@ -248,9 +244,5 @@ def _str(value: Any) -> str:
 
 def _encrypted(body: bytes) -> str:
     """The `encrypt` value of a callback body."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise RequestError("the body is not JSON") from None
-    value = data.get("encrypt") if isinstance(data, dict) else None
+    value = json_object(body).get("encrypt")
     return value if isinstance(value, str) else ""
