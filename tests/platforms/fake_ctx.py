@@ -54,3 +54,16 @@ class WholeAnswer:
 
     async def __aiter__(self) -> Any:
         yield self.text
+
+
+class Scripted:
+    """An answer arriving in `pieces` (implements `proxy.contracts.Answer`)."""
+
+    def __init__(self, pieces: list[str], images: tuple[str, ...] = ()) -> None:
+        self.pieces, self.text, self.images = pieces, "", images
+        self.failed = self.stopped = self.replaced = False
+
+    async def __aiter__(self) -> Any:
+        for piece in self.pieces:
+            self.text += piece
+            yield piece

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 import aiohttp
 import pytest
@@ -19,26 +18,13 @@ from proxy.types import Inbound
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.platforms.discord.discord_kit import answers, ask, config, running, signed
 from tests.platforms.discord.fake_discord import APP, FakeDiscord, message
-from tests.platforms.fake_ctx import FakeCtx
+from tests.platforms.fake_ctx import FakeCtx, Scripted
 
 
 @pytest.fixture
 async def fake():
     async with FakeDiscord() as f:
         yield f
-
-
-class Scripted:
-    """An answer arriving in `pieces` (implements `proxy.contracts.Answer`)."""
-
-    def __init__(self, pieces: list[str], images: tuple[str, ...] = ()) -> None:
-        self.pieces, self.text, self.images = pieces, "", images
-        self.failed = self.stopped = self.replaced = False
-
-    async def __aiter__(self) -> Any:
-        for piece in self.pieces:
-            self.text += piece
-            yield piece
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ and supergroup reply threads are not (Telegram refuses those as "message thread 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import aiohttp
 import pytest
@@ -15,22 +14,9 @@ from platforms.telegram import TelegramPlatform
 from platforms.telegram.message import Me, parse_update
 from proxy.config import parse_config
 from proxy.types import Inbound
-from tests.platforms.fake_ctx import FakeCtx
+from tests.platforms.fake_ctx import FakeCtx, Scripted
 from tests.platforms.telegram.fake_bot_api import BOT_ID, BOT_NAME, FakeBotAPI, update
 from tests.platforms.telegram.telegram_kit import config
-
-
-class Scripted:
-    """An answer arriving in `pieces` (implements `proxy.contracts.Answer`)."""
-
-    def __init__(self, pieces: list[str], images: tuple[str, ...] = ()) -> None:
-        self.pieces, self.text, self.images = pieces, "", images
-        self.failed = self.stopped = self.replaced = False
-
-    async def __aiter__(self) -> Any:
-        for piece in self.pieces:
-            self.text += piece
-            yield piece
 
 
 @pytest.fixture
