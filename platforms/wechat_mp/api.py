@@ -11,6 +11,7 @@ raised here never include a URL.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -31,6 +32,38 @@ class WeChatAPIError(Exception):
         super().__init__(what)
 
 
+async def json_call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    what: str,
+    error: Callable[[str], Exception],
+    *,
+    params: Any = None,
+    body: Any = None,
+    time_limit: aiohttp.ClientTimeout = TIMEOUT,
+) -> dict[str, Any]:
+    """One call to a WeChat-family API (the Official Account's, WeCom's): its JSON object, errcode
+    not yet checked. Failures raise `error(what + why)`: `what` names the call, never its URL
+    (the access token is in the query)."""
+    data = orjson.dumps(body) if body is not None else None
+    headers = {"Content-Type": "application/json; charset=utf-8"} if data is not None else None
+    try:
+        async with http.request(method, url, params=params, data=data, headers=headers, timeout=time_limit) as resp:
+            raw, status = await resp.read(), resp.status
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise error(f"{what}: {type(e).__name__}") from None
+    if status != 200:
+        raise error(f"{what}: HTTP {status}")
+    try:
+        out = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise error(f"{what}: the answer is not JSON") from None
+    if not isinstance(out, dict):
+        raise error(f"{what}: the answer is not a JSON object")
+    return out
+
+
 def _token_expiry(_key: str, value: tuple[str, float], now: float) -> float:
     return now + max(value[1] - TOKEN_MARGIN, 1.0)
 
@@ -45,27 +78,7 @@ class CustomerService:
         self._lock = asyncio.Lock()
 
     async def _post(self, path: str, body: dict[str, Any], params: dict[str, str] | None = None) -> dict[str, Any]:
-        try:
-            async with self._http.post(
-                self._base + path,
-                params=params,
-                data=orjson.dumps(body),
-                headers={"Content-Type": "application/json"},
-                timeout=TIMEOUT,
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise WeChatAPIError(f"{path}: {type(e).__name__}") from None
-        if status != 200:
-            raise WeChatAPIError(f"{path}: HTTP {status}")
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise WeChatAPIError(f"{path}: the answer is not JSON") from None
-        if not isinstance(data, dict):
-            raise WeChatAPIError(f"{path}: unexpected answer")
-        return data
+        return await json_call(self._http, "POST", self._base + path, path, WeChatAPIError, params=params, body=body)
 
     async def access_token(self, *, stale: str | None = None) -> str:
         """A valid token; `stale` names one the API just rejected, so it is not served again."""

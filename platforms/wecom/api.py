@@ -18,9 +18,9 @@ import logging
 from typing import Any
 
 import aiohttp
-import orjson
 from cachetools import TLRUCache
 
+from platforms.wechat_mp.api import json_call
 from proxy.errors import DeliveryError
 
 log = logging.getLogger("switchboard.wecom")
@@ -46,22 +46,7 @@ async def call(
     http: aiohttp.ClientSession, method: str, url: str, what: str, *, params: Any = None, body: Any = None
 ) -> dict[str, Any]:
     """One API call's JSON answer (errcode not yet checked)."""
-    data = orjson.dumps(body) if body is not None else None
-    headers = {"Content-Type": "application/json; charset=utf-8"} if data is not None else None
-    try:
-        async with http.request(method, url, params=params, data=data, headers=headers, timeout=TIMEOUT) as resp:
-            raw, status = await resp.read(), resp.status
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise WeComAPIError(f"{what}: {type(e).__name__}") from None
-    if status != 200:
-        raise WeComAPIError(f"{what}: HTTP {status}")
-    try:
-        out = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise WeComAPIError(f"{what}: the answer is not JSON") from None
-    if not isinstance(out, dict):
-        raise WeComAPIError(f"{what}: the answer is not a JSON object")
-    return out
+    return await json_call(http, method, url, what, WeComAPIError, params=params, body=body, time_limit=TIMEOUT)
 
 
 def _failed(what: str, out: dict[str, Any]) -> WeComAPIError:
