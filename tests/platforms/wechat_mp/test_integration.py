@@ -93,6 +93,17 @@ class Rig:
         resp = await self.post(payload("text", Content=f"sentinel-{n}", MsgId=f"99{n:02d}"))
         assert passive(resp) == f"echo: sentinel-{n}"
 
+    async def send_1(self, first_id: int) -> str:
+        """Send "1" (new MsgIds from `first_id`) until the kept answer comes instead of
+        STILL_WORKING (at most 100 times); the last reply."""
+        served = STILL_WORKING
+        for i in range(100):
+            served = passive(await self.post(payload("text", Content="1", MsgId=str(first_id + i))))
+            if served != STILL_WORKING:
+                break
+            await asyncio.sleep(0.05)
+        return served
+
     async def dropped(self, body: bytes) -> None:
         """A delivery WeChat gives up on: the adapter must not have answered it in time."""
         with pytest.raises(httpx.ReadTimeout):
@@ -185,13 +196,7 @@ async def test_without_app_secret_the_answer_waits_for_1():
         assert passive(await r.post(body)) == COMING
         assert passive(await r.post(payload("text", Content="1", MsgId="9001"))) == STILL_WORKING
         r.gated.gate.set()
-        served = STILL_WORKING
-        for i in range(100):
-            served = passive(await r.post(payload("text", Content="1", MsgId=f"91{i:02d}")))
-            if served != STILL_WORKING:
-                break
-            await asyncio.sleep(0.05)
-        assert served == "gated: tell me later"
+        assert await r.send_1(9100) == "gated: tell me later"
         assert r.gated.calls == ["tell me later"] and r.fake.sends == [] and r.fake.token_calls == []
 
 
