@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -15,9 +14,8 @@ from proxy.app import create_app
 from proxy.config import load_config, parse_config
 from proxy.errors import ConfigError
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.platforms.dingtalk.dingtalk_kit import SECRET, FakeWebhook, payload
-from tests.platforms.dingtalk.test_dingtalk import send, wait_posts
-from tests.servers import serve_asgi
+from tests.platforms.dingtalk.dingtalk_kit import SECRET
+from tests.platforms.dingtalk.test_dingtalk import exchange
 
 ADMIN = "manager4411"  # the sender of the recorded text_direct callback
 
@@ -46,16 +44,9 @@ def config(tmp_path: Any, up: FakeOpenAI, channel: dict[str, Any], **ding: Any) 
 
 async def chat(tmp_path: Any, up: FakeOpenAI, messages: list[str], channel: dict[str, Any], **ding: Any) -> list[str]:
     """Each message sent in turn, its answer awaited; what the bot said, in order."""
-    async with FakeWebhook() as hook:
-        path = tmp_path / f"{uuid.uuid4().hex}.yaml"  # from a file, so /reload has one to read
-        path.write_text(yaml.safe_dump(config(tmp_path, up, channel, **ding)))
-        app = create_app(load_config(path, {}))
-        async with serve_asgi(app) as url, httpx.AsyncClient() as c:
-            for n, text in enumerate(messages, 1):
-                body = payload("text_direct", msgId=f"m{n}", sessionWebhook=hook.url, text={"content": text})
-                assert (await send(c, url, body)).status_code == 200
-                await wait_posts(hook, n)
-        return [p["markdown"]["text"] for p in hook.posts]
+    path = tmp_path / f"{uuid.uuid4().hex}.yaml"  # from a file, so /reload has one to read
+    path.write_text(yaml.safe_dump(config(tmp_path, up, channel, **ding)))
+    return await exchange(create_app(load_config(path, {})), messages)
 
 
 def models_seen(up: FakeOpenAI) -> list[str]:

@@ -14,7 +14,7 @@ from proxy.errors import ConfigError
 from proxy.texts import BUNDLES, TABLE, check
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.platforms.dingtalk.dingtalk_kit import SECRET, FakeWebhook, payload
-from tests.platforms.dingtalk.test_dingtalk import send, wait_posts
+from tests.platforms.dingtalk.test_dingtalk import exchange, send, wait_posts
 from tests.servers import serve_asgi
 
 
@@ -34,14 +34,7 @@ def config(tmp_path: Any, up: FakeOpenAI | None = None, ding: dict[str, Any] | N
 
 async def said(tmp_path: Any, messages: list[str], up: FakeOpenAI | None = None, ding: dict[str, Any] | None = None, **channel: Any) -> list[str]:
     """Send each text as a DingTalk message in turn; what the bot said back, in order."""
-    async with FakeWebhook() as hook:
-        app = create_app(parse_config(config(tmp_path, up, ding, **channel), {}))
-        async with serve_asgi(app) as url, httpx.AsyncClient() as c:
-            for n, text in enumerate(messages, 1):
-                body = payload("text_direct", msgId=f"{text}-{n}", sessionWebhook=hook.url, text={"content": text})
-                assert (await send(c, url, body)).status_code == 200
-                await wait_posts(hook, n)
-        return [p["markdown"]["text"] for p in hook.posts]
+    return await exchange(create_app(parse_config(config(tmp_path, up, ding, **channel), {})), messages)
 
 
 async def test_dingtalk_speaks_chinese_by_default_and_english_when_told(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -59,6 +60,19 @@ async def wait_posts(hook: FakeWebhook, n: int, patience: float = 5.0) -> list[d
 async def send(c: httpx.AsyncClient, url: str, body: dict[str, Any] | bytes, h: dict[str, str] | None = None):
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     return await c.post(f"{url}/hooks/ding", content=raw, headers=h or signed_headers())
+
+
+async def exchange(app: Any, messages: list[str]) -> list[str]:
+    """Serve `app` (its `ding` platform answering at a fresh FakeWebhook), send each text as a
+    direct message in turn, each under a new msgId, and wait for its answer; what the bot said,
+    in order."""
+    async with FakeWebhook() as hook, serve_asgi(app) as url, httpx.AsyncClient() as c:
+        for n, text in enumerate(messages, 1):
+            msg_id = f"x{n}-{uuid.uuid4().hex[:12]}"
+            body = payload("text_direct", msgId=msg_id, sessionWebhook=hook.url, text={"content": text})
+            assert (await send(c, url, body)).status_code == 200
+            await wait_posts(hook, n)
+        return [p["markdown"]["text"] for p in hook.posts]
 
 
 async def sentinel(
