@@ -250,11 +250,15 @@ class Texts:
         self._values = dict(values)
 
     def over(self, overrides: Any) -> Texts:
-        """These texts with the entries a `TextsConfig` (or mapping) sets replaced."""
+        """These texts with the entries a `TextsConfig` (or mapping) sets replaced. Called per
+        platform message with the channel's `texts:`: one that sets nothing costs a set lookup."""
         if overrides is None:
             return self
-        items = overrides.items() if isinstance(overrides, Mapping) else overrides.model_dump().items()
-        changed = {k: v for k, v in items if v is not None}
+        if isinstance(overrides, Mapping):
+            changed = {k: v for k, v in overrides.items() if v is not None}
+        else:  # only the fields the config set (no dump of every field)
+            values = ((k, getattr(overrides, k)) for k in overrides.model_fields_set)
+            changed = {k: v for k, v in values if v is not None}
         return Texts(self.locale, {**self._values, **changed}) if changed else self
 
     def say(self, name: str, **values: Any) -> str:

@@ -175,9 +175,6 @@ class TelegramPlatform(Platform):
 
     # -- outbound ------------------------------------------------------------------------------
 
-    def dump_reply_to(self, reply_to: Any) -> Any:
-        return reply_to
-
     async def deliver(self, msg: Inbound, answer: Answer) -> None:
         to: dict[str, Any] = msg.reply_to
         mid = (msg.recovered or {}).get("message")
